@@ -1,0 +1,202 @@
+//! Reading Hugging Face checkpoint directories (safetensors only) into a VarStore.
+//!
+//! Name mapping: a checkpoint tensor `N` goes to the VarStore variable `N`, after removing a
+//! leading `transformer.` (what `GPT2LMHeadModel` and friends save). Layouts are taken as they
+//! are (GPT-2's Conv1D weights are `[in, out]` in the file and in the VarStore). Tensors that are
+//! not part of the backbone and are skipped on purpose: `lm_head.*` (the language-model head) and
+//! the causal-mask buffers `h.{i}.attn.bias` / `h.{i}.attn.masked_bias` of older files. Anything
+//! else that is missing, unexpected or mis-shaped makes the load fail with a list of each one.
+
+use anyhow::{anyhow, bail, Context, Result};
+use safetensors::{Dtype, SafeTensors};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use tch::{nn, Kind, Tensor};
+
+pub const SINGLE_FILE: &str = "model.safetensors";
+pub const INDEX_FILE: &str = "model.safetensors.index.json";
+
+/// Variables under these prefixes belong to the FPT wrapper, not to the pretrained backbone.
+pub const WRAPPER_PREFIXES: [&str; 2] = ["input_layer.", "output_layer."];
+
+/// What a successful load did.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    pub files: Vec<PathBuf>,
+    pub loaded: usize,
+    /// Tensors present in the files and skipped on purpose (LM head, mask buffers).
+    pub skipped: Vec<String>,
+}
+
+/// The safetensors files of a checkpoint directory: `model.safetensors`, or the shards that
+/// `model.safetensors.index.json` lists (with the tensors each one should hold).
+pub fn weight_files(dir: &Path) -> Result<Vec<(PathBuf, Option<BTreeSet<String>>)>> {
+    if !dir.is_dir() {
+        bail!("{} is not a directory (expected a Hugging Face checkpoint folder)", dir.display());
+    }
+    let single = dir.join(SINGLE_FILE);
+    if single.is_file() {
+        return Ok(vec![(single, None)]);
+    }
+    let index = dir.join(INDEX_FILE);
+    if index.is_file() {
+        let text = std::fs::read_to_string(&index)
+            .with_context(|| format!("reading shard index {}", index.display()))?;
+        #[derive(serde::Deserialize)]
+        struct Index {
+            weight_map: BTreeMap<String, String>,
+        }
+        let parsed: Index = serde_json::from_str(&text).with_context(|| {
+            format!("{}: expected JSON with a \"weight_map\" object of tensor name -> shard file", index.display())
+        })?;
+        let mut by_file: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for (tensor, file) in parsed.weight_map {
+            if file.contains('/') || file.contains('\\') || file.starts_with('.') {
+                bail!("{}: shard name {file:?} for {tensor} must be a plain file name", index.display());
+            }
+            by_file.entry(file).or_default().insert(tensor);
+        }
+        if by_file.is_empty() {
+            bail!("{}: weight_map is empty", index.display());
+        }
+        return by_file
+            .into_iter()
+            .map(|(file, names)| {
+                let path = dir.join(&file);
+                if !path.is_file() {
+                    bail!("{} lists shard {file}, which is not in {}", index.display(), dir.display());
+                }
+                Ok((path, Some(names)))
+            })
+            .collect();
+    }
+    for pickled in ["pytorch_model.bin", "pytorch_model.bin.index.json"] {
+        if dir.join(pickled).exists() {
+            bail!(
+                "{} holds {pickled} but no {SINGLE_FILE}. fpt reads only safetensors: pickled .bin \
+                 files can execute code when loaded. Convert once with Python transformers:\n  \
+                 python -c \"from transformers import AutoModel; AutoModel.from_pretrained('{d}')\
+                 .save_pretrained('{d}', safe_serialization=True)\"",
+                dir.display(),
+                d = dir.display()
+            );
+        }
+    }
+    bail!("{} has neither {SINGLE_FILE} nor {INDEX_FILE}", dir.display())
+}
+
+fn kind_of(dtype: Dtype) -> Option<Kind> {
+    Some(match dtype {
+        Dtype::F32 => Kind::Float,
+        Dtype::F16 => Kind::Half,
+        Dtype::BF16 => Kind::BFloat16,
+        Dtype::F64 => Kind::Double,
+        _ => return None,
+    })
+}
+
+/// Checkpoint name -> VarStore name, or `None` for tensors skipped on purpose.
+fn map_name(name: &str) -> Option<String> {
+    let name = name.strip_prefix("transformer.").unwrap_or(name);
+    let skip = name.starts_with("lm_head.")
+        || name.ends_with(".attn.bias")
+        || name.ends_with(".attn.masked_bias");
+    (!skip).then(|| name.to_string())
+}
+
+/// Copies a checkpoint directory into the backbone variables of `vs` (every variable outside
+/// [`WRAPPER_PREFIXES`]). Floats of any width are converted to the variable's kind.
+pub fn load_weights(vs: &nn::VarStore, dir: &Path) -> Result<LoadReport> {
+    let expected: BTreeMap<String, Tensor> = vs
+        .variables()
+        .into_iter()
+        .filter(|(name, _)| !WRAPPER_PREFIXES.iter().any(|p| name.starts_with(p)))
+        .collect();
+    let mut report = LoadReport::default();
+    let mut seen: BTreeMap<String, PathBuf> = BTreeMap::new();
+    let mut unexpected = Vec::new();
+    let mut misshaped = Vec::new();
+    let mut bad_dtype = Vec::new();
+
+    for (path, listed) in weight_files(dir)? {
+        let file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        // SAFETY: the map is read-only and dropped before this function returns; a checkpoint
+        // file being rewritten while we read it is outside what we guard against.
+        let mmap = unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("mapping {}", path.display()))?;
+        let tensors = SafeTensors::deserialize(&mmap)
+            .map_err(|e| anyhow!("{}: not a valid safetensors file: {e}", path.display()))?;
+        let mut in_file = BTreeSet::new();
+        for (raw_name, view) in tensors.tensors() {
+            in_file.insert(raw_name.clone());
+            let Some(name) = map_name(&raw_name) else {
+                report.skipped.push(raw_name);
+                continue;
+            };
+            if let Some(first) = seen.insert(name.clone(), path.clone()) {
+                bail!("tensor {name} appears twice: in {} and {}", first.display(), path.display());
+            }
+            let Some(var) = expected.get(&name) else {
+                unexpected.push(format!("{raw_name} (in {})", path.display()));
+                continue;
+            };
+            let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+            if shape != var.size() {
+                misshaped.push(format!("{raw_name}: file has {shape:?}, model expects {:?}", var.size()));
+                continue;
+            }
+            let Some(kind) = kind_of(view.dtype()) else {
+                bad_dtype.push(format!("{raw_name}: dtype {:?} (expected a float type)", view.dtype()));
+                continue;
+            };
+            let t = Tensor::f_from_data_size(view.data(), &shape, kind)
+                .with_context(|| format!("{}: building tensor {raw_name}", path.display()))?;
+            tch::no_grad(|| var.shallow_clone().f_copy_(&t))
+                .with_context(|| format!("{}: copying {raw_name} into the model", path.display()))?;
+            report.loaded += 1;
+        }
+        if let Some(listed) = listed {
+            let absent: Vec<&String> = listed.difference(&in_file).collect();
+            if !absent.is_empty() {
+                bail!("{INDEX_FILE} says {} holds {absent:?}, but it does not", path.display());
+            }
+        }
+        report.files.push(path);
+    }
+
+    let missing: Vec<&String> = expected.keys().filter(|n| !seen.contains_key(*n)).collect();
+    if !(missing.is_empty() && unexpected.is_empty() && misshaped.is_empty() && bad_dtype.is_empty()) {
+        let mut msg = format!("checkpoint {} does not match the model:", dir.display());
+        for (what, list) in [
+            ("missing", missing.iter().map(|s| s.to_string()).collect::<Vec<_>>()),
+            ("unexpected", unexpected),
+            ("wrong shape", misshaped),
+            ("unsupported dtype", bad_dtype),
+        ] {
+            if !list.is_empty() {
+                msg.push_str(&format!("\n  {what} ({}):", list.len()));
+                for item in list {
+                    msg.push_str(&format!("\n    {item}"));
+                }
+            }
+        }
+        bail!(msg);
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_map_with_and_without_prefix() {
+        assert_eq!(map_name("transformer.h.0.ln_1.weight").as_deref(), Some("h.0.ln_1.weight"));
+        assert_eq!(map_name("wpe.weight").as_deref(), Some("wpe.weight"));
+        assert_eq!(map_name("lm_head.weight"), None);
+        assert_eq!(map_name("h.3.attn.bias"), None);
+        assert_eq!(map_name("transformer.h.3.attn.masked_bias"), None);
+        // A real parameter whose name merely contains "bias" is kept.
+        assert_eq!(map_name("h.3.attn.c_attn.bias").as_deref(), Some("h.3.attn.c_attn.bias"));
+    }
+}

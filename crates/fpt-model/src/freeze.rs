@@ -1,0 +1,337 @@
+//! Parameter groups and which of them are frozen.
+//!
+//! Every tensor of a model belongs to exactly one [`ParamGroup`], decided from its name alone
+//! (see [`ParamGroup::of`]). A [`FreezeSpec`] says which groups train. Frozen tensors are created
+//! as non-trainable VarStore entries: `requires_grad` is false and they never reach
+//! `VarStore::trainable_variables`, so an optimizer built from the store never sees them.
+
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The groups the paper freezes or trains (its reference code's freeze_in/pos/ln/attn/ff/out,
+/// plus the token embedding that FPT never uses).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ParamGroup {
+    /// The new input layer (linear or embedding table, and any MLP before it).
+    Input,
+    /// The new output layer (and any MLP before it).
+    Output,
+    /// Learned position embeddings (`wpe`).
+    Positions,
+    /// Every layer norm (`ln_1`, `ln_2`, `ln_f`).
+    LayerNorms,
+    /// Self-attention projections (`attn.c_attn`, `attn.c_proj`).
+    Attention,
+    /// Feed-forward layers (`mlp.c_fc`, `mlp.c_proj`).
+    FeedForward,
+    /// The language model's token embedding (`wte`), unused by FPT.
+    TokenEmbedding,
+}
+
+impl ParamGroup {
+    pub const ALL: [ParamGroup; 7] = [
+        ParamGroup::Input,
+        ParamGroup::Output,
+        ParamGroup::Positions,
+        ParamGroup::LayerNorms,
+        ParamGroup::Attention,
+        ParamGroup::FeedForward,
+        ParamGroup::TokenEmbedding,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ParamGroup::Input => "input",
+            ParamGroup::Output => "output",
+            ParamGroup::Positions => "positions",
+            ParamGroup::LayerNorms => "layer_norms",
+            ParamGroup::Attention => "attention",
+            ParamGroup::FeedForward => "feed_forward",
+            ParamGroup::TokenEmbedding => "token_embedding",
+        }
+    }
+
+    /// Parses a group name; short aliases follow the reference's switch names.
+    pub fn parse(s: &str) -> Result<ParamGroup> {
+        Ok(match s.trim() {
+            "input" | "in" => ParamGroup::Input,
+            "output" | "out" => ParamGroup::Output,
+            "positions" | "pos" => ParamGroup::Positions,
+            "layer_norms" | "ln" => ParamGroup::LayerNorms,
+            "attention" | "attn" => ParamGroup::Attention,
+            "feed_forward" | "ff" => ParamGroup::FeedForward,
+            "token_embedding" | "wte" => ParamGroup::TokenEmbedding,
+            other => bail!(
+                "unknown parameter group {other:?}: expected one of input (in), output (out), \
+                 positions (pos), layer_norms (ln), attention (attn), feed_forward (ff), \
+                 token_embedding (wte)"
+            ),
+        })
+    }
+
+    /// The group of a variable, from its VarStore path. Backbone names are Hugging Face's
+    /// (GPT-2: `wte`, `wpe`, `h.{i}.ln_1`, `h.{i}.attn.*`, `h.{i}.mlp.*`, `ln_f`); the FPT
+    /// wrapper's own layers live under `input_layer.` and `output_layer.`.
+    pub fn of(name: &str) -> Result<ParamGroup> {
+        let parts: Vec<&str> = name.split('.').collect();
+        let has = |p: &str| parts.iter().any(|x| *x == p);
+        let group = if parts[0] == "input_layer" {
+            ParamGroup::Input
+        } else if parts[0] == "output_layer" {
+            ParamGroup::Output
+        } else if parts[0] == "wpe" {
+            ParamGroup::Positions
+        } else if parts[0] == "wte" {
+            ParamGroup::TokenEmbedding
+        } else if parts.iter().any(|p| p.starts_with("ln_")) {
+            ParamGroup::LayerNorms
+        } else if has("attn") {
+            ParamGroup::Attention
+        } else if has("mlp") {
+            ParamGroup::FeedForward
+        } else {
+            bail!("variable {name:?} belongs to no known parameter group")
+        };
+        Ok(group)
+    }
+}
+
+impl fmt::Display for ParamGroup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Which parameter groups are frozen. `true` means frozen (no gradient, no optimizer state).
+///
+/// Written as text (CLI `--freeze`, config files) as a preset followed by edits:
+/// `paper` (the default), `full` (nothing frozen), `all` (everything frozen), then
+/// `+group` to train a group or `-group` to freeze it, comma-separated. Examples:
+/// `paper`, `full`, `paper,-pos` (the reference's freeze_pos), `all,+out` (output only,
+/// the first column of the paper's Table 15), `paper,+ff` (Table 13).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FreezeSpec {
+    pub input: bool,
+    pub output: bool,
+    pub positions: bool,
+    pub layer_norms: bool,
+    pub attention: bool,
+    pub feed_forward: bool,
+    pub token_embedding: bool,
+}
+
+impl Default for FreezeSpec {
+    fn default() -> Self {
+        FreezeSpec::paper()
+    }
+}
+
+impl FreezeSpec {
+    /// The paper's FPT: attention, feed-forward (and the unused token embedding) frozen; input,
+    /// output, positions and layer norms trained.
+    pub fn paper() -> Self {
+        FreezeSpec {
+            input: false,
+            output: false,
+            positions: false,
+            layer_norms: false,
+            attention: true,
+            feed_forward: true,
+            token_embedding: true,
+        }
+    }
+
+    /// The fully trained transformer: nothing frozen (the reference's freeze_trans=false).
+    pub fn full() -> Self {
+        FreezeSpec {
+            input: false,
+            output: false,
+            positions: false,
+            layer_norms: false,
+            attention: false,
+            feed_forward: false,
+            token_embedding: false,
+        }
+    }
+
+    /// Everything frozen; a starting point for `+group` edits.
+    pub fn all() -> Self {
+        FreezeSpec {
+            input: true,
+            output: true,
+            positions: true,
+            layer_norms: true,
+            attention: true,
+            feed_forward: true,
+            token_embedding: true,
+        }
+    }
+
+    pub fn is_frozen(&self, group: ParamGroup) -> bool {
+        *self.slot(group)
+    }
+
+    pub fn set_frozen(&mut self, group: ParamGroup, frozen: bool) {
+        *self.slot_mut(group) = frozen;
+    }
+
+    fn slot(&self, group: ParamGroup) -> &bool {
+        match group {
+            ParamGroup::Input => &self.input,
+            ParamGroup::Output => &self.output,
+            ParamGroup::Positions => &self.positions,
+            ParamGroup::LayerNorms => &self.layer_norms,
+            ParamGroup::Attention => &self.attention,
+            ParamGroup::FeedForward => &self.feed_forward,
+            ParamGroup::TokenEmbedding => &self.token_embedding,
+        }
+    }
+
+    fn slot_mut(&mut self, group: ParamGroup) -> &mut bool {
+        match group {
+            ParamGroup::Input => &mut self.input,
+            ParamGroup::Output => &mut self.output,
+            ParamGroup::Positions => &mut self.positions,
+            ParamGroup::LayerNorms => &mut self.layer_norms,
+            ParamGroup::Attention => &mut self.attention,
+            ParamGroup::FeedForward => &mut self.feed_forward,
+            ParamGroup::TokenEmbedding => &mut self.token_embedding,
+        }
+    }
+
+    /// Parses `preset[,+group|-group]…` (see the type's documentation).
+    pub fn parse(text: &str) -> Result<FreezeSpec> {
+        let mut items = text.split(',').map(str::trim).filter(|s| !s.is_empty()).peekable();
+        let mut spec = match items.peek().copied() {
+            Some("paper") | Some("default") => FreezeSpec::paper(),
+            Some("full") | Some("none") => FreezeSpec::full(),
+            Some("all") => FreezeSpec::all(),
+            Some(first) if first.starts_with('+') || first.starts_with('-') => {
+                return Self::apply_edits(FreezeSpec::paper(), items, text)
+            }
+            Some(other) => bail!(
+                "freeze spec {text:?}: unknown preset {other:?}; expected paper, full or all, \
+                 then +group / -group edits (e.g. \"paper,+attn\")"
+            ),
+            None => bail!("freeze spec is empty; expected paper, full or all"),
+        };
+        items.next();
+        spec = Self::apply_edits(spec, items, text)?;
+        Ok(spec)
+    }
+
+    fn apply_edits<'a>(
+        mut spec: FreezeSpec,
+        items: impl Iterator<Item = &'a str>,
+        text: &str,
+    ) -> Result<FreezeSpec> {
+        for item in items {
+            let (frozen, name) = if let Some(name) = item.strip_prefix('+') {
+                (false, name)
+            } else if let Some(name) = item.strip_prefix('-') {
+                (true, name)
+            } else {
+                bail!(
+                    "freeze spec {text:?}: {item:?} must start with + (train) or - (freeze), \
+                     and only the first item may be a preset"
+                )
+            };
+            let group = ParamGroup::parse(name)
+                .map_err(|e| anyhow::anyhow!("freeze spec {text:?}: {e}"))?;
+            spec.set_frozen(group, frozen);
+        }
+        Ok(spec)
+    }
+
+    pub fn trained_groups(&self) -> Vec<ParamGroup> {
+        ParamGroup::ALL.into_iter().filter(|g| !self.is_frozen(*g)).collect()
+    }
+}
+
+impl fmt::Display for FreezeSpec {
+    /// The shortest `preset,+g,-g` form that parses back to `self`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut best: Option<String> = None;
+        for (name, preset) in
+            [("paper", FreezeSpec::paper()), ("full", FreezeSpec::full()), ("all", FreezeSpec::all())]
+        {
+            let mut text = name.to_string();
+            for g in ParamGroup::ALL {
+                if preset.is_frozen(g) != self.is_frozen(g) {
+                    text.push_str(if self.is_frozen(g) { ",-" } else { ",+" });
+                    text.push_str(g.name());
+                }
+            }
+            if best.as_ref().is_none_or(|b| text.len() < b.len()) {
+                best = Some(text);
+            }
+        }
+        f.write_str(&best.unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_and_edits_parse() {
+        assert_eq!(FreezeSpec::parse("paper").unwrap(), FreezeSpec::paper());
+        assert_eq!(FreezeSpec::parse("full").unwrap(), FreezeSpec::full());
+        let out_only = FreezeSpec::parse("all,+out").unwrap();
+        assert_eq!(out_only.trained_groups(), vec![ParamGroup::Output]);
+        let no_pos = FreezeSpec::parse("paper,-pos").unwrap();
+        assert!(no_pos.is_frozen(ParamGroup::Positions));
+        assert!(!no_pos.is_frozen(ParamGroup::LayerNorms));
+        // Edits alone start from the paper's default.
+        assert_eq!(FreezeSpec::parse("+ff").unwrap(), FreezeSpec::parse("paper,+feed_forward").unwrap());
+    }
+
+    #[test]
+    fn paper_default_trains_exactly_in_out_pos_ln() {
+        assert_eq!(
+            FreezeSpec::default().trained_groups(),
+            vec![ParamGroup::Input, ParamGroup::Output, ParamGroup::Positions, ParamGroup::LayerNorms]
+        );
+    }
+
+    #[test]
+    fn bad_specs_are_errors() {
+        for bad in ["", "papr", "paper,attn", "paper,+bogus", "paper,full"] {
+            let err = FreezeSpec::parse(bad).unwrap_err().to_string();
+            assert!(err.contains("freeze spec"), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn display_round_trips() {
+        for text in ["paper", "full", "all,+out", "paper,-pos", "paper,+attn,+ff", "all,+out,+ln"] {
+            let spec = FreezeSpec::parse(text).unwrap();
+            assert_eq!(FreezeSpec::parse(&spec.to_string()).unwrap(), spec, "{text}");
+        }
+        assert_eq!(FreezeSpec::paper().to_string(), "paper");
+    }
+
+    #[test]
+    fn groups_from_hugging_face_names() {
+        let cases = [
+            ("wte.weight", ParamGroup::TokenEmbedding),
+            ("wpe.weight", ParamGroup::Positions),
+            ("h.0.ln_1.weight", ParamGroup::LayerNorms),
+            ("h.11.ln_2.bias", ParamGroup::LayerNorms),
+            ("ln_f.weight", ParamGroup::LayerNorms),
+            ("h.3.attn.c_attn.weight", ParamGroup::Attention),
+            ("h.3.attn.c_proj.bias", ParamGroup::Attention),
+            ("h.3.mlp.c_fc.weight", ParamGroup::FeedForward),
+            ("h.3.mlp.c_proj.weight", ParamGroup::FeedForward),
+            ("input_layer.proj.weight", ParamGroup::Input),
+            ("output_layer.hidden.0.bias", ParamGroup::Output),
+        ];
+        for (name, group) in cases {
+            assert_eq!(ParamGroup::of(name).unwrap(), group, "{name}");
+        }
+        assert!(ParamGroup::of("h.0.something.weight").is_err());
+    }
+}

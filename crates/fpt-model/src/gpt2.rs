@@ -1,0 +1,230 @@
+//! GPT-2 (Hugging Face's `GPT2Model`) fed with `inputs_embeds`.
+//!
+//! VarStore paths are Hugging Face's names (`wte.weight`, `h.0.attn.c_attn.weight`, …) and
+//! Conv1D weights keep Hugging Face's `[in, out]` layout, so a checkpoint is copied tensor by
+//! tensor with no transposes (`y = b + x·W`, as `transformers`' Conv1D computes it).
+
+use crate::config::{Activation, Gpt2Config};
+use crate::freeze::{FreezeSpec, ParamGroup};
+use anyhow::{bail, Context, Result};
+use tch::{nn, Kind, Tensor};
+
+/// Creates one variable under `path`, trainable unless the freeze spec freezes its group.
+/// Frozen tensors are registered as non-trainable, so `requires_grad` is false and
+/// `VarStore::trainable_variables` (what an optimizer is built from) never contains them.
+pub(crate) fn new_param(path: &nn::Path, name: &str, init: Tensor, freeze: &FreezeSpec) -> Result<Tensor> {
+    let full_name = path.path(name);
+    let group = ParamGroup::of(&full_name)?;
+    if path.get(name).is_some() {
+        bail!("variable {full_name} is defined twice");
+    }
+    Ok(path.add(name, init.to_device(path.device()), !freeze.is_frozen(group)))
+}
+
+fn normal(dims: &[i64], std: f64) -> Tensor {
+    Tensor::randn(dims, (Kind::Float, tch::Device::Cpu)) * std
+}
+
+/// Hugging Face's `Conv1D`: weight `[in, out]`, `y = bias + x · weight`.
+#[derive(Debug)]
+pub struct Conv1D {
+    pub weight: Tensor,
+    pub bias: Tensor,
+}
+
+impl Conv1D {
+    fn new(path: &nn::Path, n_in: i64, n_out: i64, std: f64, freeze: &FreezeSpec) -> Result<Self> {
+        Ok(Conv1D {
+            weight: new_param(path, "weight", normal(&[n_in, n_out], std), freeze)?,
+            bias: new_param(path, "bias", Tensor::zeros([n_out], (Kind::Float, tch::Device::Cpu)), freeze)?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let mut shape = x.size();
+        let n_in = *shape.last().expect("Conv1D input has a feature axis");
+        let out = self.bias.addmm(&x.reshape([-1, n_in]), &self.weight);
+        *shape.last_mut().expect("non-empty shape") = self.weight.size()[1];
+        out.reshape(shape)
+    }
+}
+
+#[derive(Debug)]
+pub struct LayerNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    eps: f64,
+    width: i64,
+}
+
+impl LayerNorm {
+    fn new(path: &nn::Path, width: i64, eps: f64, freeze: &FreezeSpec) -> Result<Self> {
+        Ok(LayerNorm {
+            weight: new_param(path, "weight", Tensor::ones([width], (Kind::Float, tch::Device::Cpu)), freeze)?,
+            bias: new_param(path, "bias", Tensor::zeros([width], (Kind::Float, tch::Device::Cpu)), freeze)?,
+            eps,
+            width,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        x.layer_norm([self.width], Some(&self.weight), Some(&self.bias), self.eps, true)
+    }
+}
+
+#[derive(Debug)]
+struct Attention {
+    c_attn: Conv1D,
+    c_proj: Conv1D,
+    n_head: i64,
+    attn_pdrop: f64,
+    resid_pdrop: f64,
+}
+
+impl Attention {
+    fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+        let (b, t, w) = x.size3().expect("attention input is [batch, seq, width]");
+        let head_dim = w / self.n_head;
+        let qkv = self.c_attn.forward(x);
+        // [B, T, 3W] -> 3 × [B, H, T, D]
+        let split = |i: i64| {
+            qkv.narrow(2, i * w, w).reshape([b, t, self.n_head, head_dim]).transpose(1, 2)
+        };
+        let (q, k, v) = (split(0), split(1), split(2));
+        let p = if train { self.attn_pdrop } else { 0.0 };
+        // Causal scaled-dot-product attention, scale 1/sqrt(D): libtorch picks a fused kernel
+        // (flash / memory-efficient on CUDA).
+        let y = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<&Tensor>, p, true, None, false);
+        let y = y.transpose(1, 2).reshape([b, t, w]);
+        self.c_proj.forward(&y).dropout(self.resid_pdrop, train)
+    }
+}
+
+#[derive(Debug)]
+struct Mlp {
+    c_fc: Conv1D,
+    c_proj: Conv1D,
+    activation: Activation,
+    resid_pdrop: f64,
+}
+
+impl Mlp {
+    fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+        let h = self.c_fc.forward(x);
+        let h = match self.activation {
+            Activation::GeluTanh => h.gelu("tanh"),
+            Activation::Gelu => h.gelu("none"),
+            Activation::Relu => h.relu(),
+            Activation::Silu => h.silu(),
+        };
+        self.c_proj.forward(&h).dropout(self.resid_pdrop, train)
+    }
+}
+
+#[derive(Debug)]
+struct Block {
+    ln_1: LayerNorm,
+    attn: Attention,
+    ln_2: LayerNorm,
+    mlp: Mlp,
+}
+
+impl Block {
+    fn new(path: &nn::Path, cfg: &Gpt2Config, freeze: &FreezeSpec) -> Result<Self> {
+        let std = cfg.initializer_range;
+        // Hugging Face scales every `c_proj.weight` (attention and MLP) by 1/sqrt(2·n_layer).
+        let proj_std = std / (2.0 * cfg.n_layer as f64).sqrt();
+        let w = cfg.n_embd;
+        let attn = path / "attn";
+        let mlp = path / "mlp";
+        Ok(Block {
+            ln_1: LayerNorm::new(&(path / "ln_1"), w, cfg.layer_norm_epsilon, freeze)?,
+            attn: Attention {
+                c_attn: Conv1D::new(&(&attn / "c_attn"), w, 3 * w, std, freeze)?,
+                c_proj: Conv1D::new(&(&attn / "c_proj"), w, w, proj_std, freeze)?,
+                n_head: cfg.n_head,
+                attn_pdrop: cfg.attn_pdrop,
+                resid_pdrop: cfg.resid_pdrop,
+            },
+            ln_2: LayerNorm::new(&(path / "ln_2"), w, cfg.layer_norm_epsilon, freeze)?,
+            mlp: Mlp {
+                c_fc: Conv1D::new(&(&mlp / "c_fc"), w, cfg.inner_dim(), std, freeze)?,
+                c_proj: Conv1D::new(&(&mlp / "c_proj"), cfg.inner_dim(), w, proj_std, freeze)?,
+                activation: cfg.activation_function,
+                resid_pdrop: cfg.resid_pdrop,
+            },
+        })
+    }
+
+    fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+        let x = x + self.attn.forward(&self.ln_1.forward(x), train);
+        &x + self.mlp.forward(&self.ln_2.forward(&x), train)
+    }
+}
+
+/// The GPT-2 backbone. Created with Hugging Face's random initialisation; a checkpoint is then
+/// copied over it with [`crate::checkpoint::load_weights`].
+#[derive(Debug)]
+pub struct Gpt2 {
+    cfg: Gpt2Config,
+    /// Token embedding: kept so checkpoints load name for name, never used by FPT's forward.
+    pub wte: Tensor,
+    pub wpe: Tensor,
+    blocks: Vec<Block>,
+    ln_f: LayerNorm,
+}
+
+impl Gpt2 {
+    /// Builds the variables under `path` (normally the VarStore root, so names are exactly
+    /// Hugging Face's). Initialisation follows `GPT2PreTrainedModel._init_weights`: weights and
+    /// embeddings normal(0, initializer_range), `c_proj.weight` normal(0, range/sqrt(2·n_layer)),
+    /// biases 0, layer norms 1 and 0. Seed with `tch::manual_seed` for repeatable weights.
+    pub fn new(path: &nn::Path, cfg: &Gpt2Config, freeze: &FreezeSpec) -> Result<Self> {
+        cfg.validate()?;
+        let std = cfg.initializer_range;
+        let wte = new_param(&(path / "wte"), "weight", normal(&[cfg.vocab_size, cfg.n_embd], std), freeze)?;
+        let wpe = new_param(&(path / "wpe"), "weight", normal(&[cfg.n_positions, cfg.n_embd], std), freeze)?;
+        let h = path / "h";
+        let blocks = (0..cfg.n_layer)
+            .map(|i| Block::new(&(&h / i), cfg, freeze))
+            .collect::<Result<Vec<_>>>()?;
+        let ln_f = LayerNorm::new(&(path / "ln_f"), cfg.n_embd, cfg.layer_norm_epsilon, freeze)?;
+        Ok(Gpt2 { cfg: cfg.clone(), wte, wpe, blocks, ln_f })
+    }
+
+    pub fn config(&self) -> &Gpt2Config {
+        &self.cfg
+    }
+
+    /// `last_hidden_state` for `inputs_embeds` of shape `[batch, seq, n_embd]` (float),
+    /// positions 0..seq. `train` turns dropout on.
+    pub fn forward_embeds(&self, inputs_embeds: &Tensor, train: bool) -> Result<Tensor> {
+        let size = inputs_embeds.size();
+        let &[_, seq, width] = size.as_slice() else {
+            bail!("inputs_embeds must have rank 3 [batch, seq, width], got shape {size:?}");
+        };
+        if width != self.cfg.n_embd {
+            bail!("inputs_embeds width is {width}, but the model's n_embd is {}", self.cfg.n_embd);
+        }
+        if seq > self.cfg.n_positions || seq == 0 {
+            bail!("sequence length {seq} is outside 1..={} (the model's n_positions)", self.cfg.n_positions);
+        }
+        let pos = self.wpe.narrow(0, 0, seq);
+        let mut h = (inputs_embeds + pos).dropout(self.cfg.embd_pdrop, train);
+        for block in &self.blocks {
+            h = block.forward(&h, train);
+        }
+        Ok(self.ln_f.forward(&h))
+    }
+}
+
+/// Loads a Hugging Face GPT-2 directory (config.json + safetensors) into a fresh VarStore,
+/// every tensor frozen: what `fpt forward` and parity checks use.
+pub fn load_gpt2_dir(dir: &std::path::Path, device: tch::Device) -> Result<(nn::VarStore, Gpt2)> {
+    let cfg = Gpt2Config::from_json_file(&dir.join("config.json"))?;
+    let vs = nn::VarStore::new(device);
+    let model = Gpt2::new(&vs.root(), &cfg, &FreezeSpec::all())?;
+    crate::checkpoint::load_weights(&vs, dir)
+        .with_context(|| format!("loading GPT-2 weights from {}", dir.display()))?;
+    Ok((vs, model))
+}

@@ -1,0 +1,53 @@
+//! Backbones, checkpoint loading, freeze groups and the Frozen Pretrained Transformer (FPT)
+//! wrapper of *Pretrained Transformers as Universal Computation Engines* (Lu et al., 2021).
+//!
+//! This crate knows nothing of tasks or training: it maps token features to logits.
+
+pub mod checkpoint;
+pub mod config;
+pub mod fpt;
+pub mod freeze;
+pub mod gpt2;
+pub mod params;
+
+pub use config::{Activation, Gpt2Config, GPT2_PRESETS};
+pub use fpt::{Fpt, FptConfig, InputSpec};
+pub use freeze::{FreezeSpec, ParamGroup};
+pub use gpt2::{load_gpt2_dir, Gpt2};
+
+use anyhow::{bail, Result};
+use std::path::{Path, PathBuf};
+
+/// Where a backbone comes from: a preset shape (random init) or a Hugging Face directory.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BackboneSource {
+    Preset(String),
+    Dir(PathBuf),
+}
+
+impl BackboneSource {
+    /// A directory if `text` names one, else a preset name.
+    pub fn parse(text: &str) -> Result<Self> {
+        let path = Path::new(text);
+        if path.is_dir() {
+            return Ok(BackboneSource::Dir(path.to_path_buf()));
+        }
+        if GPT2_PRESETS.iter().any(|p| p.0 == text) {
+            return Ok(BackboneSource::Preset(text.to_string()));
+        }
+        let presets: Vec<&str> = GPT2_PRESETS.iter().map(|p| p.0).collect();
+        bail!(
+            "model {text:?} is neither a directory nor a preset ({}); a Hugging Face checkpoint \
+             directory holds config.json and model.safetensors",
+            presets.join(", ")
+        )
+    }
+
+    /// The backbone's config: the preset's, or the directory's `config.json`.
+    pub fn config(&self) -> Result<Gpt2Config> {
+        match self {
+            BackboneSource::Preset(name) => Gpt2Config::preset(name),
+            BackboneSource::Dir(dir) => Gpt2Config::from_json_file(&dir.join("config.json")),
+        }
+    }
+}

@@ -1,0 +1,1 @@
+include!("../libtorch_rpath.rs");

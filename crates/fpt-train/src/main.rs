@@ -1,0 +1,32 @@
+//! `fpt`: the Frozen Pretrained Transformer toolkit's command line.
+
+use clap::{Parser, Subcommand};
+use fpt_train::commands;
+
+#[derive(Parser)]
+#[command(name = "fpt", version, about = "Frozen Pretrained Transformers: models, tasks, training")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Parameter counts per group (total and trainable) for a model and task shape.
+    Params(commands::params::Args),
+    /// Run a Hugging Face GPT-2 directory on inputs_embeds and write last_hidden_state.
+    Forward(commands::forward::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Params(args) => commands::params::run(args),
+        Command::Forward(args) => commands::forward::run(args),
+    };
+    if let Err(err) = result {
+        // `{:#}` puts the whole context chain on one line.
+        eprintln!("fpt: error: {err:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,3 @@
+pub mod reproduce;
+pub mod setup;
+pub mod test;

@@ -1,0 +1,120 @@
+//! `cargo xtask setup`: the project's Python environment and the libtorch build.
+//!
+//! 1. `.venv/` from `python3 -m venv` (or `$FPT_PYTHON -m venv`).
+//! 2. Pinned `torch` (the libtorch that `tch` 0.24 is generated for) and `transformers` (the
+//!    reference implementation that the parity tests compare against), installed only when
+//!    the installed versions differ.
+//! 3. `.venv/libtorch` → the wheel's `torch/` folder. `.cargo/config.toml` sets
+//!    `LIBTORCH=.venv/libtorch`, so plain `cargo build` / `cargo test -p …` use the venv's
+//!    libtorch with no exports, and every build (ours or yours) sees the same environment, so
+//!    torch-sys is never rebuilt by a change of variables.
+//! 4. `cargo build --release --workspace`; each crate's build script embeds an rpath to that
+//!    libtorch, so `target/release/fpt` runs with no environment set.
+
+use crate::util::{cargo, run_cmd, workspace_root};
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub const TORCH_VERSION: &str = "2.11.0";
+pub const TRANSFORMERS_VERSION: &str = "4.57.6";
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Only prepare .venv and the libtorch link; do not build.
+    #[arg(long)]
+    pub no_build: bool,
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    let venv = workspace_root().join(".venv");
+    let python = ensure_venv(&venv)?;
+    ensure_packages(&python)?;
+    link_libtorch(&venv, &python)?;
+    if !args.no_build {
+        run_cmd(cargo().args(["build", "--release", "--workspace"]))?;
+    }
+    Ok(())
+}
+
+fn ensure_venv(venv: &Path) -> Result<PathBuf> {
+    let python = venv.join("bin/python");
+    if python.is_file() {
+        return Ok(python);
+    }
+    let base = std::env::var("FPT_PYTHON").unwrap_or_else(|_| "python3".into());
+    let version = Command::new(&base)
+        .args(["-c", "import sys; print('%d.%d' % sys.version_info[:2])"])
+        .output();
+    let version = match version {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        _ => bail!(
+            "{base} was not found or does not run. fpt needs Python 3.10+ for its libtorch: \
+             install the Debian packages python3 and python3-venv (apt-get install python3 python3-venv), \
+             or set FPT_PYTHON to a python3 interpreter"
+        ),
+    };
+    let (major, minor) = version
+        .split_once('.')
+        .and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?)))
+        .with_context(|| format!("{base} printed an unreadable version {version:?}"))?;
+    if (major, minor) < (3, 10) {
+        bail!("{base} is Python {version}; torch {TORCH_VERSION} needs Python 3.10 or newer (set FPT_PYTHON)");
+    }
+    let status = Command::new(&base).args(["-m", "venv"]).arg(venv).status();
+    if !matches!(status, Ok(s) if s.success()) || !python.is_file() {
+        let _ = std::fs::remove_dir_all(venv);
+        bail!(
+            "`{base} -m venv {}` failed: install the Debian package python3-venv \
+             (apt-get install python3-venv) and run `cargo xtask setup` again",
+            venv.display()
+        );
+    }
+    Ok(python)
+}
+
+fn installed_version(python: &Path, package: &str) -> Option<String> {
+    let out = Command::new(python)
+        .args(["-c", &format!("import importlib.metadata as m; print(m.version('{package}'))")])
+        .output()
+        .ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn ensure_packages(python: &Path) -> Result<()> {
+    let wanted = [("torch", TORCH_VERSION), ("transformers", TRANSFORMERS_VERSION)];
+    let missing: Vec<String> = wanted
+        .iter()
+        .filter(|(name, version)| installed_version(python, name).as_deref() != Some(*version))
+        .map(|(name, version)| format!("{name}=={version}"))
+        .collect();
+    if missing.is_empty() {
+        eprintln!("setup: torch {TORCH_VERSION} and transformers {TRANSFORMERS_VERSION} already in .venv");
+        return Ok(());
+    }
+    run_cmd(Command::new(python).args(["-m", "pip", "install", "--disable-pip-version-check"]).args(&missing))
+        .context("installing the Python packages fpt builds and tests against (needs PyPI access)")
+}
+
+fn link_libtorch(venv: &Path, python: &Path) -> Result<()> {
+    let out = Command::new(python)
+        .args(["-c", "import sysconfig; print(sysconfig.get_paths()['platlib'])"])
+        .output()
+        .context("asking the venv's python for its site-packages")?;
+    let site = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let torch_dir = site.join("torch");
+    if !torch_dir.join("lib").is_dir() {
+        bail!("{} has no lib/ folder: the torch install in .venv is broken; delete .venv and rerun setup", torch_dir.display());
+    }
+    // Relative, so the checkout can move.
+    let target = torch_dir.strip_prefix(venv).map(Path::to_path_buf).unwrap_or(torch_dir);
+    let link = venv.join("libtorch");
+    if std::fs::read_link(&link).ok().as_deref() == Some(target.as_path()) {
+        return Ok(());
+    }
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&target, &link)
+        .with_context(|| format!("linking {} -> {}", link.display(), target.display()))?;
+    eprintln!("setup: {} -> {}", link.display(), target.display());
+    Ok(())
+}

@@ -1,0 +1,18 @@
+//! `cargo xtask test`: set-up (idempotent), then every test of the workspace in release mode, so
+//! the tests reuse the build that produced `target/release/fpt`.
+
+use crate::commands::setup;
+use crate::util::{cargo, run_cmd};
+use anyhow::Result;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Extra arguments for `cargo test` (e.g. a test-name filter).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub cargo_args: Vec<String>,
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    setup::run(&setup::Args { no_build: false })?;
+    run_cmd(cargo().args(["test", "--release", "--workspace"]).args(&args.cargo_args))
+}

@@ -1,0 +1,33 @@
+//! `cargo xtask …`: set-up, tests and the reproduction entry point. Links no libtorch, so it
+//! builds on a bare machine; everything that needs torch runs the `fpt` binary or `cargo`.
+
+mod commands;
+mod util;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "fpt project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create .venv with torch and transformers, link libtorch, build the workspace (idempotent).
+    Setup(commands::setup::Args),
+    /// Set up, build, and run every test of the workspace.
+    Test(commands::test::Args),
+    /// Run the paper reproduction (today: the model's parameter budget per task).
+    Reproduce(commands::reproduce::Args),
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Setup(args) => commands::setup::run(&args),
+        Command::Test(args) => commands::test::run(&args),
+        Command::Reproduce(args) => commands::reproduce::run(&args),
+    }
+}
