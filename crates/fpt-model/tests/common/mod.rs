@@ -1,0 +1,55 @@
+//! Shared by the test suites that compare against Python `transformers` (fpt-model's and,
+//! through `#[path]`, fpt-train's): finds the project's venv and runs the fixture script.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root")
+}
+
+/// The venv's python (`cargo xtask setup` makes it). A missing venv fails the test: parity is
+/// part of what the suite checks, never silently skipped.
+pub fn venv_python() -> PathBuf {
+    let python = std::env::var_os("FPT_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join(".venv/bin/python"));
+    assert!(
+        python.is_file(),
+        "{} not found: run `cargo xtask setup` (it installs torch and transformers into .venv)",
+        python.display()
+    );
+    python
+}
+
+/// Runs `crates/fpt-model/tests/reference/make_gpt2_fixtures.py` for `cases` into a fresh
+/// folder under `tmp` and returns it.
+pub fn make_gpt2_fixtures(tmp: &Path, tag: &str, cases: &[&str]) -> PathBuf {
+    let out = tmp.join(format!("gpt2-fixtures-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let script = workspace_root().join("crates/fpt-model/tests/reference/make_gpt2_fixtures.py");
+    let status = Command::new(venv_python())
+        .arg(&script)
+        .arg(&out)
+        .args(cases)
+        .status()
+        .expect("running the transformers fixture script");
+    assert!(status.success(), "{} failed ({status})", script.display());
+    out
+}
+
+/// Reads one tensor of a safetensors file (any float dtype, returned as f32).
+pub fn read_tensor(path: &Path, name: &str) -> tch::Tensor {
+    let all = tch::Tensor::read_safetensors(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    all.into_iter()
+        .find(|(n, _)| n == name)
+        .unwrap_or_else(|| panic!("{} has no {name}", path.display()))
+        .1
+        .to_kind(tch::Kind::Float)
+}
+
+pub fn max_abs_diff(a: &tch::Tensor, b: &tch::Tensor) -> f64 {
+    assert_eq!(a.size(), b.size(), "shapes differ");
+    (a - b).abs().max().double_value(&[])
+}
