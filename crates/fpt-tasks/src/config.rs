@@ -1,0 +1,192 @@
+//! Tasks as configuration data, and where their files are looked for.
+
+use crate::bits::{BitMemory, BitXor};
+use crate::cifar::{Cifar10, Variant};
+use crate::homology::{RemoteHomology, TestSet};
+use crate::listops::{ListOps, Overflow};
+use crate::mnist::Mnist;
+use crate::Task;
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Where Debian's `dataset-fashion-mnist` package installs the IDX files.
+pub const DEBIAN_FASHION_MNIST: &str = "/usr/share/datasets/fashion-mnist";
+
+/// One task and its settings. `path` overrides the default data folder
+/// (`$FPT_DATA_DIR/<name>`, with `FPT_DATA_DIR` defaulting to `datasets`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "name", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum TaskConfig {
+    BitMemory {
+        #[serde(default = "d::bit_memory_n")]
+        n: usize,
+        #[serde(default = "d::bit_memory_patterns")]
+        patterns: usize,
+        #[serde(default = "d::bit_memory_patch")]
+        patch: usize,
+        #[serde(default = "d::half")]
+        mask_prob: f64,
+        #[serde(default = "d::eval_examples")]
+        eval_examples: usize,
+    },
+    BitXor {
+        #[serde(default = "d::xor_n")]
+        n: usize,
+        #[serde(default = "d::xor_patterns")]
+        patterns: usize,
+        #[serde(default = "d::eval_examples")]
+        eval_examples: usize,
+    },
+    Listops {
+        #[serde(default)]
+        path: Option<PathBuf>,
+        #[serde(default = "d::max_len")]
+        max_len: usize,
+        #[serde(default)]
+        overflow: Overflow,
+    },
+    Mnist {
+        #[serde(default)]
+        path: Option<PathBuf>,
+        #[serde(default = "d::patch")]
+        patch: usize,
+    },
+    FashionMnist {
+        #[serde(default)]
+        path: Option<PathBuf>,
+        #[serde(default = "d::patch")]
+        patch: usize,
+    },
+    Cifar10 {
+        #[serde(default)]
+        path: Option<PathBuf>,
+        #[serde(default = "d::patch")]
+        patch: usize,
+    },
+    Cifar10Lra {
+        #[serde(default)]
+        path: Option<PathBuf>,
+    },
+    RemoteHomology {
+        #[serde(default)]
+        path: Option<PathBuf>,
+        #[serde(default = "d::max_len")]
+        max_len: usize,
+        #[serde(default)]
+        test_set: TestSet,
+    },
+}
+
+mod d {
+    pub fn bit_memory_n() -> usize { 1000 }
+    pub fn bit_memory_patterns() -> usize { 5 }
+    pub fn bit_memory_patch() -> usize { 50 }
+    pub fn half() -> f64 { 0.5 }
+    pub fn eval_examples() -> usize { 1000 }
+    pub fn xor_n() -> usize { 5 }
+    pub fn xor_patterns() -> usize { 2 }
+    pub fn max_len() -> usize { 1024 }
+    pub fn patch() -> usize { 4 }
+}
+
+pub const TASK_NAMES: [&str; 8] =
+    ["bit-memory", "bit-xor", "listops", "mnist", "fashion-mnist", "cifar10", "cifar10-lra", "remote-homology"];
+
+impl TaskConfig {
+    /// The paper's settings for a task name, reading from `path` (or the default folder).
+    pub fn named(name: &str, path: Option<PathBuf>) -> Result<TaskConfig> {
+        let mut table = toml_like(name)?;
+        if let Some(p) = path {
+            match &mut table {
+                TaskConfig::Listops { path, .. }
+                | TaskConfig::Mnist { path, .. }
+                | TaskConfig::FashionMnist { path, .. }
+                | TaskConfig::Cifar10 { path, .. }
+                | TaskConfig::Cifar10Lra { path }
+                | TaskConfig::RemoteHomology { path, .. } => *path = Some(p),
+                TaskConfig::BitMemory { .. } | TaskConfig::BitXor { .. } => {
+                    bail!("task {name} is generated from the seed; it reads no files (drop --path)")
+                }
+            }
+        }
+        Ok(table)
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            TaskConfig::BitMemory { .. } => "bit-memory",
+            TaskConfig::BitXor { .. } => "bit-xor",
+            TaskConfig::Listops { .. } => "listops",
+            TaskConfig::Mnist { .. } => "mnist",
+            TaskConfig::FashionMnist { .. } => "fashion-mnist",
+            TaskConfig::Cifar10 { .. } => "cifar10",
+            TaskConfig::Cifar10Lra { .. } => "cifar10-lra",
+            TaskConfig::RemoteHomology { .. } => "remote-homology",
+        }
+    }
+}
+
+fn toml_like(name: &str) -> Result<TaskConfig> {
+    let value = serde_json::json!({ "name": name });
+    serde_json::from_value(value).map_err(|_| {
+        anyhow::anyhow!("unknown task {name:?}; expected one of {}", TASK_NAMES.join(", "))
+    })
+}
+
+/// The data folder of a task: the configured path, else `$FPT_DATA_DIR/<name>` (default
+/// `datasets/<name>`); Fashion-MNIST falls back to Debian's package folder when that is absent.
+pub fn data_dir(name: &str, configured: &Option<PathBuf>) -> PathBuf {
+    if let Some(p) = configured {
+        return p.clone();
+    }
+    let root = std::env::var_os("FPT_DATA_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("datasets"));
+    let dir = root.join(name);
+    if name == "fashion-mnist" && !dir.exists() && Path::new(DEBIAN_FASHION_MNIST).is_dir() {
+        return PathBuf::from(DEBIAN_FASHION_MNIST);
+    }
+    dir
+}
+
+/// Builds a task. `seed` drives the generated tasks' data.
+pub fn load_task(cfg: &TaskConfig, seed: u64) -> Result<Arc<dyn Task>> {
+    let name = cfg.name();
+    let task: Arc<dyn Task> = match cfg {
+        TaskConfig::BitMemory { n, patterns, patch, mask_prob, eval_examples } => {
+            Arc::new(BitMemory::new(*n, *patterns, *patch, *mask_prob, *eval_examples, seed)?)
+        }
+        TaskConfig::BitXor { n, patterns, eval_examples } => Arc::new(BitXor::new(*n, *patterns, *eval_examples, seed)?),
+        TaskConfig::Listops { path, max_len, overflow } => Arc::new(ListOps::load(&data_dir(name, path), *max_len, *overflow)?),
+        TaskConfig::Mnist { path, patch } | TaskConfig::FashionMnist { path, patch } => {
+            Arc::new(Mnist::load(name, &data_dir(name, path), *patch)?)
+        }
+        TaskConfig::Cifar10 { path, patch } => {
+            Arc::new(Cifar10::load(&data_dir("cifar10", path), Variant::Patches { patch: *patch })?)
+        }
+        // Same files as CIFAR-10.
+        TaskConfig::Cifar10Lra { path } => Arc::new(Cifar10::load(&data_dir("cifar10", path), Variant::Lra)?),
+        TaskConfig::RemoteHomology { path, max_len, test_set } => {
+            Arc::new(RemoteHomology::load(&data_dir(name, path), *max_len, *test_set)?)
+        }
+    };
+    Ok(task)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_resolve_to_paper_defaults() {
+        assert_eq!(
+            TaskConfig::named("bit-memory", None).unwrap(),
+            TaskConfig::BitMemory { n: 1000, patterns: 5, patch: 50, mask_prob: 0.5, eval_examples: 1000 }
+        );
+        for name in TASK_NAMES {
+            assert_eq!(TaskConfig::named(name, None).unwrap().name(), name);
+        }
+        assert!(TaskConfig::named("imagenet", None).unwrap_err().to_string().contains("unknown task"));
+        assert!(TaskConfig::named("bit-xor", Some("x".into())).is_err());
+    }
+}
