@@ -20,6 +20,9 @@ enum Command {
     Setup(commands::setup::Args),
     /// Set up, build, and run every test of the workspace.
     Test(commands::test::Args),
+    /// Data sets: generate ListOps, fetch downloads, list what is present.
+    #[command(subcommand)]
+    Data(commands::data::DataCommand),
     /// Run the paper reproduction (today: the model's parameter budget per task).
     Reproduce(commands::reproduce::Args),
 }
@@ -29,5 +32,6 @@ fn main() -> Result<()> {
         Command::Setup(args) => commands::setup::run(&args),
         Command::Test(args) => commands::test::run(&args),
         Command::Reproduce(args) => commands::reproduce::run(&args),
+        Command::Data(cmd) => commands::data::run(&cmd),
     }
 }

@@ -16,6 +16,9 @@ enum Command {
     Params(commands::params::Args),
     /// Run a Hugging Face GPT-2 directory on inputs_embeds and write last_hidden_state.
     Forward(commands::forward::Args),
+    /// Check data sets, generate ListOps.
+    #[command(subcommand)]
+    Data(commands::data::DataCommand),
 }
 
 fn main() {
@@ -23,6 +26,7 @@ fn main() {
     let result = match &cli.command {
         Command::Params(args) => commands::params::run(args),
         Command::Forward(args) => commands::forward::run(args),
+        Command::Data(cmd) => commands::data::run(cmd),
     };
     if let Err(err) = result {
         // `{:#}` puts the whole context chain on one line.

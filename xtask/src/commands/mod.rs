@@ -1,3 +1,4 @@
+pub mod data;
 pub mod reproduce;
 pub mod setup;
 pub mod test;

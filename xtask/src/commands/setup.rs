@@ -8,7 +8,8 @@
 //!    `LIBTORCH=.venv/libtorch`, so plain `cargo build` / `cargo test -p …` use the venv's
 //!    libtorch with no exports, and every build (ours or yours) sees the same environment, so
 //!    torch-sys is never rebuilt by a change of variables.
-//! 4. `cargo build --release --workspace`; each crate's build script embeds an rpath to that
+//! 4. Debian's `dataset-fashion-mnist` (real IDX files the tests read), when root and apt exist.
+//! 5. `cargo build --release --workspace`; each crate's build script embeds an rpath to that
 //!    libtorch, so `target/release/fpt` runs with no environment set.
 
 use crate::util::{cargo, run_cmd, workspace_root};
@@ -31,6 +32,7 @@ pub fn run(args: &Args) -> Result<()> {
     let python = ensure_venv(&venv)?;
     ensure_packages(&python)?;
     link_libtorch(&venv, &python)?;
+    ensure_fashion_mnist();
     if !args.no_build {
         run_cmd(cargo().args(["build", "--release", "--workspace"]))?;
     }
@@ -71,6 +73,28 @@ fn ensure_venv(venv: &Path) -> Result<PathBuf> {
         );
     }
     Ok(python)
+}
+
+/// The real-data tests read Debian's `dataset-fashion-mnist`. Installed here when we are root
+/// on a Debian-like system; otherwise a note says how (the tests then fail with the same hint).
+fn ensure_fashion_mnist() {
+    const DIR: &str = "/usr/share/datasets/fashion-mnist";
+    if Path::new(DIR).is_dir() {
+        return;
+    }
+    let is_root = Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0")).unwrap_or(false);
+    let has_apt = Command::new("apt-get").arg("--version").output().is_ok();
+    if is_root && has_apt {
+        let ok = Command::new("sh")
+            .args(["-c", "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist"])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if ok && Path::new(DIR).is_dir() {
+            return;
+        }
+    }
+    eprintln!("setup: note: {DIR} is absent; the real-data tests need it: apt-get install dataset-fashion-mnist");
 }
 
 fn installed_version(python: &Path, package: &str) -> Option<String> {

@@ -1,0 +1,328 @@
+//! Every loader on tiny fixtures written here in the true formats: good data, the paper's
+//! encodings, and each kind of corrupt input (an error naming the file, never a panic). Also
+//! batching: whole-split evaluation, epoch reshuffling, resume, and the real Fashion-MNIST.
+
+use flate2::write::GzEncoder;
+use fpt_tasks::batch::assemble;
+use fpt_tasks::{load_task, EvalBatches, Split, Task, TaskConfig, TrainStream};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tch::{Device, Kind};
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("tasks-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn idx(dims: &[u32], data: &[u8]) -> Vec<u8> {
+    let mut out = vec![0, 0, 8, dims.len() as u8];
+    for d in dims {
+        out.extend_from_slice(&d.to_be_bytes());
+    }
+    out.extend_from_slice(data);
+    out
+}
+
+fn gz(bytes: &[u8]) -> Vec<u8> {
+    let mut e = GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(bytes).unwrap();
+    e.finish().unwrap()
+}
+
+/// An MNIST folder: `n_train` / `n_test` 28×28 images whose pixel (r, c) of image i is
+/// (i + r + c) % 256, labels i % 10; gzipped or raw.
+fn write_mnist(dir: &Path, n_train: u32, n_test: u32, gzip: bool) {
+    for (prefix, n) in [("train", n_train), ("t10k", n_test)] {
+        let pixels: Vec<u8> = (0..n).flat_map(|i| (0..28u32).flat_map(move |r| (0..28u32).map(move |c| ((i + r + c) % 256) as u8))).collect();
+        let labels: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
+        for (name, bytes) in [
+            (format!("{prefix}-images-idx3-ubyte"), idx(&[n, 28, 28], &pixels)),
+            (format!("{prefix}-labels-idx1-ubyte"), idx(&[n], &labels)),
+        ] {
+            if gzip {
+                std::fs::write(dir.join(format!("{name}.gz")), gz(&bytes)).unwrap();
+            } else {
+                std::fs::write(dir.join(name), bytes).unwrap();
+            }
+        }
+    }
+}
+
+fn mnist_cfg(dir: &Path) -> TaskConfig {
+    TaskConfig::named("mnist", Some(dir.to_path_buf())).unwrap()
+}
+
+fn load_err(cfg: &TaskConfig) -> String {
+    match load_task(cfg, 0) {
+        Ok(_) => panic!("loading {cfg:?} should fail"),
+        Err(e) => format!("{e:#}"),
+    }
+}
+
+#[test]
+fn mnist_loads_gzipped_or_raw_and_patches_in_reference_order() {
+    for gzip in [true, false] {
+        let dir = scratch(&format!("mnist-{gzip}"));
+        write_mnist(&dir, 12, 5, gzip);
+        let task = load_task(&mnist_cfg(&dir), 0).unwrap();
+        assert_eq!((task.len(Split::Train), task.len(Split::Test), task.len(Split::Val)), (Some(12), Some(5), Some(0)));
+        assert_eq!((task.spec().seq_len, task.spec().outputs_per_readout_token()), (49, 10));
+        let b = assemble(task.as_ref(), Split::Train, &[3], false, 0, 0, Device::Cpu);
+        assert_eq!(b.x.size(), vec![1, 49, 16]);
+        assert_eq!(b.y.int64_value(&[0, 0]), 3);
+        // Token 1 is the patch at rows 0–3, columns 4–7; feature 5 is (row 1, col 1) of it.
+        let expected = ((3 + 1 + 5) % 256) as f64 / 255.0;
+        assert!((b.x.double_value(&[0, 1, 5]) - expected).abs() < 1e-6);
+        let max = b.x.max().double_value(&[]);
+        assert!(max <= 1.0 && b.x.min().double_value(&[]) >= 0.0);
+    }
+}
+
+#[test]
+fn mnist_rejects_corrupt_files_naming_them() {
+    let base = scratch("mnist-bad-base");
+    write_mnist(&base, 4, 2, false);
+    type Corrupt = fn(&Path);
+    let cases: [(&str, Corrupt, &str, &str); 8] = [
+        ("truncated", |d| { let p = d.join("train-images-idx3-ubyte"); let b = std::fs::read(&p).unwrap(); std::fs::write(&p, &b[..b.len() - 10]).unwrap(); }, "train-images-idx3-ubyte", "truncated"),
+        ("magic", |d| { let p = d.join("t10k-labels-idx1-ubyte"); let mut b = std::fs::read(&p).unwrap(); b[0] = 7; std::fs::write(&p, b).unwrap(); }, "t10k-labels-idx1-ubyte", "bad IDX magic"),
+        ("count", |d| std::fs::write(d.join("train-labels-idx1-ubyte"), idx(&[3], &[1, 2, 3])).unwrap(), "train-labels-idx1-ubyte", "holds 3 labels but"),
+        ("label", |d| std::fs::write(d.join("train-labels-idx1-ubyte"), idx(&[4], &[1, 2, 10, 3])).unwrap(), "train-labels-idx1-ubyte", "label 10 of record 2"),
+        ("empty", |d| std::fs::write(d.join("t10k-images-idx3-ubyte"), b"").unwrap(), "t10k-images-idx3-ubyte", "too short"),
+        ("missing", |d| std::fs::remove_file(d.join("t10k-images-idx3-ubyte")).unwrap(), "t10k-images-idx3-ubyte", "missing"),
+        ("rank", |d| std::fs::write(d.join("train-images-idx3-ubyte"), idx(&[4, 784], &[0; 4 * 784])).unwrap(), "train-images-idx3-ubyte", "3 dimensions"),
+        ("gzip", |d| { let p = d.join("train-images-idx3-ubyte"); let g = gz(&std::fs::read(&p).unwrap()); std::fs::remove_file(&p).unwrap(); std::fs::write(d.join("train-images-idx3-ubyte.gz"), &g[..g.len() / 2]).unwrap(); }, "train-images-idx3-ubyte.gz", "corrupt or truncated gzip"),
+    ];
+    for (name, corrupt, file, needle) in cases {
+        let dir = scratch(&format!("mnist-bad-{name}"));
+        write_mnist(&dir, 4, 2, false);
+        corrupt(&dir);
+        let err = load_err(&mnist_cfg(&dir));
+        assert!(err.contains(file) && err.contains(needle), "{name}: {err}");
+    }
+}
+
+/// A CIFAR-10 folder with `per_file` records per batch file; record i of file f has label
+/// (f + i) % 10 and channel c of pixel p = (p + 50·c + i) % 256.
+fn write_cifar(dir: &Path, per_file: usize) {
+    let files = ["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin", "test_batch.bin"];
+    for (f, name) in files.iter().enumerate() {
+        let mut bytes = Vec::new();
+        for i in 0..per_file {
+            bytes.push(((f + i) % 10) as u8);
+            for c in 0..3 {
+                bytes.extend((0..1024).map(|p| ((p + 50 * c + i) % 256) as u8));
+            }
+        }
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+}
+
+#[test]
+fn cifar10_normalises_and_patches_like_the_reference() {
+    let dir = scratch("cifar");
+    std::fs::create_dir_all(dir.join("cifar-10-batches-bin")).unwrap();
+    write_cifar(&dir.join("cifar-10-batches-bin"), 3);
+    let cfg = TaskConfig::named("cifar10", Some(dir.clone())).unwrap();
+    let task = load_task(&cfg, 0).unwrap();
+    assert_eq!((task.len(Split::Train), task.len(Split::Test)), (Some(15), Some(3)));
+    assert_eq!((task.spec().seq_len, task.spec().input_len()), (64, 64 * 48));
+    // Test record 1: label (5 + 1) % 10 = 6.
+    let b = assemble(task.as_ref(), Split::Test, &[1], false, 0, 0, Device::Cpu);
+    assert_eq!(b.y.int64_value(&[0, 0]), 6);
+    // Token 0, feature (p1=1, p2=2, c=1) = pixel (row 1, col 2) = index 34 of the green plane.
+    let raw = ((34 + 50 + 1) % 256) as f64 / 255.0;
+    let expected = (raw - 0.4822) / 0.1994;
+    assert!((b.x.double_value(&[0, 0, (1 * 4 + 2) * 3 + 1]) - expected).abs() < 1e-5);
+
+    let lra = load_task(&TaskConfig::named("cifar10-lra", Some(dir.clone())).unwrap(), 0).unwrap();
+    assert_eq!((lra.spec().seq_len, lra.spec().input_len()), (1024, 1024));
+    let b = assemble(lra.as_ref(), Split::Test, &[1], false, 0, 0, Device::Cpu);
+    let px = 37; // row 1, col 5
+    let (r, g, bl) = [0, 1, 2].map(|c| ((px + 50 * c + 1) % 256) as f64 / 255.0).into();
+    let gray = 0.2989 * r + 0.587 * g + 0.114 * bl;
+    assert!((b.x.double_value(&[0, px as i64, 0]) - (gray - 0.5) / 0.5).abs() < 1e-5);
+
+    // Augmentation: same seed and step give the same batch; it changes the image; range kept.
+    let a1 = assemble(task.as_ref(), Split::Train, &[0, 1, 2, 3], true, 7, 11, Device::Cpu);
+    let a2 = assemble(task.as_ref(), Split::Train, &[0, 1, 2, 3], true, 7, 11, Device::Cpu);
+    let plain = assemble(task.as_ref(), Split::Train, &[0, 1, 2, 3], false, 7, 11, Device::Cpu);
+    assert!(a1.x.equal(&a2.x));
+    assert!(!a1.x.equal(&plain.x));
+    let lo = (0.0 - 0.4914) / 0.2023 - 1e-4;
+    assert!(a1.x.min().double_value(&[]) >= lo - 0.2 && a1.x.max().double_value(&[]) <= (1.0 - 0.4465) / 0.2010 + 1e-4);
+}
+
+#[test]
+fn cifar10_rejects_corrupt_files_naming_them() {
+    type Corrupt = fn(&Path);
+    let cases: [(&str, Corrupt, &str, &str); 5] = [
+        ("size", |d| { let p = d.join("data_batch_3.bin"); let b = std::fs::read(&p).unwrap(); std::fs::write(&p, &b[..b.len() - 1]).unwrap(); }, "data_batch_3.bin", "not a whole number of 3073-byte records (record 1 at offset 3073"),
+        ("label", |d| { let p = d.join("test_batch.bin"); let mut b = std::fs::read(&p).unwrap(); b[3073] = 11; std::fs::write(&p, b).unwrap(); }, "test_batch.bin", "record 1 (offset 3073) has label 11"),
+        ("empty", |d| std::fs::write(d.join("data_batch_5.bin"), b"").unwrap(), "data_batch_5.bin", "empty file"),
+        ("missing-test", |d| std::fs::remove_file(d.join("test_batch.bin")).unwrap(), "test_batch.bin", "missing test file"),
+        ("missing-train", |d| std::fs::remove_file(d.join("data_batch_2.bin")).unwrap(), "data_batch_2.bin", "missing training file"),
+    ];
+    for (name, corrupt, file, needle) in cases {
+        let dir = scratch(&format!("cifar-bad-{name}"));
+        write_cifar(&dir, 2);
+        corrupt(&dir);
+        let err = load_err(&TaskConfig::named("cifar10", Some(dir.clone())).unwrap());
+        assert!(err.contains(file) && err.contains(needle), "{name}: {err}");
+    }
+    let err = load_err(&TaskConfig::named("cifar10", Some(scratch("cifar-none"))).unwrap());
+    assert!(err.contains("no CIFAR-10 binary files"), "{err}");
+}
+
+fn write_listops(dir: &Path, lengths: &[usize]) {
+    // "[SM 1 1 … ]" with n-2 ones: n tokens, label (n-2) % 10.
+    let line = |n: usize| format!("( [SM {} ] )\t{}\n", vec!["1"; n - 2].join(" "), (n - 2) % 10);
+    for name in ["basic_train.tsv", "basic_val.tsv", "basic_test.tsv"] {
+        let body: String = lengths.iter().map(|&n| line(n)).collect();
+        std::fs::write(dir.join(name), format!("Source\tTarget\n{body}")).unwrap();
+    }
+}
+
+#[test]
+fn listops_reports_and_applies_the_length_policy() {
+    let dir = scratch("listops");
+    write_listops(&dir, &[5, 12, 30, 8]);
+    let drop = TaskConfig::Listops { path: Some(dir.clone()), max_len: 12, overflow: Default::default() };
+    let task = load_task(&drop, 0).unwrap();
+    assert_eq!(task.len(Split::Train), Some(3));
+    assert_eq!(task.spec().seq_len, 12);
+    assert!(task.notes()[0].contains("4 examples") && task.notes()[0].contains("1 longer than 12 tokens dropped"), "{:?}", task.notes());
+    // Left padding: the last token is the closing bracket (id 14); padding id 15 in front.
+    let b = assemble(task.as_ref(), Split::Train, &[0], false, 0, 0, Device::Cpu);
+    assert_eq!(b.x.int64_value(&[0, 11]), 14);
+    assert_eq!(b.x.int64_value(&[0, 6]), 15);
+    assert_eq!(b.x.int64_value(&[0, 7]), 13);
+    assert_eq!(b.y.int64_value(&[0, 0]), 3);
+
+    let truncate = TaskConfig::Listops { path: Some(dir.clone()), max_len: 12, overflow: fpt_tasks::listops::Overflow::Truncate };
+    let task = load_task(&truncate, 0).unwrap();
+    assert_eq!(task.len(Split::Train), Some(4));
+    assert!(task.notes()[0].contains("1 longer than 12 tokens truncated"));
+
+    std::fs::remove_file(dir.join("basic_val.tsv")).unwrap();
+    let err = load_err(&drop);
+    assert!(err.contains("basic_val.tsv") && err.contains("missing"), "{err}");
+    std::fs::write(dir.join("basic_val.tsv"), b"Source\tTarget\n[SM 1 1 ]\tseven\n").unwrap();
+    let err = load_err(&drop);
+    assert!(err.contains("basic_val.tsv") && err.contains("line 2"), "{err}");
+}
+
+fn write_homology(dir: &Path) {
+    let record = |seq: &str, fold: usize| format!("{{\"id\": \"d1\", \"primary\": \"{seq}\", \"protein_length\": {}, \"class_label\": 0, \"fold_label\": {fold}, \"superfamily_label\": 1, \"family_label\": 2}}", seq.len());
+    let files = ["train", "valid", "test_fold_holdout", "test_superfamily_holdout", "test_family_holdout"];
+    for (i, f) in files.iter().enumerate() {
+        let body = [record("MKVL", i), record("ACDEFGHIKL", 1194), record(&"A".repeat(40), 7)].join(",\n");
+        std::fs::write(dir.join(format!("remote_homology_{f}.json")), format!("[{body}]")).unwrap();
+    }
+}
+
+#[test]
+fn remote_homology_encodes_drops_and_rejects() {
+    let dir = scratch("homology");
+    write_homology(&dir);
+    let cfg = TaskConfig::RemoteHomology { path: Some(dir.clone()), max_len: 20, test_set: fpt_tasks::homology::TestSet::Superfamily };
+    let task = load_task(&cfg, 0).unwrap();
+    assert_eq!(task.len(Split::Train), Some(2), "the 42-token sequence is dropped");
+    assert_eq!(task.spec().seq_len, 12);
+    assert!(task.notes()[2].contains("superfamily") && task.notes()[2].contains("1 longer than 20 tokens dropped"), "{:?}", task.notes());
+    let b = assemble(task.as_ref(), Split::Test, &[0], false, 0, 0, Device::Cpu);
+    let ids: Vec<i64> = (0..12).map(|i| b.x.int64_value(&[0, i])).collect();
+    assert_eq!(ids, vec![0, 0, 0, 0, 0, 0, 2, 16, 14, 25, 15, 3]); // <pad>… <cls> M K V L <sep>
+    assert_eq!(b.y.int64_value(&[0, 0]), 3);
+
+    std::fs::remove_file(dir.join("remote_homology_valid.json")).unwrap();
+    let err = load_err(&cfg);
+    assert!(err.contains("remote_homology_valid.json") && err.contains("missing"), "{err}");
+    std::fs::write(dir.join("remote_homology_valid.json"), b"[{\"primary\": \"MK\", \"fold_label\": 1200}]").unwrap();
+    let err = load_err(&cfg);
+    assert!(err.contains("remote_homology_valid.json") && err.contains("fold_label 1200"), "{err}");
+    std::fs::write(dir.join("remote_homology_valid.json"), b"\xff\xfe[]").unwrap();
+    let err = load_err(&cfg);
+    assert!(err.contains("remote_homology_valid.json") && err.contains("not a TAPE"), "{err}");
+}
+
+#[test]
+fn evaluation_visits_every_example_exactly_once() {
+    let dir = scratch("mnist-eval");
+    write_mnist(&dir, 7, 10, true);
+    let task = load_task(&mnist_cfg(&dir), 0).unwrap();
+    let batches: Vec<_> = EvalBatches::new(task.clone(), Split::Test, 3, Device::Cpu).unwrap().collect();
+    assert_eq!(batches.iter().map(|b| b.len).collect::<Vec<_>>(), vec![3, 3, 3, 1], "last partial batch included");
+    let labels: Vec<i64> = batches.iter().flat_map(|b| Vec::<i64>::try_from(&b.y.flatten(0, -1)).unwrap()).collect();
+    assert_eq!(labels, (0..10).map(|i| i % 10).collect::<Vec<i64>>());
+    // Generated tasks evaluate their fixed set whole, too.
+    let xor = load_task(&TaskConfig::BitXor { n: 5, patterns: 2, eval_examples: 25 }, 3).unwrap();
+    let n: usize = EvalBatches::new(xor, Split::Val, 8, Device::Cpu).unwrap().map(|b| b.len).sum();
+    assert_eq!(n, 25);
+}
+
+#[test]
+fn training_epochs_are_seeded_permutations_and_resume_exactly() {
+    let dir = scratch("mnist-train");
+    write_mnist(&dir, 10, 2, false);
+    let task: Arc<dyn Task> = load_task(&mnist_cfg(&dir), 0).unwrap();
+    let mut stream = TrainStream::new(task.clone(), 4, 42, false).unwrap();
+    let first: Vec<Vec<usize>> = (0..5).map(|_| stream.next_indices()).collect(); // 20 = two epochs
+    let flat: Vec<usize> = first.concat();
+    let (e0, e1) = flat.split_at(10);
+    let sorted = |v: &[usize]| { let mut v = v.to_vec(); v.sort(); v };
+    assert_eq!(sorted(e0), (0..10).collect::<Vec<_>>(), "epoch 0 is a permutation");
+    assert_eq!(sorted(e1), (0..10).collect::<Vec<_>>(), "epoch 1 is a permutation");
+    assert_ne!(e0, e1, "epochs are reshuffled");
+    assert_ne!(e0, (0..10).collect::<Vec<_>>().as_slice(), "epoch 0 is shuffled");
+    // Same seed, same stream; a stream resumed at step 3 continues identically.
+    let mut again = TrainStream::new(task.clone(), 4, 42, false).unwrap();
+    assert_eq!((0..5).map(|_| again.next_indices()).collect::<Vec<_>>(), first);
+    let mut resumed = TrainStream::new(task.clone(), 4, 42, false).unwrap().at_step(3);
+    assert_eq!(resumed.next_indices(), first[3]);
+    assert_eq!(resumed.epoch(), 1);
+    let mut other = TrainStream::new(task.clone(), 4, 43, false).unwrap();
+    assert_ne!(other.next_indices(), first[0]);
+    // Batches are identical whatever the thread count (examples seed their own streams).
+    let b1 = TrainStream::new(task.clone(), 4, 1, true).unwrap().next_batch(Device::Cpu);
+    let b2 = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap().install(|| TrainStream::new(task.clone(), 4, 1, true).unwrap().next_batch(Device::Cpu));
+    assert!(b1.x.equal(&b2.x) && b1.y.equal(&b2.y));
+}
+
+#[test]
+fn bit_tasks_stream_and_loss_shapes() {
+    let task = load_task(&TaskConfig::BitMemory { n: 100, patterns: 5, patch: 10, mask_prob: 0.5, eval_examples: 8 }, 9).unwrap();
+    let spec = task.spec().clone();
+    let mut s = TrainStream::new(task.clone(), 4, 9, false).unwrap();
+    let b = s.next_batch(Device::Cpu);
+    assert_eq!(b.x.size(), vec![4, 60, 10]);
+    assert_eq!(b.y.size(), vec![4, 100]);
+    let logits = tch::Tensor::zeros([4, 10, 20], (Kind::Float, Device::Cpu));
+    let (loss, correct) = fpt_tasks::loss_and_correct(&spec, &logits, &b.y).unwrap();
+    assert!((loss.double_value(&[]) - 2f64.ln()).abs() < 1e-6);
+    // All-zero logits predict class 0 everywhere: correct = number of 0 bits.
+    let zeros = b.y.eq(0).sum(Kind::Int64).int64_value(&[]);
+    assert_eq!(correct.int64_value(&[]), zeros);
+    assert!(fpt_tasks::loss_and_correct(&spec, &tch::Tensor::zeros([4, 10], (Kind::Float, Device::Cpu)), &b.y).is_err());
+}
+
+/// The real Fashion-MNIST of Debian's `dataset-fashion-mnist` (`.ci/run` installs it).
+#[test]
+fn real_fashion_mnist_loads() {
+    let dir = Path::new(fpt_tasks::config::DEBIAN_FASHION_MNIST);
+    assert!(
+        dir.is_dir(),
+        "{} is absent: install Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist); .ci/run does",
+        dir.display()
+    );
+    let task = load_task(&TaskConfig::named("fashion-mnist", Some(dir.to_path_buf())).unwrap(), 0).unwrap();
+    assert_eq!((task.len(Split::Train), task.len(Split::Test)), (Some(60_000), Some(10_000)));
+    let stats = fpt_tasks::stats::split_stats(task.as_ref(), Split::Test).unwrap();
+    assert!(stats.per_class.values().all(|&n| n == 1000), "{:?}", stats.per_class);
+    let b = EvalBatches::new(task, Split::Test, 256, Device::Cpu).unwrap().next().unwrap();
+    let mean = b.x.mean(Kind::Float).double_value(&[]);
+    assert!(mean > 0.2 && mean < 0.4, "mean pixel {mean}"); // Fashion-MNIST's mean is ~0.286
+}
