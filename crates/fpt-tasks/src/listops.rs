@@ -221,30 +221,52 @@ impl Default for GeneratorConfig {
 const OPERATOR_P: f64 = 0.25;
 const OPERATORS: [&str; 4] = ["[MIN", "[MAX", "[MED", "[SM"];
 
-/// Builds one tree; returns (text with LRA's parentheses, value, length without parentheses).
-fn generate_tree(rng: &mut TaskRng, depth: usize, cfg: &GeneratorConfig) -> (String, u8, usize) {
+/// A generated expression tree.
+enum Node {
+    Value(u8),
+    Op(&'static str, Vec<Node>),
+}
+
+/// Draws one tree as LRA does; returns it with its value and its length in tokens
+/// (parentheses not counted). Text is only rendered for kept trees (`render`).
+fn generate_tree(rng: &mut TaskRng, depth: usize, cfg: &GeneratorConfig) -> (Node, u8, usize) {
     let r: f64 = if depth < cfg.max_depth { rng.random() } else { 1.0 };
     if r > OPERATOR_P {
         let v: u8 = rng.random_range(0..10);
-        return (v.to_string(), v, 1);
+        return (Node::Value(v), v, 1);
     }
     let n_args = rng.random_range(2..=cfg.max_args);
     let mut length = 2;
     let mut args = Vec::with_capacity(n_args);
+    let mut values = Vec::with_capacity(n_args);
     for _ in 0..n_args {
-        let (text, value, len) = generate_tree(rng, depth + 1, cfg);
+        let (node, value, len) = generate_tree(rng, depth + 1, cfg);
         length += len;
-        args.push((text, value));
+        args.push(node);
+        values.push(value);
     }
     let op = OPERATORS[rng.random_range(0..OPERATORS.len())];
-    let values: Vec<u8> = args.iter().map(|a| a.1).collect();
-    let value = apply(op, &values);
-    // LRA nests binary tuples: ((((op a1) a2) …) ]) and prints each as "( x y )".
-    let mut text = format!("( {op} {} )", args[0].0);
-    for (arg, _) in &args[1..] {
-        text = format!("( {text} {arg} )");
+    (Node::Op(op, args), apply(op, &values), length)
+}
+
+/// LRA's text: binary tuples nested as ((((op a1) a2) …) ]), each printed "( x y )".
+fn render(node: &Node, out: &mut String) {
+    match node {
+        Node::Value(v) => out.push(char::from(b'0' + v)),
+        Node::Op(op, args) => {
+            // k arguments and the closing bracket make k + 1 nested tuples.
+            for _ in 0..=args.len() {
+                out.push_str("( ");
+            }
+            out.push_str(op);
+            for arg in args {
+                out.push(' ');
+                render(arg, out);
+                out.push_str(" )");
+            }
+            out.push_str(" ] )");
+        }
     }
-    (format!("( {text} ] )"), value, length)
 }
 
 /// LRA's operators on argument values (MED: numpy's median, then `int`, i.e. floor here).
@@ -314,7 +336,8 @@ pub fn generate(cfg: &GeneratorConfig) -> Result<Generated> {
     }
     let total = cfg.train + cfg.val + cfg.test;
     let mut rng = stream(cfg.seed, &[0x11570b5]);
-    let mut seen = HashSet::with_capacity(total);
+    // Distinctness by a 64-bit hash of the text: holding 100,000 texts twice would cost GBs.
+    let mut seen: HashSet<u64> = HashSet::with_capacity(total);
     let mut kept = Vec::with_capacity(total);
     let mut drawn = 0usize;
     while kept.len() < total {
@@ -322,9 +345,15 @@ pub fn generate(cfg: &GeneratorConfig) -> Result<Generated> {
         if drawn > 10_000 * (total + 100) {
             bail!("listops generator: drew {drawn} trees without finding {total} in {}..{} tokens", cfg.min_len, cfg.max_len);
         }
-        let (text, value, length) = generate_tree(&mut rng, 1, cfg);
-        if length > cfg.min_len && length < cfg.max_len && seen.insert(text.clone()) {
-            kept.push((text, value));
+        let (tree, value, length) = generate_tree(&mut rng, 1, cfg);
+        if length > cfg.min_len && length < cfg.max_len {
+            let mut text = String::with_capacity(length * 4);
+            render(&tree, &mut text);
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            std::hash::Hash::hash(&text, &mut h);
+            if seen.insert(std::hash::Hasher::finish(&h)) {
+                kept.push((text, value));
+            }
         }
     }
     let test = kept.split_off(cfg.train + cfg.val);
@@ -371,6 +400,15 @@ mod tests {
         assert_eq!(evaluate("( ( ( [MAX 2 ) 9 ) ] )"), Some(9));
         assert_eq!(evaluate("[SM [MIN 0 1 ] 3 ]"), Some(3));
         assert_eq!(evaluate("[SM 3 ]"), None);
+    }
+
+    #[test]
+    fn renders_lra_text() {
+        let tree = Node::Op("[MAX", vec![Node::Value(2), Node::Op("[SM", vec![Node::Value(9), Node::Value(3)]), Node::Value(1)]);
+        let mut text = String::new();
+        render(&tree, &mut text);
+        assert_eq!(text, "( ( ( ( [MAX 2 ) ( ( ( [SM 9 ) 3 ) ] ) ) 1 ) ] )");
+        assert_eq!(evaluate(&text), Some(2));
     }
 
     #[test]

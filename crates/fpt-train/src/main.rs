@@ -22,6 +22,11 @@ enum Command {
 }
 
 fn main() {
+    // Rust ignores SIGPIPE, turning a closed pipe into a panic on the next print.
+    // SAFETY: restoring the default disposition of one signal before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Params(args) => commands::params::run(args),
