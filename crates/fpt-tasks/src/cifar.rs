@@ -36,6 +36,12 @@ pub enum Variant {
 /// Reads one binary batch file, checking its size and labels; returns the records.
 pub fn read_batch_file(path: &Path) -> Result<Vec<u8>> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    check_records(&bytes, path)?;
+    Ok(bytes)
+}
+
+/// Checks that `bytes` are whole 3073-byte records with labels 0–9.
+pub fn check_records(bytes: &[u8], path: &Path) -> Result<()> {
     if bytes.is_empty() {
         bail!("{}: empty file (expected 3073-byte CIFAR-10 records)", path.display());
     }
@@ -53,7 +59,7 @@ pub fn read_batch_file(path: &Path) -> Result<Vec<u8>> {
             bail!("{}: record {i} (offset {}) has label {}, outside 0..{CLASSES}", path.display(), i * RECORD, record[0]);
         }
     }
-    Ok(bytes)
+    Ok(())
 }
 
 /// The folder holding the batch files: `dir` or `dir/cifar-10-batches-bin`.
@@ -152,5 +158,38 @@ impl Task for Cifar10 {
 
     fn notes(&self) -> Vec<String> {
         vec![format!("files: {}/{{{}, {TEST_FILE}}}", self.dir.display(), TRAIN_FILES.join(", "))]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Property test: random and mutated record streams never panic the checker, and whatever
+    /// it accepts is whole records with valid labels. `FPT_FUZZ_ITERS` runs it longer.
+    #[test]
+    fn record_checker_never_panics() {
+        use rand::{Rng, SeedableRng};
+        let iters: usize = std::env::var("FPT_FUZZ_ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(2_000);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2);
+        let path = Path::new("fuzz.bin");
+        for _ in 0..iters {
+            let records = rng.random_range(0..3);
+            let mut bytes: Vec<u8> = (0..records * RECORD).map(|i| if i % RECORD == 0 { (i % 10) as u8 } else { 7 }).collect();
+            for _ in 0..rng.random_range(0..3) {
+                if !bytes.is_empty() {
+                    let i = rng.random_range(0..bytes.len());
+                    bytes[i] = rng.random();
+                }
+            }
+            let keep = rng.random_range(0..=bytes.len());
+            if rng.random::<bool>() {
+                bytes.truncate(keep);
+            }
+            if check_records(&bytes, path).is_ok() {
+                assert!(!bytes.is_empty() && bytes.len() % RECORD == 0);
+                assert!(bytes.chunks(RECORD).all(|r| (r[0] as usize) < CLASSES));
+            }
+        }
     }
 }

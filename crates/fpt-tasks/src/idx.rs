@@ -102,13 +102,14 @@ mod tests {
     }
 
     /// Property test: no byte string makes the parser panic, and whatever it accepts is
-    /// self-consistent.
+    /// self-consistent. `FPT_FUZZ_ITERS` runs it longer.
     #[test]
     fn never_panics_on_random_bytes() {
         use rand::{Rng, SeedableRng};
+        let iters: usize = std::env::var("FPT_FUZZ_ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
         let ok = encode(&[3, 2, 2], &[7; 12]);
-        for _ in 0..20_000 {
+        for _ in 0..iters {
             let mut bytes = if rng.random::<bool>() { ok.clone() } else { vec![0u8; rng.random_range(0..40)] };
             for _ in 0..rng.random_range(0..4) {
                 if bytes.is_empty() {
