@@ -1,6 +1,12 @@
 //! Training, experiment configs and the `fpt` command-line tool: the one crate that joins
 //! `fpt-model` and `fpt-tasks`.
 
+pub mod adam;
+pub mod backbone;
 pub mod commands;
+pub mod config;
 pub mod device;
+pub mod run_checkpoint;
 pub mod tensor_io;
+pub mod tensorboard;
+pub mod trainer;

@@ -16,6 +16,8 @@ enum Command {
     Params(commands::params::Args),
     /// Run a Hugging Face GPT-2 directory on inputs_embeds and write last_hidden_state.
     Forward(commands::forward::Args),
+    /// Train one run from a TOML config (resumable).
+    Train(commands::train::Args),
     /// Check data sets, generate ListOps.
     #[command(subcommand)]
     Data(commands::data::DataCommand),
@@ -32,6 +34,7 @@ fn main() {
         Command::Params(args) => commands::params::run(args),
         Command::Forward(args) => commands::forward::run(args),
         Command::Data(cmd) => commands::data::run(cmd),
+        Command::Train(args) => commands::train::run_cli(args),
     };
     if let Err(err) = result {
         // `{:#}` puts the whole context chain on one line.

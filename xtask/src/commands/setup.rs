@@ -1,9 +1,9 @@
 //! `cargo xtask setup`: the project's Python environment and the libtorch build.
 //!
 //! 1. `.venv/` from `python3 -m venv` (or `$FPT_PYTHON -m venv`).
-//! 2. Pinned `torch` (the libtorch that `tch` 0.24 is generated for) and `transformers` (the
-//!    reference implementation that the parity tests compare against), installed only when
-//!    the installed versions differ.
+//! 2. Pinned `torch` (the libtorch that `tch` 0.24 is generated for), `transformers` (the
+//!    reference implementation that the parity tests compare against) and `tensorboard` (whose
+//!    reader checks our event files), installed only when the installed versions differ.
 //! 3. `.venv/libtorch` → the wheel's `torch/` folder. `.cargo/config.toml` sets
 //!    `LIBTORCH=.venv/libtorch`, so plain `cargo build` / `cargo test -p …` use the venv's
 //!    libtorch with no exports, and every build (ours or yours) sees the same environment, so
@@ -19,6 +19,8 @@ use std::process::Command;
 
 pub const TORCH_VERSION: &str = "2.11.0";
 pub const TRANSFORMERS_VERSION: &str = "4.57.6";
+/// Its event reader checks that our TensorBoard files open in the real viewer.
+pub const TENSORBOARD_VERSION: &str = "2.21.0";
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -106,14 +108,14 @@ fn installed_version(python: &Path, package: &str) -> Option<String> {
 }
 
 fn ensure_packages(python: &Path) -> Result<()> {
-    let wanted = [("torch", TORCH_VERSION), ("transformers", TRANSFORMERS_VERSION)];
+    let wanted = [("torch", TORCH_VERSION), ("transformers", TRANSFORMERS_VERSION), ("tensorboard", TENSORBOARD_VERSION)];
     let missing: Vec<String> = wanted
         .iter()
         .filter(|(name, version)| installed_version(python, name).as_deref() != Some(*version))
         .map(|(name, version)| format!("{name}=={version}"))
         .collect();
     if missing.is_empty() {
-        eprintln!("setup: torch {TORCH_VERSION} and transformers {TRANSFORMERS_VERSION} already in .venv");
+        eprintln!("setup: torch {TORCH_VERSION}, transformers {TRANSFORMERS_VERSION} and tensorboard {TENSORBOARD_VERSION} already in .venv");
         return Ok(());
     }
     run_cmd(Command::new(python).args(["-m", "pip", "install", "--disable-pip-version-check"]).args(&missing))

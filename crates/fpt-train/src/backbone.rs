@@ -1,0 +1,127 @@
+//! Backbone names resolved as `transformers` resolves them: a local directory, or a Hugging Face
+//! hub id looked up in the Hugging Face cache (`$HF_HOME/hub`, default
+//! `~/.cache/huggingface/hub`, the layout Python fills: `models--{org}--{name}/refs/main` →
+//! `snapshots/{revision}/…`) and downloaded into it with `hf-hub` when the machine is online.
+//! GPT-2 preset names double as hub ids (`gpt2`, `gpt2-medium`, …): with `init = "random"` only
+//! their shape is needed, so nothing is downloaded.
+
+use crate::config::{Init, ModelConfig};
+use anyhow::{bail, Context, Result};
+use fpt_model::Gpt2Config;
+use std::path::{Path, PathBuf};
+
+/// What the model builder needs: the architecture, and the weights folder for pretrained init.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResolvedBackbone {
+    pub config: Gpt2Config,
+    pub weights: Option<PathBuf>,
+    /// Where it came from, for logs and the run's resolved config.
+    pub source: String,
+}
+
+/// The hub cache root: `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`.
+pub fn hub_cache() -> PathBuf {
+    if let Some(p) = std::env::var_os("HF_HUB_CACHE") {
+        return PathBuf::from(p);
+    }
+    if let Some(home) = std::env::var_os("HF_HOME") {
+        return PathBuf::from(home).join("hub");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    home.join(".cache/huggingface/hub")
+}
+
+/// The snapshot folder of `repo_id` in a cache, if `refs/main` points at one holding config.json.
+pub fn cached_snapshot(cache: &Path, repo_id: &str) -> Option<PathBuf> {
+    let repo = cache.join(format!("models--{}", repo_id.replace('/', "--")));
+    let revision = std::fs::read_to_string(repo.join("refs/main")).ok()?;
+    let snapshot = repo.join("snapshots").join(revision.trim());
+    snapshot.join("config.json").is_file().then_some(snapshot)
+}
+
+fn looks_like_hub_id(name: &str) -> bool {
+    !name.is_empty()
+        && name.split('/').count() <= 2
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+        && !name.starts_with('.')
+        && !name.starts_with('/')
+}
+
+/// Downloads `config.json` and the safetensors weights of `repo_id` into the cache.
+fn download(cache: &Path, repo_id: &str) -> Result<PathBuf> {
+    if std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true")) {
+        bail!("HF_HUB_OFFLINE is set");
+    }
+    // from_env: honours HF_ENDPOINT (mirrors) as Python does.
+    let api = hf_hub::api::sync::ApiBuilder::from_env()
+        .with_cache_dir(cache.to_path_buf())
+        .with_progress(false)
+        .build()
+        .context("starting the Hugging Face hub client")?;
+    let repo = api.model(repo_id.to_string());
+    let config = repo.get("config.json").with_context(|| format!("downloading {repo_id}/config.json"))?;
+    if repo.get("model.safetensors").is_err() {
+        let index = repo
+            .get("model.safetensors.index.json")
+            .with_context(|| format!("{repo_id} has neither model.safetensors nor a sharded index"))?;
+        let text = std::fs::read_to_string(&index)?;
+        let parsed: serde_json::Value = serde_json::from_str(&text)?;
+        let mut shards: Vec<String> = parsed["weight_map"]
+            .as_object()
+            .map(|m| m.values().filter_map(|v| v.as_str().map(String::from)).collect())
+            .unwrap_or_default();
+        shards.sort();
+        shards.dedup();
+        for shard in shards {
+            repo.get(&shard).with_context(|| format!("downloading {repo_id}/{shard}"))?;
+        }
+    }
+    Ok(config.parent().context("cached file has a folder")?.to_path_buf())
+}
+
+pub fn resolve(model: &ModelConfig) -> Result<ResolvedBackbone> {
+    let name = model.backbone.trim();
+    let path = Path::new(name);
+    if path.is_dir() {
+        let config = Gpt2Config::from_json_file(&path.join("config.json"))?;
+        return Ok(ResolvedBackbone { config, weights: Some(path.to_path_buf()), source: format!("directory {}", path.display()) });
+    }
+    if model.init == Init::Random {
+        if let Ok(config) = Gpt2Config::preset(name) {
+            return Ok(ResolvedBackbone { config, weights: None, source: format!("preset {name} (shape only)") });
+        }
+    }
+    if !looks_like_hub_id(name) {
+        bail!("model.backbone {name:?} is not a directory, a GPT-2 preset or a Hugging Face hub id");
+    }
+    let cache = hub_cache();
+    let snapshot = match cached_snapshot(&cache, name) {
+        Some(s) => s,
+        None => match download(&cache, name) {
+            Ok(s) => s,
+            Err(e) => bail!(
+                "backbone {name:?} is not in the Hugging Face cache {} and could not be downloaded ({e:#}). \
+                 On a machine with internet: `huggingface-cli download {name} config.json model.safetensors` \
+                 (or run fpt there once), then copy the cache; or set model.backbone to a local directory \
+                 holding config.json and model.safetensors",
+                cache.display()
+            ),
+        },
+    };
+    let config = Gpt2Config::from_json_file(&snapshot.join("config.json"))?;
+    Ok(ResolvedBackbone { config, weights: Some(snapshot.clone()), source: format!("hub id {name} at {}", snapshot.display()) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hub_ids_are_recognised() {
+        assert!(looks_like_hub_id("gpt2"));
+        assert!(looks_like_hub_id("openai-community/gpt2-medium"));
+        assert!(!looks_like_hub_id("/abs/path"));
+        assert!(!looks_like_hub_id("a/b/c"));
+        assert!(!looks_like_hub_id("bad name"));
+    }
+}

@@ -1,0 +1,225 @@
+//! `fpt train` end to end on tiny models: learning, run directories, exact resume after a
+//! kill, seed repeatability, gradient accumulation, failure on a non-finite loss, TensorBoard
+//! files read by TensorBoard itself, and backbones from a Hugging Face cache.
+
+#[path = "../../fpt-model/tests/common/mod.rs"]
+mod common;
+
+use fpt_model::{FreezeSpec, Gpt2, Gpt2Config};
+use fpt_train::trainer::{read_metrics, read_summary, MetricsLine, Status};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use tch::{nn, Device, Tensor};
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("train-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+const XOR: &str = r#"
+seed = 3
+[task]
+name = "bit-xor"
+eval_examples = 200
+[model]
+backbone = "gpt2"
+init = "random"
+freeze = "full"
+[model.shape]
+n_layer = 2
+n_embd = 64
+n_head = 4
+n_positions = 64
+[train]
+steps = 600
+batch_size = 16
+log_every = 10
+eval_every = 100
+checkpoint_every = 50
+target_accuracy = 0.99
+"#;
+
+fn write_config(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("run.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn fpt(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fpt"));
+    cmd.args(args).args(["--device", "cpu"]).env_remove("FPT_STOP_AFTER_STEP");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("running fpt")
+}
+
+fn train(config: &Path, out: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut args = vec!["train", "--config", config.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    fpt(&args, env)
+}
+
+fn ok(out: &Output) {
+    assert!(out.status.success(), "fpt failed: {}\n{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+}
+
+/// The metric values, without the timing fields that legitimately differ between runs.
+fn values(lines: &[MetricsLine]) -> Vec<(u64, f64, f64, Option<f64>, Option<f64>)> {
+    lines.iter().map(|l| (l.step, l.train_loss, l.train_acc, l.eval_loss, l.eval_acc)).collect()
+}
+
+#[test]
+fn full_transformer_learns_bit_xor_and_the_run_directory_is_complete() {
+    let dir = tmp("xor");
+    let config = write_config(&dir, XOR);
+    let out = dir.join("run");
+    ok(&train(&config, &out, &[], &[]));
+    let summary = read_summary(&out).unwrap();
+    assert_eq!(summary.status, Status::Completed);
+    assert_eq!(summary.steps_done, 600);
+    assert_eq!(summary.final_eval_acc, Some(1.0), "bit XOR should be solved: {summary:?}");
+    assert!(summary.steps_to_target.is_some_and(|s| s <= 600));
+    for file in ["config.toml", "metrics.jsonl", "summary.json", "checkpoint.safetensors"] {
+        assert!(out.join(file).is_file(), "missing {file}");
+    }
+    let lines = read_metrics(&out).unwrap();
+    assert_eq!(lines.iter().map(|l| l.step).collect::<Vec<_>>(), (1..=60).map(|i| i * 10).collect::<Vec<_>>());
+    assert_eq!(lines.iter().filter(|l| l.eval_acc.is_some()).count(), 6);
+    // The resolved config reloads as the same run.
+    let resolved = fpt_train::config::RunConfig::load(&out.join("config.toml"), &[]).unwrap();
+    assert_eq!(resolved.seed, 3);
+
+    // A second start in the same directory is refused; --resume of a completed run is a no-op.
+    let again = train(&config, &out, &[], &[]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("completed run"));
+    ok(&train(&config, &out, &["--resume"], &[]));
+    assert_eq!(read_metrics(&out).unwrap(), lines, "a completed run is never redone");
+
+    // TensorBoard's own reader sees the same curve.
+    let events = std::fs::read_dir(&out).unwrap().filter_map(|e| e.ok()).map(|e| e.path()).find(|p| p.file_name().unwrap().to_string_lossy().starts_with("events.out.tfevents")).expect("an event file");
+    let script = format!(
+        "from tensorboard.backend.event_processing.event_accumulator import EventAccumulator as E\n\
+         e = E({:?}); e.Reload()\n\
+         print(' '.join(f'{{s.step}}:{{s.value:.6f}}' for s in e.Scalars('eval/accuracy')))",
+        events.to_str().unwrap()
+    );
+    let py = Command::new(common::venv_python()).args(["-c", &script]).output().unwrap();
+    assert!(py.status.success(), "{}", String::from_utf8_lossy(&py.stderr));
+    let expected: Vec<String> = lines.iter().filter_map(|l| l.eval_acc.map(|a| format!("{}:{:.6}", l.step, a as f32))).collect();
+    assert_eq!(String::from_utf8_lossy(&py.stdout).trim(), expected.join(" "));
+}
+
+#[test]
+fn resume_after_a_kill_continues_exactly_and_seeds_repeat() {
+    // Frozen backbone with dropout on: resume must restore parameters, Adam state and the
+    // random streams for the curve to continue identically.
+    let text = XOR.replace("freeze = \"full\"", "freeze = \"paper\"").replace("steps = 600", "steps = 160");
+    let dir = tmp("resume");
+    let config = write_config(&dir, &text);
+    let straight = dir.join("straight");
+    ok(&train(&config, &straight, &[], &[]));
+    let reference = read_metrics(&straight).unwrap();
+
+    let again = dir.join("again");
+    ok(&train(&config, &again, &[], &[]));
+    assert_eq!(values(&read_metrics(&again).unwrap()), values(&reference), "same seed, same metrics");
+
+    let killed = dir.join("killed");
+    let out = train(&config, &killed, &[], &[("FPT_STOP_AFTER_STEP", "75")]);
+    assert_eq!(out.status.code(), Some(fpt_train::trainer::STOPPED_EXIT_CODE));
+    assert_eq!(read_metrics(&killed).unwrap().last().unwrap().step, 70, "logged past the step-50 checkpoint");
+    assert_eq!(read_summary(&killed).unwrap().status, Status::Running);
+    ok(&train(&config, &killed, &["--resume"], &[]));
+    let resumed = read_metrics(&killed).unwrap();
+    assert_eq!(values(&resumed), values(&reference), "resumed curve differs (gap, duplicate or drift)");
+    assert_eq!(read_summary(&killed).unwrap().status, Status::Completed);
+
+    let other_seed = dir.join("seed4");
+    ok(&train(&config, &other_seed, &["--set", "seed=4"], &[]));
+    assert_ne!(values(&read_metrics(&other_seed).unwrap()), values(&reference));
+}
+
+#[test]
+fn micro_batches_accumulate_to_the_full_batch() {
+    let text = XOR.replace("steps = 600", "steps = 5").replace("eval_every = 100", "eval_every = 5");
+    let dir = tmp("micro");
+    let config = write_config(&dir, &text);
+    let (full, micro) = (dir.join("full"), dir.join("micro"));
+    ok(&train(&config, &full, &["--set", "model.dropout=0.0"], &[]));
+    ok(&train(&config, &micro, &["--set", "model.dropout=0.0", "--set", "train.micro_batch_size=4"], &[]));
+    let (a, b) = (read_metrics(&full).unwrap(), read_metrics(&micro).unwrap());
+    let (la, lb) = (a.last().unwrap().eval_loss.unwrap(), b.last().unwrap().eval_loss.unwrap());
+    assert!((la - lb).abs() < 1e-4, "accumulated {lb} vs full batch {la}");
+    let bad = train(&config, &dir.join("bad"), &["--set", "train.micro_batch_size=5"], &[]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("must divide"));
+}
+
+#[test]
+fn a_non_finite_loss_fails_the_run_naming_the_step() {
+    let dir = tmp("nan");
+    let config = write_config(&dir, XOR);
+    let out = dir.join("run");
+    let res = train(&config, &out, &["--set", "train.lr=1e30", "--set", "train.grad_clip=1e30"], &[]);
+    assert_eq!(res.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(err.contains("non-finite training loss at step"), "{err}");
+    let summary = read_summary(&out).unwrap();
+    assert_eq!(summary.status, Status::Failed);
+    assert!(summary.error.unwrap().contains("non-finite"));
+}
+
+/// A Hugging Face cache laid out as Python fills it, made offline from a tiny checkpoint.
+fn tiny_hub_cache(root: &Path, repo: &str) -> (PathBuf, Vec<(String, Tensor)>) {
+    let mut cfg = Gpt2Config::custom(2, 32, 4);
+    cfg.vocab_size = 50;
+    cfg.n_positions = 32;
+    let revision = "0123456789abcdef0123456789abcdef01234567";
+    let repo_dir = root.join("hub").join(format!("models--{}", repo.replace('/', "--")));
+    let snapshot = repo_dir.join("snapshots").join(revision);
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::fs::create_dir_all(repo_dir.join("refs")).unwrap();
+    std::fs::write(repo_dir.join("refs/main"), revision).unwrap();
+    std::fs::write(snapshot.join("config.json"), serde_json::to_string(&cfg).unwrap()).unwrap();
+    tch::manual_seed(11);
+    let vs = nn::VarStore::new(Device::Cpu);
+    Gpt2::new(&vs.root(), &cfg, &FreezeSpec::all()).unwrap();
+    let mut tensors: Vec<(String, Tensor)> = vs.variables().into_iter().map(|(n, t)| (n, t + 0.5)).collect();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    Tensor::write_safetensors(&tensors, snapshot.join("model.safetensors")).unwrap();
+    (snapshot, tensors)
+}
+
+#[test]
+fn backbones_resolve_through_the_hugging_face_cache() {
+    let dir = tmp("hub");
+    let hf_home = dir.join("hf");
+    let (_, tensors) = tiny_hub_cache(&hf_home, "fpt-test/tiny-gpt2");
+    let text = XOR
+        .replace("backbone = \"gpt2\"", "backbone = \"fpt-test/tiny-gpt2\"")
+        .replace("init = \"random\"", "init = \"pretrained\"")
+        .replace("freeze = \"full\"", "freeze = \"paper\"")
+        .replace("[model.shape]\nn_layer = 2\nn_embd = 64\nn_head = 4\nn_positions = 64\n", "")
+        .replace("steps = 600", "steps = 2");
+    let config = write_config(&dir, &text);
+    let out = dir.join("run");
+    let env = [("HF_HOME", hf_home.to_str().unwrap()), ("HF_ENDPOINT", "http://127.0.0.1:9")];
+    ok(&train(&config, &out, &["--set", "train.lr=1e-7"], &env));
+    // The trained position table started from the cached checkpoint's (lr 1e-7: barely moved).
+    let saved = Tensor::read_safetensors(out.join("checkpoint.safetensors")).unwrap();
+    let wpe = &saved.iter().find(|(n, _)| n == "param.wpe.weight").unwrap().1;
+    let source = &tensors.iter().find(|(n, _)| n == "wpe.weight").unwrap().1;
+    assert!(wpe.allclose(source, 1e-5, 1e-5, false), "wpe was not loaded from the cache");
+
+    // Absent from the cache and no way to download: one line saying what to fetch and where.
+    let missing = write_config(&dir, &text.replace("fpt-test/tiny-gpt2", "fpt-test/absent"));
+    let res = train(&missing, &dir.join("absent"), &[], &env);
+    assert_eq!(res.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("huggingface-cli download fpt-test/absent") && err.contains(hf_home.join("hub").to_str().unwrap()), "{err}");
+}
