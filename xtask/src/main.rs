@@ -2,6 +2,8 @@
 //! builds on a bare machine; everything that needs torch runs the `fpt` binary or `cargo`.
 
 mod commands;
+mod grid;
+mod results;
 mod util;
 
 use anyhow::Result;
@@ -23,8 +25,10 @@ enum Command {
     /// Data sets: generate ListOps, fetch downloads, list what is present.
     #[command(subcommand)]
     Data(commands::data::DataCommand),
-    /// Run the paper reproduction (today: the model's parameter budget per task).
+    /// Run a grid of experiments (default experiments/cpu.toml), resumably; write results/.
     Reproduce(commands::reproduce::Args),
+    /// Train the regression cells and compare with their stored expectations.
+    Regress(commands::regress::Args),
 }
 
 fn main() -> Result<()> {
@@ -33,5 +37,6 @@ fn main() -> Result<()> {
         Command::Test(args) => commands::test::run(&args),
         Command::Reproduce(args) => commands::reproduce::run(&args),
         Command::Data(cmd) => commands::data::run(&cmd),
+        Command::Regress(args) => commands::regress::run(&args),
     }
 }

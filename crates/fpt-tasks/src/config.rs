@@ -3,7 +3,7 @@
 use crate::bits::{BitMemory, BitXor};
 use crate::cifar::{Cifar10, Variant};
 use crate::homology::{RemoteHomology, TestSet};
-use crate::listops::{ListOps, Overflow};
+use crate::listops::{GenerateSpec, ListOps, Overflow};
 use crate::mnist::Mnist;
 use crate::Task;
 use anyhow::{bail, Result};
@@ -46,6 +46,9 @@ pub enum TaskConfig {
         max_len: usize,
         #[serde(default)]
         overflow: Overflow,
+        /// Generate the data in memory instead of reading files (LRA's algorithm).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        generate: Option<GenerateSpec>,
     },
     Mnist {
         #[serde(default)]
@@ -157,7 +160,9 @@ pub fn load_task(cfg: &TaskConfig, seed: u64) -> Result<Arc<dyn Task>> {
             Arc::new(BitMemory::new(*n, *patterns, *patch, *mask_prob, *eval_examples, seed)?)
         }
         TaskConfig::BitXor { n, patterns, eval_examples } => Arc::new(BitXor::new(*n, *patterns, *eval_examples, seed)?),
-        TaskConfig::Listops { path, max_len, overflow } => Arc::new(ListOps::load(&data_dir(name, path), *max_len, *overflow)?),
+        TaskConfig::Listops { generate: Some(spec), path: None, max_len, overflow } => Arc::new(ListOps::generated(spec, *max_len, *overflow)?),
+        TaskConfig::Listops { generate: Some(_), path: Some(_), .. } => bail!("listops: give either path or generate, not both"),
+        TaskConfig::Listops { path, max_len, overflow, generate: None } => Arc::new(ListOps::load(&data_dir(name, path), *max_len, *overflow)?),
         TaskConfig::Mnist { path, patch } | TaskConfig::FashionMnist { path, patch } => {
             Arc::new(Mnist::load(name, &data_dir(name, path), *patch)?)
         }

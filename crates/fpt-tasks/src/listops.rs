@@ -106,23 +106,82 @@ pub struct ListOps {
     notes: Vec<String>,
 }
 
+/// ListOps generated in memory (no files): the generator's settings, in a task config as
+/// `generate = { train = 2000, val = 200, test = 200, min_len = 20, max_len = 100 }`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateSpec {
+    #[serde(default)]
+    pub seed: u64,
+    pub train: usize,
+    pub val: usize,
+    pub test: usize,
+    pub min_len: usize,
+    pub max_len: usize,
+    #[serde(default = "default_depth_args")]
+    pub max_depth: usize,
+    #[serde(default = "default_depth_args")]
+    pub max_args: usize,
+}
+
+fn default_depth_args() -> usize {
+    10
+}
+
 impl ListOps {
     /// Loads `basic_{train,val,test}.tsv` from `dir`; examples longer than `max_len` are
     /// dropped or truncated per `overflow`, and counted.
     pub fn load(dir: &Path, max_len: usize, overflow: Overflow) -> Result<Self> {
-        if max_len == 0 {
-            bail!("listops: max_len must be positive");
-        }
-        let mut splits = Vec::new();
-        let mut notes = Vec::new();
-        let mut longest = 0;
+        let mut files = Vec::new();
         for (split, name) in SPLIT_FILES {
             let path: PathBuf = dir.join(name);
             if !path.is_file() {
                 bail!("{}: missing {name} (the {split} split; `cargo xtask data listops` generates one)", dir.display());
             }
             let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-            let mut file = parse_tsv(&bytes, &path.display().to_string())?;
+            files.push((split, parse_tsv(&bytes, &path.display().to_string())?, path.display().to_string()));
+        }
+        Self::from_files(files, max_len, overflow)
+    }
+
+    /// Generates the splits in memory with LRA's algorithm (see [`generate`]).
+    pub fn generated(spec: &GenerateSpec, max_len: usize, overflow: Overflow) -> Result<Self> {
+        let cfg = GeneratorConfig {
+            seed: spec.seed,
+            train: spec.train,
+            val: spec.val,
+            test: spec.test,
+            min_len: spec.min_len,
+            max_len: spec.max_len,
+            max_depth: spec.max_depth,
+            max_args: spec.max_args,
+        };
+        let generated = generate(&cfg)?;
+        let to_file = |rows: &[(String, u8)]| -> Result<ListOpsFile> {
+            let mut f = ListOpsFile::default();
+            for (source, target) in rows {
+                f.examples.push(encode(source).map_err(|t| anyhow::anyhow!("generator produced unknown token {t:?}"))?);
+                f.labels.push(*target);
+            }
+            Ok(f)
+        };
+        let origin = format!("generated (seed {})", spec.seed);
+        let files = vec![
+            (Split::Train, to_file(&generated.train)?, origin.clone()),
+            (Split::Val, to_file(&generated.val)?, origin.clone()),
+            (Split::Test, to_file(&generated.test)?, origin),
+        ];
+        Self::from_files(files, max_len, overflow)
+    }
+
+    fn from_files(files: Vec<(Split, ListOpsFile, String)>, max_len: usize, overflow: Overflow) -> Result<Self> {
+        if max_len == 0 {
+            bail!("listops: max_len must be positive");
+        }
+        let mut splits = Vec::new();
+        let mut notes = Vec::new();
+        let mut longest = 0;
+        for (split, mut file, origin) in files {
             let total = file.examples.len();
             let over = file.examples.iter().filter(|e| e.len() > max_len).count();
             match overflow {
@@ -132,15 +191,14 @@ impl ListOps {
                     file.examples.retain(|_| *k.next().expect("one flag per example"));
                     let mut k = keep.iter();
                     file.labels.retain(|_| *k.next().expect("one flag per example"));
-                    if file.examples.is_empty() {
-                        bail!("{}: all {total} examples are longer than max_len {max_len}", path.display());
+                    if file.examples.is_empty() && total > 0 {
+                        bail!("{origin}: all {total} examples are longer than max_len {max_len}");
                     }
                 }
                 Overflow::Truncate => file.examples.iter_mut().for_each(|e| e.truncate(max_len)),
             }
             notes.push(format!(
-                "{split}: {total} examples in {}; {over} longer than {max_len} tokens {}",
-                path.display(),
+                "{split}: {total} examples in {origin}; {over} longer than {max_len} tokens {}",
                 if overflow == Overflow::Drop { "dropped" } else { "truncated" }
             ));
             longest = longest.max(file.examples.iter().map(Vec::len).max().unwrap_or(0));

@@ -190,7 +190,7 @@ fn write_listops(dir: &Path, lengths: &[usize]) {
 fn listops_reports_and_applies_the_length_policy() {
     let dir = scratch("listops");
     write_listops(&dir, &[5, 12, 30, 8]);
-    let drop = TaskConfig::Listops { path: Some(dir.clone()), max_len: 12, overflow: Default::default() };
+    let drop = TaskConfig::Listops { path: Some(dir.clone()), max_len: 12, overflow: Default::default(), generate: None };
     let task = load_task(&drop, 0).unwrap();
     assert_eq!(task.len(Split::Train), Some(3));
     assert_eq!(task.spec().seq_len, 12);
@@ -202,7 +202,7 @@ fn listops_reports_and_applies_the_length_policy() {
     assert_eq!(b.x.int64_value(&[0, 7]), 13);
     assert_eq!(b.y.int64_value(&[0, 0]), 3);
 
-    let truncate = TaskConfig::Listops { path: Some(dir.clone()), max_len: 12, overflow: fpt_tasks::listops::Overflow::Truncate };
+    let truncate = TaskConfig::Listops { path: Some(dir.clone()), max_len: 12, overflow: fpt_tasks::listops::Overflow::Truncate, generate: None };
     let task = load_task(&truncate, 0).unwrap();
     assert_eq!(task.len(Split::Train), Some(4));
     assert!(task.notes()[0].contains("1 longer than 12 tokens truncated"));
@@ -213,6 +213,21 @@ fn listops_reports_and_applies_the_length_policy() {
     std::fs::write(dir.join("basic_val.tsv"), b"Source\tTarget\n[SM 1 1 ]\tseven\n").unwrap();
     let err = load_err(&drop);
     assert!(err.contains("basic_val.tsv") && err.contains("line 2"), "{err}");
+}
+
+#[test]
+fn listops_can_be_generated_in_memory() {
+    let spec = fpt_tasks::listops::GenerateSpec { seed: 1, train: 50, val: 10, test: 10, min_len: 10, max_len: 40, max_depth: 10, max_args: 10 };
+    let cfg = TaskConfig::Listops { path: None, max_len: 1024, overflow: Default::default(), generate: Some(spec.clone()) };
+    let task = load_task(&cfg, 0).unwrap();
+    assert_eq!((task.len(Split::Train), task.len(Split::Val), task.len(Split::Test)), (Some(50), Some(10), Some(10)));
+    assert!(task.spec().seq_len < 40);
+    let again = load_task(&cfg, 0).unwrap();
+    let a = assemble(task.as_ref(), Split::Test, &[0, 1, 2], false, 0, 0, Device::Cpu);
+    let b = assemble(again.as_ref(), Split::Test, &[0, 1, 2], false, 0, 0, Device::Cpu);
+    assert!(a.x.equal(&b.x) && a.y.equal(&b.y));
+    let both = TaskConfig::Listops { path: Some("x".into()), max_len: 1024, overflow: Default::default(), generate: Some(spec) };
+    assert!(load_err(&both).contains("either path or generate"));
 }
 
 fn write_homology(dir: &Path) {

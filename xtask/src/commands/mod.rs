@@ -1,4 +1,5 @@
 pub mod data;
+pub mod regress;
 pub mod reproduce;
 pub mod setup;
 pub mod test;

@@ -1,5 +1,5 @@
-//! `cargo xtask test`: set-up (idempotent), then every test of the workspace in release mode, so
-//! the tests reuse the build that produced `target/release/fpt`.
+//! `cargo xtask test`: set-up (idempotent), every test of the workspace in release mode (so the
+//! tests reuse the build that produced `target/release/fpt`), then `cargo xtask regress`.
 
 use crate::commands::setup;
 use crate::util::{cargo, run_cmd};
@@ -14,5 +14,7 @@ pub struct Args {
 
 pub fn run(args: &Args) -> Result<()> {
     setup::run(&setup::Args { no_build: false })?;
-    run_cmd(cargo().args(["test", "--release", "--workspace"]).args(&args.cargo_args))
+    run_cmd(cargo().args(["test", "--release", "--workspace"]).args(&args.cargo_args))?;
+    // The accuracy regression cells (a few minutes of tiny-model training).
+    crate::commands::regress::run(&crate::commands::regress::Args { grid: None })
 }

@@ -1,0 +1,243 @@
+//! Experiment grids: shared defaults plus axes that expand to cells with stable names.
+//!
+//! ```toml
+//! name = "cpu"
+//! [defaults]                 # any run-config fields (see `fpt train`)
+//! seed = 0
+//! [defaults.model]
+//! backbone = "gpt2"
+//! [axes.task]                # axis "task": label = overrides (dotted keys)
+//! bit-xor = { "task.name" = "bit-xor" }
+//! fashion-mnist = { "task.name" = "fashion-mnist", "train.steps" = 400 }
+//! [axes.freeze]
+//! frozen = { "model.freeze" = "paper" }
+//! full = { "model.freeze" = "full" }
+//! [axes.seed]
+//! s0 = { seed = 0 }
+//! [[exclude]]                # skip combinations
+//! task = "fashion-mnist"
+//! freeze = "full"
+//! ```
+//!
+//! A cell's name is its labels joined by `__` in axis order (`bit-xor__frozen__s0`); its group
+//! (what the results table averages over) is the name without the `seed` axis.
+
+use anyhow::{bail, Context, Result};
+use std::path::Path;
+use toml::{Table, Value};
+
+pub const SEED_AXIS: &str = "seed";
+
+#[derive(Debug, Clone)]
+pub struct Cell {
+    pub name: String,
+    pub group: String,
+    /// (axis, label) in axis order.
+    pub labels: Vec<(String, String)>,
+    pub config: Table,
+}
+
+impl Cell {
+    pub fn label(&self, axis: &str) -> Option<&str> {
+        self.labels.iter().find(|(a, _)| a == axis).map(|(_, l)| l.as_str())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Grid {
+    pub name: String,
+    pub cells: Vec<Cell>,
+    /// The file's other top-level tables (e.g. `expectations` of the regression grid).
+    pub extra: Table,
+}
+
+/// Deep-merges `overrides` into `base`; keys containing dots address nested tables.
+pub fn merge(base: &mut Table, overrides: &Table) -> Result<()> {
+    for (key, value) in overrides {
+        let parts: Vec<&str> = key.split('.').collect();
+        let mut node = &mut *base;
+        for part in &parts[..parts.len() - 1] {
+            let entry = node.entry(part.to_string()).or_insert_with(|| Value::Table(Table::new()));
+            node = entry.as_table_mut().with_context(|| format!("override {key}: {part} is not a table"))?;
+        }
+        let last = parts[parts.len() - 1].to_string();
+        match (node.get_mut(&last), value) {
+            (Some(Value::Table(existing)), Value::Table(incoming)) => merge(existing, incoming)?,
+            _ => {
+                node.insert(last, value.clone());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn valid_label(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') && !s.contains("__")
+}
+
+pub fn load(path: &Path) -> Result<Grid> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading grid {}", path.display()))?;
+    parse(&text, path)
+}
+
+pub fn parse(text: &str, path: &Path) -> Result<Grid> {
+    let mut table: Table = toml::from_str(text).with_context(|| format!("{}: not valid TOML", path.display()))?;
+    let name = match table.remove("name") {
+        Some(Value::String(s)) if valid_label(&s) => s,
+        Some(other) => bail!("{}: name {other} must be a plain name (letters, digits, - _ .)", path.display()),
+        None => path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "grid".into()),
+    };
+    let defaults = match table.remove("defaults") {
+        Some(Value::Table(t)) => t,
+        None => Table::new(),
+        Some(_) => bail!("{}: [defaults] must be a table", path.display()),
+    };
+    let axes = match table.remove("axes") {
+        Some(Value::Table(t)) => t,
+        None => Table::new(),
+        Some(_) => bail!("{}: [axes] must be a table of axes", path.display()),
+    };
+    let excludes: Vec<Table> = match table.remove("exclude") {
+        Some(Value::Array(items)) => items
+            .into_iter()
+            .map(|v| match v {
+                Value::Table(t) => Ok(t),
+                _ => bail!("{}: each [[exclude]] must be a table of axis = label", path.display()),
+            })
+            .collect::<Result<_>>()?,
+        None => Vec::new(),
+        Some(_) => bail!("{}: exclude must be an array of tables ([[exclude]])", path.display()),
+    };
+    table.remove("description");
+
+    let mut cells = vec![Cell { name: String::new(), group: String::new(), labels: Vec::new(), config: defaults }];
+    for (axis, values) in &axes {
+        let Value::Table(values) = values else { bail!("{}: axis {axis} must be a table of label = {{ overrides }}", path.display()) };
+        if values.is_empty() {
+            bail!("{}: axis {axis} has no values", path.display());
+        }
+        let mut next = Vec::new();
+        for cell in &cells {
+            for (label, overrides) in values {
+                if !valid_label(label) {
+                    bail!("{}: label {label:?} of axis {axis} must use letters, digits, - _ . (and no \"__\")", path.display());
+                }
+                let Value::Table(overrides) = overrides else { bail!("{}: {axis}.{label} must be a table of overrides", path.display()) };
+                let mut config = cell.config.clone();
+                merge(&mut config, overrides).with_context(|| format!("{}: {axis}.{label}", path.display()))?;
+                let mut labels = cell.labels.clone();
+                labels.push((axis.clone(), label.clone()));
+                next.push(Cell { name: String::new(), group: String::new(), labels, config });
+            }
+        }
+        cells = next;
+    }
+    for ex in &excludes {
+        for (axis, label) in ex {
+            if !axes.contains_key(axis) {
+                bail!("{}: exclude names axis {axis:?}, which the grid does not have", path.display());
+            }
+            if label.as_str().is_none() {
+                bail!("{}: exclude {axis} must be a label string", path.display());
+            }
+        }
+    }
+    cells.retain(|cell| {
+        !excludes.iter().any(|ex| ex.iter().all(|(axis, label)| cell.label(axis) == label.as_str()))
+    });
+    for cell in &mut cells {
+        cell.name = if cell.labels.is_empty() { "default".into() } else { cell.labels.iter().map(|(_, l)| l.as_str()).collect::<Vec<_>>().join("__") };
+        let group: Vec<&str> = cell.labels.iter().filter(|(a, _)| a != SEED_AXIS).map(|(_, l)| l.as_str()).collect();
+        cell.group = if group.is_empty() { "all".into() } else { group.join("__") };
+    }
+    if cells.is_empty() {
+        bail!("{}: every cell is excluded", path.display());
+    }
+    Ok(Grid { name, cells, extra: table })
+}
+
+/// `*` matches any run of characters; otherwise a substring match.
+pub fn matches(pattern: &str, name: &str) -> bool {
+    if !pattern.contains('*') {
+        return name.contains(pattern);
+    }
+    let parts: Vec<&str> = pattern.split('*').collect();
+    let mut rest = name;
+    for (i, part) in parts.iter().enumerate() {
+        if i == 0 {
+            if !rest.starts_with(part) {
+                return false;
+            }
+            rest = &rest[part.len()..];
+        } else if i == parts.len() - 1 {
+            return rest.ends_with(part);
+        } else if let Some(pos) = rest.find(part) {
+            rest = &rest[pos + part.len()..];
+        } else {
+            return false;
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GRID: &str = r#"
+name = "t"
+[defaults]
+seed = 0
+[defaults.train]
+steps = 10
+lr = 0.001
+[axes.task]
+xor = { "task.name" = "bit-xor" }
+mem = { "task.name" = "bit-memory", "train.steps" = 20 }
+[axes.freeze]
+frozen = { model = { freeze = "paper" } }
+full = { "model.freeze" = "full" }
+[axes.seed]
+s0 = { seed = 0 }
+s1 = { seed = 1 }
+[[exclude]]
+task = "mem"
+freeze = "full"
+"#;
+
+    #[test]
+    fn expands_in_order_with_stable_names() {
+        let g = parse(GRID, Path::new("t.toml")).unwrap();
+        let names: Vec<&str> = g.cells.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, vec!["xor__frozen__s0", "xor__frozen__s1", "xor__full__s0", "xor__full__s1", "mem__frozen__s0", "mem__frozen__s1"]);
+        let mem = &g.cells[4];
+        assert_eq!(mem.group, "mem__frozen");
+        assert_eq!(mem.config["train"]["steps"].as_integer(), Some(20));
+        assert_eq!(mem.config["train"]["lr"].as_float(), Some(0.001), "deep merge keeps siblings");
+        assert_eq!(mem.config["task"]["name"].as_str(), Some("bit-memory"));
+        assert_eq!(mem.config["model"]["freeze"].as_str(), Some("paper"));
+        assert_eq!(g.cells[1].config["seed"].as_integer(), Some(1));
+    }
+
+    #[test]
+    fn rejects_bad_grids() {
+        for (bad, needle) in [
+            ("[axes.task]\n\"a__b\" = {}\n", "no \"__\""),
+            ("[axes.task]\nx = 3\n", "table of overrides"),
+            ("[axes.task]\nx = {}\n[[exclude]]\nnope = \"x\"\n", "does not have"),
+            ("[axes.task]\nx = {}\n[[exclude]]\ntask = \"x\"\n", "every cell is excluded"),
+            ("[axes]\ntask = {}\n", "no values"),
+        ] {
+            let err = format!("{:#}", parse(bad, Path::new("bad.toml")).unwrap_err());
+            assert!(err.contains(needle) && err.contains("bad.toml"), "{needle}: {err}");
+        }
+    }
+
+    #[test]
+    fn patterns() {
+        assert!(matches("xor", "bit-xor__full__s0"));
+        assert!(matches("*full*", "bit-xor__full__s0"));
+        assert!(matches("bit-*__s0", "bit-xor__full__s0"));
+        assert!(!matches("bit-*__s1", "bit-xor__full__s0"));
+    }
+}
