@@ -77,13 +77,18 @@ pub fn read_summary(dir: &Path) -> Option<Summary> {
 pub fn read_metrics(dir: &Path) -> Result<Vec<MetricsLine>> {
     let path = dir.join(METRICS);
     let Ok(file) = std::fs::File::open(&path) else { return Ok(Vec::new()) };
+    let raw: Vec<String> = std::io::BufReader::new(file).lines().collect::<std::io::Result<_>>().with_context(|| format!("reading {}", path.display()))?;
     let mut lines = Vec::new();
-    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.with_context(|| format!("reading {}", path.display()))?;
+    for (i, line) in raw.iter().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        lines.push(serde_json::from_str(&line).with_context(|| format!("{}: line {} is not a metrics record", path.display(), i + 1))?);
+        match serde_json::from_str(line) {
+            Ok(record) => lines.push(record),
+            // A process killed mid-write leaves a partial last line; the resume rewrites it.
+            Err(_) if i + 1 == raw.len() => {}
+            Err(e) => bail!("{}: line {} is not a metrics record ({e})", path.display(), i + 1),
+        }
     }
     Ok(lines)
 }

@@ -133,6 +133,10 @@ fn resume_after_a_kill_continues_exactly_and_seeds_repeat() {
     assert_eq!(out.status.code(), Some(fpt_train::trainer::STOPPED_EXIT_CODE));
     assert_eq!(read_metrics(&killed).unwrap().last().unwrap().step, 70, "logged past the step-50 checkpoint");
     assert_eq!(read_summary(&killed).unwrap().status, Status::Running);
+    // A kill can land mid-write: a partial last line must not block the resume.
+    let mut partial = std::fs::OpenOptions::new().append(true).open(killed.join("metrics.jsonl")).unwrap();
+    std::io::Write::write_all(&mut partial, b"{\"step\":80,\"train_lo").unwrap();
+    drop(partial);
     ok(&train(&config, &killed, &["--resume"], &[]));
     let resumed = read_metrics(&killed).unwrap();
     assert_eq!(values(&resumed), values(&reference), "resumed curve differs (gap, duplicate or drift)");
