@@ -3,7 +3,7 @@
 use crate::bits::{BitMemory, BitXor};
 use crate::cifar::{Cifar10, Variant};
 use crate::homology::{RemoteHomology, TestSet};
-use crate::listops::{GenerateSpec, ListOps, Overflow};
+use crate::listops::{GeneratorConfig, ListOps, Overflow};
 use crate::mnist::Mnist;
 use crate::Task;
 use anyhow::{bail, Result};
@@ -48,7 +48,7 @@ pub enum TaskConfig {
         overflow: Overflow,
         /// Generate the data in memory instead of reading files (LRA's algorithm).
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        generate: Option<GenerateSpec>,
+        generate: Option<GeneratorConfig>,
     },
     Mnist {
         #[serde(default)]

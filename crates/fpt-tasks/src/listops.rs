@@ -106,28 +106,6 @@ pub struct ListOps {
     notes: Vec<String>,
 }
 
-/// ListOps generated in memory (no files): the generator's settings, in a task config as
-/// `generate = { train = 2000, val = 200, test = 200, min_len = 20, max_len = 100 }`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GenerateSpec {
-    #[serde(default)]
-    pub seed: u64,
-    pub train: usize,
-    pub val: usize,
-    pub test: usize,
-    pub min_len: usize,
-    pub max_len: usize,
-    #[serde(default = "default_depth_args")]
-    pub max_depth: usize,
-    #[serde(default = "default_depth_args")]
-    pub max_args: usize,
-}
-
-fn default_depth_args() -> usize {
-    10
-}
-
 impl ListOps {
     /// Loads `basic_{train,val,test}.tsv` from `dir`; examples longer than `max_len` are
     /// dropped or truncated per `overflow`, and counted.
@@ -145,18 +123,8 @@ impl ListOps {
     }
 
     /// Generates the splits in memory with LRA's algorithm (see [`generate`]).
-    pub fn generated(spec: &GenerateSpec, max_len: usize, overflow: Overflow) -> Result<Self> {
-        let cfg = GeneratorConfig {
-            seed: spec.seed,
-            train: spec.train,
-            val: spec.val,
-            test: spec.test,
-            min_len: spec.min_len,
-            max_len: spec.max_len,
-            max_depth: spec.max_depth,
-            max_args: spec.max_args,
-        };
-        let generated = generate(&cfg)?;
+    pub fn generated(cfg: &GeneratorConfig, max_len: usize, overflow: Overflow) -> Result<Self> {
+        let generated = generate(cfg)?;
         let to_file = |rows: &[(String, u8)]| -> Result<ListOpsFile> {
             let mut f = ListOpsFile::default();
             for (source, target) in rows {
@@ -165,7 +133,7 @@ impl ListOps {
             }
             Ok(f)
         };
-        let origin = format!("generated (seed {})", spec.seed);
+        let origin = format!("generated (seed {})", cfg.seed);
         let files = vec![
             (Split::Train, to_file(&generated.train)?, origin.clone()),
             (Split::Val, to_file(&generated.val)?, origin.clone()),
@@ -253,8 +221,10 @@ impl Task for ListOps {
 // ---------------------------------------------------------------------------------------------
 // The generator: LRA's `listops.py` (google-research/long-range-arena), re-implemented.
 
-/// Generator settings; the defaults are LRA's.
-#[derive(Clone, Debug)]
+/// Generator settings; the defaults are LRA's. In a task config (generating in memory instead of
+/// reading files): `generate = { train = 2000, val = 200, test = 200, min_len = 20, max_len = 100 }`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct GeneratorConfig {
     pub seed: u64,
     pub train: usize,

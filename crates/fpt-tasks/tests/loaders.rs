@@ -217,7 +217,7 @@ fn listops_reports_and_applies_the_length_policy() {
 
 #[test]
 fn listops_can_be_generated_in_memory() {
-    let spec = fpt_tasks::listops::GenerateSpec { seed: 1, train: 50, val: 10, test: 10, min_len: 10, max_len: 40, max_depth: 10, max_args: 10 };
+    let spec = fpt_tasks::listops::GeneratorConfig { seed: 1, train: 50, val: 10, test: 10, min_len: 10, max_len: 40, ..Default::default() };
     let cfg = TaskConfig::Listops { path: None, max_len: 1024, overflow: Default::default(), generate: Some(spec.clone()) };
     let task = load_task(&cfg, 0).unwrap();
     assert_eq!((task.len(Split::Train), task.len(Split::Val), task.len(Split::Test)), (Some(50), Some(10), Some(10)));
