@@ -67,6 +67,7 @@ fn task_of(cell: &Cell) -> String {
 
 /// Writes `results/<grid>.md` and `results/<grid>-<task>.png`; returns the markdown path.
 pub fn write(grid: &Grid, runs: &Path, results: &Path, paper: &toml::Table, command: &str) -> Result<PathBuf> {
+    let shown_runs = runs.strip_prefix(crate::util::workspace_root()).unwrap_or(runs);
     std::fs::create_dir_all(results).with_context(|| format!("creating {}", results.display()))?;
     let mut groups: BTreeMap<(String, String), Vec<&Cell>> = BTreeMap::new();
     let mut order: Vec<(String, String)> = Vec::new();
@@ -79,7 +80,7 @@ pub fn write(grid: &Grid, runs: &Path, results: &Path, paper: &toml::Table, comm
     }
     let mut md = String::new();
     writeln!(md, "# Results: grid `{}`\n", grid.name)?;
-    writeln!(md, "Made by `{command}`; run directories under `{}/`. Accuracy is test accuracy on the", runs.display())?;
+    writeln!(md, "Made by `{command}`; run directories under `{}/`. Accuracy is test accuracy on the", shown_runs.display())?;
     writeln!(md, "whole evaluation split at the last step, in percent: mean ± sample std over the seeds that")?;
     writeln!(md, "completed (n). \"paper\" is the paper's number for the same row and task")?;
     writeln!(md, "(`experiments/paper_results.toml`); Δ = ours − paper. Steps to target: first evaluated step")?;

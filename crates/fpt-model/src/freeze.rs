@@ -106,7 +106,7 @@ impl fmt::Display for ParamGroup {
 /// Which parameter groups are frozen. `true` means frozen (no gradient, no optimizer state).
 ///
 /// Written as text (CLI `--freeze`, config files) as a preset followed by edits:
-/// `paper` (the default), `full` (nothing frozen), `all` (everything frozen), then
+/// `paper` (the default), `full` (everything the FPT uses trained), `all` (everything frozen), then
 /// `+group` to train a group or `-group` to freeze it, comma-separated. Examples:
 /// `paper`, `full`, `paper,-pos` (the reference's freeze_pos), `all,+out` (output only,
 /// the first column of the paper's Table 15), `paper,+ff` (Table 13).
@@ -143,7 +143,9 @@ impl FreezeSpec {
         }
     }
 
-    /// The fully trained transformer: nothing frozen (the reference's freeze_trans=false).
+    /// The fully trained transformer (the reference's freeze_trans=false): every group the FPT
+    /// computes with is trained. The token embedding stays frozen: FPT never uses it, so it
+    /// could only carry optimizer state and inflate parameter counts (`full,+wte` overrides).
     pub fn full() -> Self {
         FreezeSpec {
             input: false,
@@ -152,7 +154,7 @@ impl FreezeSpec {
             layer_norms: false,
             attention: false,
             feed_forward: false,
-            token_embedding: false,
+            token_embedding: true,
         }
     }
 

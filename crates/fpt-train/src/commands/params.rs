@@ -63,10 +63,13 @@ pub fn run(args: &Args) -> Result<()> {
     Fpt::new(&vs.root(), &backbone, &cfg, &freeze)?;
     let counts = count_by_group(&vs)?;
 
+    let input_text = match input {
+        InputSpec::Dense { dim } => format!("{dim} features per token"),
+        InputSpec::Tokens { vocab } => format!("token ids < {vocab}"),
+    };
     println!(
-        "model {} ({} layers, width {}, {} heads); input {:?}; {} tokens; {} outputs x {} read-out; freeze {}",
-        args.model, backbone.n_layer, backbone.n_embd, backbone.n_head, input, args.tokens, args.classes,
-        args.readout, freeze
+        "model {} ({} layers, width {}, {} heads); {} tokens of {input_text}; {} outputs x {} read-out; freeze {}",
+        args.model, backbone.n_layer, backbone.n_embd, backbone.n_head, args.tokens, args.classes, args.readout, freeze
     );
     println!("{:<16} {:>15} {:>15}", "group", "total", "trainable");
     let (mut total, mut trainable) = (0, 0);
