@@ -1,11 +1,13 @@
 //! Reading Hugging Face checkpoint directories (safetensors only) into a VarStore.
 //!
 //! Name mapping: a checkpoint tensor `N` goes to the VarStore variable `N`, after removing a
-//! leading `transformer.` (what `GPT2LMHeadModel` and friends save). Layouts are taken as they
-//! are (GPT-2's Conv1D weights are `[in, out]` in the file and in the VarStore). Tensors that are
-//! not part of the backbone and are skipped on purpose: `lm_head.*` (the language-model head) and
-//! the causal-mask buffers `h.{i}.attn.bias` / `h.{i}.attn.masked_bias` of older files. Anything
-//! else that is missing, unexpected or mis-shaped makes the load fail with a list of each one.
+//! leading `transformer.` (what `GPT2LMHeadModel` and friends save) or `bert.` (`BertFor…`
+//! heads). Layouts are taken as they are (GPT-2's Conv1D weights are `[in, out]` in the file and
+//! in the VarStore; BERT's linears `[out, in]` in both). Tensors that are not part of the
+//! backbone FPT uses are skipped on purpose: task heads (`lm_head.*`, `cls.*`, BERT's
+//! `pooler.*`) and buffers (`h.{i}.attn.bias` / `h.{i}.attn.masked_bias` causal masks of older
+//! GPT-2 files, `embeddings.position_ids`). Anything else that is missing, unexpected or
+//! mis-shaped makes the load fail with a list of each one.
 
 use anyhow::{anyhow, bail, Context, Result};
 use safetensors::{Dtype, SafeTensors};
@@ -98,10 +100,11 @@ fn kind_of(dtype: Dtype) -> Option<Kind> {
 
 /// Checkpoint name -> VarStore name, or `None` for tensors skipped on purpose.
 fn map_name(name: &str) -> Option<String> {
-    let name = name.strip_prefix("transformer.").unwrap_or(name);
-    let skip = name.starts_with("lm_head.")
+    let name = name.strip_prefix("transformer.").or_else(|| name.strip_prefix("bert.")).unwrap_or(name);
+    let skip = ["lm_head.", "cls.", "pooler."].iter().any(|p| name.starts_with(p))
         || name.ends_with(".attn.bias")
-        || name.ends_with(".attn.masked_bias");
+        || name.ends_with(".attn.masked_bias")
+        || name == "embeddings.position_ids";
     (!skip).then(|| name.to_string())
 }
 
@@ -198,5 +201,9 @@ mod tests {
         assert_eq!(map_name("transformer.h.3.attn.masked_bias"), None);
         // A real parameter whose name merely contains "bias" is kept.
         assert_eq!(map_name("h.3.attn.c_attn.bias").as_deref(), Some("h.3.attn.c_attn.bias"));
+        assert_eq!(map_name("bert.encoder.layer.0.output.dense.bias").as_deref(), Some("encoder.layer.0.output.dense.bias"));
+        assert_eq!(map_name("pooler.dense.weight"), None);
+        assert_eq!(map_name("embeddings.position_ids"), None);
+        assert_eq!(map_name("cls.predictions.bias"), None);
     }
 }

@@ -1,9 +1,9 @@
 //! The Frozen Pretrained Transformer: a new input layer, a (mostly frozen) backbone, and a new
 //! output layer reading the last `k` tokens.
 
-use crate::config::Gpt2Config;
+use crate::backbone::{Backbone, BackboneConfig};
 use crate::freeze::FreezeSpec;
-use crate::gpt2::{new_param, Gpt2};
+use crate::gpt2::new_param;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
@@ -18,6 +18,20 @@ pub enum InputSpec {
     Tokens { vocab: i64 },
 }
 
+/// Which tokens the output layer reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Readout {
+    /// The last `readout_tokens` positions (the paper's choice). With GPT-2's causal attention
+    /// only the last token has seen the whole sequence.
+    #[default]
+    Last,
+    /// The first `readout_tokens` positions. Only meaningful for bidirectional backbones (BERT),
+    /// where every position sees every token; BERT's own convention reads the first token
+    /// ([CLS]), but FPT inputs carry no [CLS], so the last token stays the default there too.
+    First,
+}
+
 /// The wrapper's own shape and hyper-parameters.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -29,6 +43,8 @@ pub struct FptConfig {
     /// bit tasks.
     #[serde(default = "defaults::readout_tokens")]
     pub readout_tokens: i64,
+    #[serde(default)]
+    pub readout: Readout,
     /// Widths of an optional MLP (linear, ReLU, dropout) before the input projection.
     #[serde(default)]
     pub input_hidden: Vec<i64>,
@@ -63,6 +79,7 @@ impl FptConfig {
             input: InputSpec::Dense { dim },
             classes,
             readout_tokens: 1,
+            readout: Readout::Last,
             input_hidden: vec![],
             output_hidden: vec![],
             dropout: defaults::dropout(),
@@ -166,7 +183,7 @@ enum InputLayer {
 #[derive(Debug)]
 pub struct Fpt {
     cfg: FptConfig,
-    backbone: Gpt2,
+    backbone: Backbone,
     input: InputLayer,
     output_hidden: Mlp,
     output_proj: Linear,
@@ -175,10 +192,10 @@ pub struct Fpt {
 impl Fpt {
     /// Builds the model with Hugging Face's random backbone init; load pretrained weights after
     /// with [`crate::checkpoint::load_weights`]. `backbone.*pdrop` are replaced by `cfg.dropout`.
-    pub fn new(path: &nn::Path, backbone: &Gpt2Config, cfg: &FptConfig, freeze: &FreezeSpec) -> Result<Self> {
+    pub fn new(path: &nn::Path, backbone: &BackboneConfig, cfg: &FptConfig, freeze: &FreezeSpec) -> Result<Self> {
         cfg.validate()?;
-        let backbone = Gpt2::new(path, &backbone.clone().with_dropout(cfg.dropout), freeze)?;
-        let width = backbone.config().n_embd;
+        let width = backbone.width();
+        let backbone = Backbone::new(path, &backbone.clone().with_dropout(cfg.dropout), freeze)?;
         let in_path = path / "input_layer";
         let input = match cfg.input {
             InputSpec::Dense { dim } => {
@@ -212,7 +229,7 @@ impl Fpt {
         &self.cfg
     }
 
-    pub fn backbone(&self) -> &Gpt2 {
+    pub fn backbone(&self) -> &Backbone {
         &self.backbone
     }
 
@@ -253,7 +270,11 @@ impl Fpt {
             bail!("sequence of {seq} tokens is shorter than the {k} read-out tokens");
         }
         let h = self.backbone.forward_embeds(&embeds, train)?;
-        let last = h.narrow(1, seq - k, k);
+        let start = match self.cfg.readout {
+            Readout::Last => seq - k,
+            Readout::First => 0,
+        };
+        let last = h.narrow(1, start, k);
         let logits = self.output_proj.forward(&self.output_hidden.forward(&last, train));
         Ok(if k == 1 { logits.squeeze_dim(1) } else { logits })
     }

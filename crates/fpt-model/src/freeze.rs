@@ -70,9 +70,12 @@ impl ParamGroup {
         })
     }
 
-    /// The group of a variable, from its VarStore path. Backbone names are Hugging Face's
-    /// (GPT-2: `wte`, `wpe`, `h.{i}.ln_1`, `h.{i}.attn.*`, `h.{i}.mlp.*`, `ln_f`); the FPT
-    /// wrapper's own layers live under `input_layer.` and `output_layer.`.
+    /// The group of a variable, from its VarStore path. Backbone names are Hugging Face's —
+    /// GPT-2: `wte`, `wpe`, `h.{i}.ln_1`, `h.{i}.attn.*`, `h.{i}.mlp.*`, `ln_f`; BERT:
+    /// `embeddings.{word,position,token_type}_embeddings`, every `LayerNorm`,
+    /// `encoder.layer.{i}.attention.*`, `encoder.layer.{i}.{intermediate,output}.dense`. BERT's
+    /// token-type table (one constant row added to every token) goes with the token embedding.
+    /// The FPT wrapper's own layers live under `input_layer.` and `output_layer.`.
     pub fn of(name: &str) -> Result<ParamGroup> {
         let parts: Vec<&str> = name.split('.').collect();
         let has = |p: &str| parts.iter().any(|x| *x == p);
@@ -80,15 +83,15 @@ impl ParamGroup {
             ParamGroup::Input
         } else if parts[0] == "output_layer" {
             ParamGroup::Output
-        } else if parts[0] == "wpe" {
+        } else if parts[0] == "wpe" || has("position_embeddings") {
             ParamGroup::Positions
-        } else if parts[0] == "wte" {
+        } else if parts[0] == "wte" || has("word_embeddings") || has("token_type_embeddings") {
             ParamGroup::TokenEmbedding
-        } else if parts.iter().any(|p| p.starts_with("ln_")) {
+        } else if parts.iter().any(|p| p.starts_with("ln_")) || has("LayerNorm") {
             ParamGroup::LayerNorms
-        } else if has("attn") {
+        } else if has("attn") || has("attention") {
             ParamGroup::Attention
-        } else if has("mlp") {
+        } else if has("mlp") || has("intermediate") || (parts.first() == Some(&"encoder") && has("output")) {
             ParamGroup::FeedForward
         } else {
             bail!("variable {name:?} belongs to no known parameter group")
@@ -330,6 +333,16 @@ mod tests {
             ("h.3.mlp.c_proj.weight", ParamGroup::FeedForward),
             ("input_layer.proj.weight", ParamGroup::Input),
             ("output_layer.hidden.0.bias", ParamGroup::Output),
+            ("embeddings.word_embeddings.weight", ParamGroup::TokenEmbedding),
+            ("embeddings.token_type_embeddings.weight", ParamGroup::TokenEmbedding),
+            ("embeddings.position_embeddings.weight", ParamGroup::Positions),
+            ("embeddings.LayerNorm.weight", ParamGroup::LayerNorms),
+            ("encoder.layer.2.attention.self.query.weight", ParamGroup::Attention),
+            ("encoder.layer.2.attention.output.dense.bias", ParamGroup::Attention),
+            ("encoder.layer.2.attention.output.LayerNorm.weight", ParamGroup::LayerNorms),
+            ("encoder.layer.2.intermediate.dense.weight", ParamGroup::FeedForward),
+            ("encoder.layer.2.output.dense.weight", ParamGroup::FeedForward),
+            ("encoder.layer.2.output.LayerNorm.bias", ParamGroup::LayerNorms),
         ];
         for (name, group) in cases {
             assert_eq!(ParamGroup::of(name).unwrap(), group, "{name}");

@@ -6,7 +6,7 @@
 
 use crate::config::{Activation, Gpt2Config};
 use crate::freeze::{FreezeSpec, ParamGroup};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use tch::{nn, Kind, Tensor};
 
 /// Creates one variable under `path`, trainable unless the freeze spec freezes its group.
@@ -58,7 +58,7 @@ pub struct LayerNorm {
 }
 
 impl LayerNorm {
-    fn new(path: &nn::Path, width: i64, eps: f64, freeze: &FreezeSpec) -> Result<Self> {
+    pub(crate) fn new(path: &nn::Path, width: i64, eps: f64, freeze: &FreezeSpec) -> Result<Self> {
         Ok(LayerNorm {
             weight: new_param(path, "weight", Tensor::ones([width], (Kind::Float, tch::Device::Cpu)), freeze)?,
             bias: new_param(path, "bias", Tensor::zeros([width], (Kind::Float, tch::Device::Cpu)), freeze)?,
@@ -216,15 +216,4 @@ impl Gpt2 {
         }
         Ok(self.ln_f.forward(&h))
     }
-}
-
-/// Loads a Hugging Face GPT-2 directory (config.json + safetensors) into a fresh VarStore,
-/// every tensor frozen: what `fpt forward` and parity checks use.
-pub fn load_gpt2_dir(dir: &std::path::Path, device: tch::Device) -> Result<(nn::VarStore, Gpt2)> {
-    let cfg = Gpt2Config::from_json_file(&dir.join("config.json"))?;
-    let vs = nn::VarStore::new(device);
-    let model = Gpt2::new(&vs.root(), &cfg, &FreezeSpec::all())?;
-    crate::checkpoint::load_weights(&vs, dir)
-        .with_context(|| format!("loading GPT-2 weights from {}", dir.display()))?;
-    Ok((vs, model))
 }

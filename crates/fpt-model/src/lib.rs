@@ -3,6 +3,8 @@
 //!
 //! This crate knows nothing of tasks or training: it maps token features to logits.
 
+pub mod backbone;
+pub mod bert;
 pub mod checkpoint;
 pub mod config;
 pub mod fpt;
@@ -11,9 +13,11 @@ pub mod gpt2;
 pub mod params;
 
 pub use config::{Activation, Gpt2Config, GPT2_PRESETS};
-pub use fpt::{Fpt, FptConfig, InputSpec};
+pub use backbone::{load_backbone_dir, Backbone, BackboneConfig};
+pub use bert::{Bert, BertConfig};
+pub use fpt::{Fpt, FptConfig, InputSpec, Readout};
 pub use freeze::{FreezeSpec, ParamGroup};
-pub use gpt2::{load_gpt2_dir, Gpt2};
+pub use gpt2::Gpt2;
 
 use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
@@ -44,10 +48,10 @@ impl BackboneSource {
     }
 
     /// The backbone's config: the preset's, or the directory's `config.json`.
-    pub fn config(&self) -> Result<Gpt2Config> {
+    pub fn config(&self) -> Result<BackboneConfig> {
         match self {
-            BackboneSource::Preset(name) => Gpt2Config::preset(name),
-            BackboneSource::Dir(dir) => Gpt2Config::from_json_file(&dir.join("config.json")),
+            BackboneSource::Preset(name) => Ok(Gpt2Config::preset(name)?.into()),
+            BackboneSource::Dir(dir) => BackboneConfig::from_json_file(&dir.join("config.json")),
         }
     }
 }

@@ -2,7 +2,7 @@
 //! mask buffers, shards) and every kind of bad input, each with an error naming the problem.
 
 use fpt_model::checkpoint::load_weights;
-use fpt_model::{load_gpt2_dir, FreezeSpec, Gpt2, Gpt2Config};
+use fpt_model::{load_backbone_dir as load_gpt2_dir, FreezeSpec, Gpt2, Gpt2Config};
 use std::path::{Path, PathBuf};
 use tch::{nn, Device, Kind, Tensor};
 

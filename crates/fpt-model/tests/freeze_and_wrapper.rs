@@ -15,7 +15,7 @@ fn tiny_backbone() -> Gpt2Config {
 fn build(cfg: &FptConfig, freeze: &str) -> (nn::VarStore, Fpt) {
     tch::manual_seed(0);
     let vs = nn::VarStore::new(Device::Cpu);
-    let model = Fpt::new(&vs.root(), &tiny_backbone(), cfg, &FreezeSpec::parse(freeze).unwrap()).unwrap();
+    let model = Fpt::new(&vs.root(), &tiny_backbone().into(), cfg, &FreezeSpec::parse(freeze).unwrap()).unwrap();
     (vs, model)
 }
 
@@ -117,7 +117,7 @@ fn bad_inputs_are_errors_not_panics() {
 
     let bad = FptConfig { classes: 0, ..FptConfig::dense(6, 3) };
     let vs = nn::VarStore::new(Device::Cpu);
-    assert!(Fpt::new(&vs.root(), &tiny_backbone(), &bad, &FreezeSpec::paper()).is_err());
+    assert!(Fpt::new(&vs.root(), &tiny_backbone().into(), &bad, &FreezeSpec::paper()).is_err());
 }
 
 #[test]
@@ -130,7 +130,8 @@ fn dropout_only_in_train_mode() {
     let train_a = model.forward(&x, true).unwrap();
     let train_b = model.forward(&x, true).unwrap();
     assert!(!train_a.equal(&train_b), "dropout 0.5 changed nothing in train mode");
-    assert_eq!(model.backbone().config().attn_pdrop, 0.5, "wrapper dropout reaches the backbone");
+    let fpt_model::BackboneConfig::Gpt2(c) = model.backbone().config() else { panic!("GPT-2 backbone") };
+    assert_eq!(c.attn_pdrop, 0.5, "wrapper dropout reaches the backbone");
 }
 
 #[test]
@@ -158,4 +159,47 @@ fn random_init_follows_hugging_face() {
     // Conv1D layout: [in, out].
     assert_eq!(vars["h.0.attn.c_attn.weight"].size(), vec![256, 768]);
     assert_eq!(vars["h.0.mlp.c_proj.weight"].size(), vec![1024, 256]);
+}
+
+fn tiny_bert() -> fpt_model::BackboneConfig {
+    let cfg: fpt_model::BertConfig = serde_json::from_str(
+        r#"{"model_type":"bert","vocab_size":30,"hidden_size":32,"num_hidden_layers":2,"num_attention_heads":4,
+            "intermediate_size":64,"max_position_embeddings":24,"type_vocab_size":2}"#,
+    )
+    .unwrap();
+    fpt_model::BackboneConfig::Bert(cfg)
+}
+
+#[test]
+fn bert_backbones_freeze_by_group_and_read_first_or_last() {
+    tch::manual_seed(0);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let cfg = FptConfig { readout_tokens: 2, ..FptConfig::dense(6, 3) };
+    let model = Fpt::new(&vs.root(), &tiny_bert(), &cfg, &FreezeSpec::paper()).unwrap();
+    let counts = count_by_group(&vs).unwrap();
+    let w = 32i64;
+    // Trained: positions, every LayerNorm (embeddings + 2 per layer), input and output layers.
+    assert_eq!(counts[&ParamGroup::Positions].trainable, 24 * w);
+    assert_eq!(counts[&ParamGroup::LayerNorms].trainable, (1 + 2 * 2) * 2 * w);
+    assert_eq!(counts[&ParamGroup::Attention].trainable, 0);
+    assert_eq!(counts[&ParamGroup::Attention].total, 2 * 4 * (w * w + w));
+    assert_eq!(counts[&ParamGroup::FeedForward].total, 2 * (w * 64 + 64 + 64 * w + w));
+    assert_eq!(counts[&ParamGroup::TokenEmbedding].total, (30 + 2) * w);
+    let x = Tensor::randn([2, 7, 6], (Kind::Float, Device::Cpu));
+    let last = model.forward(&x, false).unwrap();
+    assert_eq!(last.size(), vec![2, 2, 3]);
+
+    // Reading the first tokens of the same weights gives a different, valid output.
+    let vs2 = nn::VarStore::new(Device::Cpu);
+    let first_cfg = FptConfig { readout: fpt_model::Readout::First, ..cfg.clone() };
+    let first = Fpt::new(&vs2.root(), &tiny_bert(), &first_cfg, &FreezeSpec::paper()).unwrap();
+    let mut vs2 = vs2;
+    vs2.copy(&vs).unwrap();
+    let out = first.forward(&x, false).unwrap();
+    assert_eq!(out.size(), vec![2, 2, 3]);
+    assert!(!out.allclose(&last, 1e-6, 1e-6, false));
+    // Bidirectional: the first token's output depends on the last input token.
+    let mut x2 = x.copy();
+    let _ = x2.narrow(1, 6, 1).fill_(3.0);
+    assert!(!first.forward(&x2, false).unwrap().allclose(&out, 1e-6, 1e-6, false));
 }

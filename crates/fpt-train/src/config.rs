@@ -55,6 +55,10 @@ pub struct ModelConfig {
     pub dropout: f64,
     #[serde(default = "d::orth_gain")]
     pub orth_gain: f64,
+    /// Which tokens the output layer reads: "last" (default) or "first" (bidirectional
+    /// backbones only make the first token see the whole input).
+    #[serde(default)]
+    pub readout: fpt_model::Readout,
     #[serde(default)]
     pub input_hidden: Vec<i64>,
     #[serde(default)]

@@ -132,6 +132,7 @@ pub fn fpt_config(cfg: &RunConfig, task: &dyn Task) -> FptConfig {
         },
         classes: spec.outputs_per_readout_token() as i64,
         readout_tokens: spec.readout_tokens as i64,
+        readout: cfg.model.readout,
         input_hidden: cfg.model.input_hidden.clone(),
         output_hidden: cfg.model.output_hidden.clone(),
         dropout: cfg.model.dropout,
@@ -142,16 +143,8 @@ pub fn fpt_config(cfg: &RunConfig, task: &dyn Task) -> FptConfig {
 /// The backbone with `model.shape` applied.
 pub fn backbone_for(cfg: &RunConfig) -> Result<ResolvedBackbone> {
     let mut resolved = resolve(&cfg.model)?;
-    if let Some(shape) = &cfg.model.shape {
-        let c = &mut resolved.config;
-        c.n_layer = shape.n_layer.unwrap_or(c.n_layer);
-        c.n_embd = shape.n_embd.unwrap_or(c.n_embd);
-        c.n_head = shape.n_head.unwrap_or(c.n_head);
-        c.n_positions = shape.n_positions.unwrap_or(c.n_positions);
-        if shape.n_inner.is_some() {
-            c.n_inner = shape.n_inner;
-        }
-        c.validate().context("model.shape")?;
+    if let Some(s) = &cfg.model.shape {
+        resolved.config = resolved.config.reshaped(s.n_layer, s.n_embd, s.n_head, s.n_positions, s.n_inner).context("model.shape")?;
     }
     Ok(resolved)
 }
@@ -160,10 +153,10 @@ pub fn backbone_for(cfg: &RunConfig) -> Result<ResolvedBackbone> {
 pub fn build_model(cfg: &RunConfig, task: &dyn Task, device: Device) -> Result<(nn::VarStore, Fpt, Vec<(String, Tensor)>)> {
     let backbone = backbone_for(cfg)?;
     let spec = task.spec();
-    if spec.seq_len as i64 > backbone.config.n_positions {
+    if spec.seq_len as i64 > backbone.config.max_positions() {
         bail!(
             "task {} has {} tokens but the backbone has {} positions (shorten the task, e.g. max_len, or pick another backbone)",
-            spec.name, spec.seq_len, backbone.config.n_positions
+            spec.name, spec.seq_len, backbone.config.max_positions()
         );
     }
     let freeze = FreezeSpec::parse(&cfg.model.freeze)?;

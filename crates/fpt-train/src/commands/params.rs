@@ -7,7 +7,7 @@ use tch::nn;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// A GPT-2 preset (gpt2, gpt2-medium, gpt2-large, gpt2-xl) or a Hugging Face directory.
+    /// A GPT-2 preset (gpt2, gpt2-medium, gpt2-large, gpt2-xl) or a Hugging Face GPT-2/BERT directory.
     #[arg(long)]
     pub model: String,
     /// Features per token (dense input: patches, bits).
@@ -50,8 +50,8 @@ pub fn run(args: &Args) -> Result<()> {
     let source = BackboneSource::parse(&args.model)?;
     let backbone = source.config()?;
     let freeze = FreezeSpec::parse(&args.freeze)?;
-    if args.tokens <= 0 || args.tokens > backbone.n_positions {
-        bail!("--tokens {} is outside 1..={} (the model's n_positions)", args.tokens, backbone.n_positions);
+    if args.tokens <= 0 || args.tokens > backbone.max_positions() {
+        bail!("--tokens {} is outside 1..={} (the model's positions, n_positions)", args.tokens, backbone.max_positions());
     }
     let input = match (args.input_dim, args.vocab) {
         (Some(dim), None) => InputSpec::Dense { dim },
@@ -69,7 +69,7 @@ pub fn run(args: &Args) -> Result<()> {
     };
     println!(
         "model {} ({} layers, width {}, {} heads); {} tokens of {input_text}; {} outputs x {} read-out; freeze {}",
-        args.model, backbone.n_layer, backbone.n_embd, backbone.n_head, args.tokens, args.classes, args.readout, freeze
+        args.model, backbone.layers(), backbone.width(), backbone.heads(), args.tokens, args.classes, args.readout, freeze
     );
     println!("{:<16} {:>15} {:>15}", "group", "total", "trainable");
     let (mut total, mut trainable) = (0, 0);
@@ -81,7 +81,7 @@ pub fn run(args: &Args) -> Result<()> {
     println!("{:<16} {:>15} {:>15}", "total", thousands(total), thousands(trainable));
     if !freeze.is_frozen(ParamGroup::Positions) {
         // Only the first `tokens` rows of wpe ever receive a gradient.
-        let unused = (backbone.n_positions - args.tokens) * backbone.n_embd;
+        let unused = (backbone.max_positions() - args.tokens) * backbone.width();
         println!(
             "trainable counting only the {} position rows used: {}",
             args.tokens,

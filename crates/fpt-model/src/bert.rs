@@ -1,0 +1,233 @@
+//! BERT (Hugging Face's `BertModel`) fed with `inputs_embeds`, for BERT-family backbones such as
+//! all-MiniLM-L6-v2 (the paper's Table 17 uses BERT as an FPT backbone).
+//!
+//! As in `transformers`: embeddings = inputs_embeds + position_embeddings[0..T] +
+//! token_type_embeddings[0], then LayerNorm and dropout; then post-LN encoder layers
+//! (`LN(x + attn(x))`, `LN(h + ffn(h))`) with bidirectional attention. Linear weights keep
+//! PyTorch's `[out, in]` layout and Hugging Face's names, so checkpoints copy name for name.
+
+use crate::config::Activation;
+use crate::freeze::FreezeSpec;
+use crate::gpt2::{new_param, LayerNorm};
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+use tch::{nn, Kind, Tensor};
+
+/// The fields of Hugging Face's `BertConfig` that shape the encoder.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BertConfig {
+    #[serde(default = "d::vocab_size")]
+    pub vocab_size: i64,
+    #[serde(default = "d::hidden_size")]
+    pub hidden_size: i64,
+    #[serde(default = "d::num_hidden_layers")]
+    pub num_hidden_layers: i64,
+    #[serde(default = "d::num_attention_heads")]
+    pub num_attention_heads: i64,
+    #[serde(default = "d::intermediate_size")]
+    pub intermediate_size: i64,
+    #[serde(default = "d::hidden_act")]
+    pub hidden_act: Activation,
+    #[serde(default = "d::dropout")]
+    pub hidden_dropout_prob: f64,
+    #[serde(default = "d::dropout")]
+    pub attention_probs_dropout_prob: f64,
+    #[serde(default = "d::max_position_embeddings")]
+    pub max_position_embeddings: i64,
+    #[serde(default = "d::type_vocab_size")]
+    pub type_vocab_size: i64,
+    #[serde(default = "d::initializer_range")]
+    pub initializer_range: f64,
+    #[serde(default = "d::layer_norm_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default = "d::position_embedding_type")]
+    pub position_embedding_type: String,
+    #[serde(default)]
+    pub is_decoder: bool,
+    #[serde(default)]
+    pub add_cross_attention: bool,
+    #[serde(default)]
+    pub model_type: Option<String>,
+}
+
+mod d {
+    use crate::config::Activation;
+    pub fn vocab_size() -> i64 { 30522 }
+    pub fn hidden_size() -> i64 { 768 }
+    pub fn num_hidden_layers() -> i64 { 12 }
+    pub fn num_attention_heads() -> i64 { 12 }
+    pub fn intermediate_size() -> i64 { 3072 }
+    pub fn hidden_act() -> Activation { Activation::Gelu }
+    pub fn dropout() -> f64 { 0.1 }
+    pub fn max_position_embeddings() -> i64 { 512 }
+    pub fn type_vocab_size() -> i64 { 2 }
+    pub fn initializer_range() -> f64 { 0.02 }
+    pub fn layer_norm_eps() -> f64 { 1e-12 }
+    pub fn position_embedding_type() -> String { "absolute".into() }
+}
+
+impl BertConfig {
+    pub fn validate(&self) -> Result<()> {
+        if let Some(mt) = &self.model_type {
+            if mt != "bert" {
+                bail!("model_type is {mt:?}, but this backbone is BERT (model_type \"bert\")");
+            }
+        }
+        for (field, value) in [
+            ("hidden_size", self.hidden_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("intermediate_size", self.intermediate_size),
+            ("max_position_embeddings", self.max_position_embeddings),
+            ("type_vocab_size", self.type_vocab_size),
+            ("vocab_size", self.vocab_size),
+        ] {
+            if value <= 0 {
+                bail!("{field} is {value}; it must be positive");
+            }
+        }
+        if self.hidden_size % self.num_attention_heads != 0 {
+            bail!("hidden_size {} is not divisible by num_attention_heads {}", self.hidden_size, self.num_attention_heads);
+        }
+        if self.position_embedding_type != "absolute" {
+            bail!("position_embedding_type {:?} is not supported (only \"absolute\")", self.position_embedding_type);
+        }
+        if self.is_decoder || self.add_cross_attention {
+            bail!("decoder BERT configurations (is_decoder / add_cross_attention) are not supported");
+        }
+        for (field, p) in [("hidden_dropout_prob", self.hidden_dropout_prob), ("attention_probs_dropout_prob", self.attention_probs_dropout_prob)] {
+            if !(0.0..1.0).contains(&p) {
+                bail!("{field} is {p}; a dropout probability must be in [0, 1)");
+            }
+        }
+        Ok(())
+    }
+
+    pub fn with_dropout(mut self, p: f64) -> Self {
+        self.hidden_dropout_prob = p;
+        self.attention_probs_dropout_prob = p;
+        self
+    }
+}
+
+fn normal(dims: &[i64], std: f64) -> Tensor {
+    Tensor::randn(dims, (Kind::Float, tch::Device::Cpu)) * std
+}
+
+/// PyTorch-layout linear (`[out, in]`), Hugging Face's BERT init (normal weights, zero bias).
+#[derive(Debug)]
+struct Linear {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Linear {
+    fn new(path: &nn::Path, n_in: i64, n_out: i64, std: f64, freeze: &FreezeSpec) -> Result<Self> {
+        Ok(Linear {
+            weight: new_param(path, "weight", normal(&[n_out, n_in], std), freeze)?,
+            bias: new_param(path, "bias", Tensor::zeros([n_out], (Kind::Float, tch::Device::Cpu)), freeze)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        x.linear(&self.weight, Some(&self.bias))
+    }
+}
+
+#[derive(Debug)]
+struct Layer {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    attn_out: Linear,
+    attn_ln: LayerNorm,
+    intermediate: Linear,
+    output: Linear,
+    output_ln: LayerNorm,
+}
+
+/// The BERT encoder with its embeddings (no pooler: FPT reads a token's hidden state).
+#[derive(Debug)]
+pub struct Bert {
+    cfg: BertConfig,
+    pub word_embeddings: Tensor,
+    pub position_embeddings: Tensor,
+    pub token_type_embeddings: Tensor,
+    embeddings_ln: LayerNorm,
+    layers: Vec<Layer>,
+}
+
+impl Bert {
+    /// Variables under `path` with Hugging Face's `BertModel` names (`embeddings.*`,
+    /// `encoder.layer.{i}.*`), initialised as `BertPreTrainedModel._init_weights`: normal(0,
+    /// initializer_range) weights and embeddings, zero biases, layer norms 1 and 0.
+    pub fn new(path: &nn::Path, cfg: &BertConfig, freeze: &FreezeSpec) -> Result<Self> {
+        cfg.validate()?;
+        let (h, std, eps) = (cfg.hidden_size, cfg.initializer_range, cfg.layer_norm_eps);
+        let emb = path / "embeddings";
+        let word_embeddings = new_param(&(&emb / "word_embeddings"), "weight", normal(&[cfg.vocab_size, h], std), freeze)?;
+        let position_embeddings = new_param(&(&emb / "position_embeddings"), "weight", normal(&[cfg.max_position_embeddings, h], std), freeze)?;
+        let token_type_embeddings = new_param(&(&emb / "token_type_embeddings"), "weight", normal(&[cfg.type_vocab_size, h], std), freeze)?;
+        let embeddings_ln = LayerNorm::new(&(&emb / "LayerNorm"), h, eps, freeze)?;
+        let enc = path / "encoder" / "layer";
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| {
+                let l = &enc / i;
+                let attn = &l / "attention";
+                Ok(Layer {
+                    query: Linear::new(&(&attn / "self" / "query"), h, h, std, freeze)?,
+                    key: Linear::new(&(&attn / "self" / "key"), h, h, std, freeze)?,
+                    value: Linear::new(&(&attn / "self" / "value"), h, h, std, freeze)?,
+                    attn_out: Linear::new(&(&attn / "output" / "dense"), h, h, std, freeze)?,
+                    attn_ln: LayerNorm::new(&(&attn / "output" / "LayerNorm"), h, eps, freeze)?,
+                    intermediate: Linear::new(&(&l / "intermediate" / "dense"), h, cfg.intermediate_size, std, freeze)?,
+                    output: Linear::new(&(&l / "output" / "dense"), cfg.intermediate_size, h, std, freeze)?,
+                    output_ln: LayerNorm::new(&(&l / "output" / "LayerNorm"), h, eps, freeze)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Bert { cfg: cfg.clone(), word_embeddings, position_embeddings, token_type_embeddings, embeddings_ln, layers })
+    }
+
+    pub fn config(&self) -> &BertConfig {
+        &self.cfg
+    }
+
+    /// `last_hidden_state` for `inputs_embeds` `[batch, seq, hidden_size]`, token type 0,
+    /// positions 0..seq, no padding mask.
+    pub fn forward_embeds(&self, inputs_embeds: &Tensor, train: bool) -> Result<Tensor> {
+        let size = inputs_embeds.size();
+        let &[b, t, w] = size.as_slice() else {
+            bail!("inputs_embeds must have rank 3 [batch, seq, width], got shape {size:?}");
+        };
+        if w != self.cfg.hidden_size {
+            bail!("inputs_embeds width is {w}, but the model's hidden_size is {}", self.cfg.hidden_size);
+        }
+        if t > self.cfg.max_position_embeddings || t == 0 {
+            bail!("sequence length {t} is outside 1..={} (the model's max_position_embeddings)", self.cfg.max_position_embeddings);
+        }
+        let p_hidden = if train { self.cfg.hidden_dropout_prob } else { 0.0 };
+        let p_attn = if train { self.cfg.attention_probs_dropout_prob } else { 0.0 };
+        let emb = inputs_embeds + self.position_embeddings.narrow(0, 0, t) + self.token_type_embeddings.get(0);
+        let mut x = self.embeddings_ln.forward(&emb).dropout(p_hidden, train);
+        let heads = self.cfg.num_attention_heads;
+        let d = w / heads;
+        for layer in &self.layers {
+            let split = |lin: &Linear| lin.forward(&x).reshape([b, t, heads, d]).transpose(1, 2);
+            let (q, k, v) = (split(&layer.query), split(&layer.key), split(&layer.value));
+            // Bidirectional attention, scale 1/sqrt(d), dropout on the probabilities.
+            let ctx = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<&Tensor>, p_attn, false, None, false);
+            let ctx = ctx.transpose(1, 2).reshape([b, t, w]);
+            let h = layer.attn_ln.forward(&(layer.attn_out.forward(&ctx).dropout(p_hidden, train) + &x));
+            let inter = layer.intermediate.forward(&h);
+            let inter = match self.cfg.hidden_act {
+                Activation::Gelu => inter.gelu("none"),
+                Activation::GeluTanh => inter.gelu("tanh"),
+                Activation::Relu => inter.relu(),
+                Activation::Silu => inter.silu(),
+            };
+            x = layer.output_ln.forward(&(layer.output.forward(&inter).dropout(p_hidden, train) + h));
+        }
+        Ok(x)
+    }
+}
