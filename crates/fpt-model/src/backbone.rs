@@ -4,6 +4,7 @@ use crate::bert::{Bert, BertConfig};
 use crate::config::Gpt2Config;
 use crate::freeze::FreezeSpec;
 use crate::gpt2::Gpt2;
+use crate::lstm::{Lstm, LstmConfig};
 use anyhow::{bail, Context, Result};
 use std::path::Path;
 use tch::{nn, Tensor};
@@ -13,6 +14,8 @@ use tch::{nn, Tensor};
 pub enum BackboneConfig {
     Gpt2(Gpt2Config),
     Bert(BertConfig),
+    /// The paper's layer-norm LSTM baseline (no checkpoint format: random init only).
+    Lstm(LstmConfig),
 }
 
 impl From<Gpt2Config> for BackboneConfig {
@@ -43,13 +46,16 @@ impl BackboneConfig {
         match self {
             BackboneConfig::Gpt2(c) => c.n_embd,
             BackboneConfig::Bert(c) => c.hidden_size,
+            BackboneConfig::Lstm(c) => c.hidden_size,
         }
     }
 
+    /// Longest input; the LSTM has no position table and takes any length.
     pub fn max_positions(&self) -> i64 {
         match self {
             BackboneConfig::Gpt2(c) => c.n_positions,
             BackboneConfig::Bert(c) => c.max_position_embeddings,
+            BackboneConfig::Lstm(_) => i64::MAX,
         }
     }
 
@@ -57,13 +63,16 @@ impl BackboneConfig {
         match self {
             BackboneConfig::Gpt2(c) => c.n_layer,
             BackboneConfig::Bert(c) => c.num_hidden_layers,
+            BackboneConfig::Lstm(c) => c.num_layers,
         }
     }
 
+    /// Attention heads (0 for the LSTM).
     pub fn heads(&self) -> i64 {
         match self {
             BackboneConfig::Gpt2(c) => c.n_head,
             BackboneConfig::Bert(c) => c.num_attention_heads,
+            BackboneConfig::Lstm(_) => 0,
         }
     }
 
@@ -71,6 +80,7 @@ impl BackboneConfig {
         match self {
             BackboneConfig::Gpt2(_) => "gpt2",
             BackboneConfig::Bert(_) => "bert",
+            BackboneConfig::Lstm(_) => "lstm",
         }
     }
 
@@ -79,6 +89,7 @@ impl BackboneConfig {
         match self {
             BackboneConfig::Gpt2(c) => BackboneConfig::Gpt2(c.with_dropout(p)),
             BackboneConfig::Bert(c) => BackboneConfig::Bert(c.with_dropout(p)),
+            BackboneConfig::Lstm(c) => BackboneConfig::Lstm(LstmConfig { dropout: p, ..c }),
         }
     }
 
@@ -101,6 +112,14 @@ impl BackboneConfig {
                 c.intermediate_size = inner.unwrap_or(c.intermediate_size);
                 c.validate()?;
             }
+            BackboneConfig::Lstm(c) => {
+                if heads.is_some() || positions.is_some() || inner.is_some() {
+                    bail!("the LSTM has no heads, positions or feed-forward width; set only n_layer and n_embd");
+                }
+                c.num_layers = layers.unwrap_or(c.num_layers);
+                c.hidden_size = width.unwrap_or(c.hidden_size);
+                c.validate()?;
+            }
         }
         Ok(self)
     }
@@ -111,6 +130,7 @@ impl BackboneConfig {
 pub enum Backbone {
     Gpt2(Gpt2),
     Bert(Bert),
+    Lstm(Lstm),
 }
 
 impl Backbone {
@@ -119,6 +139,7 @@ impl Backbone {
         Ok(match cfg {
             BackboneConfig::Gpt2(c) => Backbone::Gpt2(Gpt2::new(path, c, freeze)?),
             BackboneConfig::Bert(c) => Backbone::Bert(Bert::new(path, c, freeze)?),
+            BackboneConfig::Lstm(c) => Backbone::Lstm(Lstm::new(path, c, freeze)?),
         })
     }
 
@@ -126,6 +147,7 @@ impl Backbone {
         match self {
             Backbone::Gpt2(m) => m.forward_embeds(inputs_embeds, train),
             Backbone::Bert(m) => m.forward_embeds(inputs_embeds, train),
+            Backbone::Lstm(m) => m.forward_embeds(inputs_embeds, train),
         }
     }
 
@@ -133,6 +155,7 @@ impl Backbone {
         match self {
             Backbone::Gpt2(m) => BackboneConfig::Gpt2(m.config().clone()),
             Backbone::Bert(m) => BackboneConfig::Bert(m.config().clone()),
+            Backbone::Lstm(m) => BackboneConfig::Lstm(m.config().clone()),
         }
     }
 }

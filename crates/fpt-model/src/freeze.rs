@@ -75,6 +75,8 @@ impl ParamGroup {
     /// `embeddings.{word,position,token_type}_embeddings`, every `LayerNorm`,
     /// `encoder.layer.{i}.attention.*`, `encoder.layer.{i}.{intermediate,output}.dense`. BERT's
     /// token-type table (one constant row added to every token) goes with the token embedding.
+    /// LSTM (`lstm.{l}.*`): the input and recurrent weights `i2h`, `h2h` count as feed-forward,
+    /// the `ln_*` layer norms as layer norms.
     /// The FPT wrapper's own layers live under `input_layer.` and `output_layer.`.
     pub fn of(name: &str) -> Result<ParamGroup> {
         let parts: Vec<&str> = name.split('.').collect();
@@ -91,7 +93,7 @@ impl ParamGroup {
             ParamGroup::LayerNorms
         } else if has("attn") || has("attention") {
             ParamGroup::Attention
-        } else if has("mlp") || has("intermediate") || (parts.first() == Some(&"encoder") && has("output")) {
+        } else if has("mlp") || has("intermediate") || (parts.first() == Some(&"encoder") && has("output")) || has("i2h") || has("h2h") {
             ParamGroup::FeedForward
         } else {
             bail!("variable {name:?} belongs to no known parameter group")
@@ -343,6 +345,9 @@ mod tests {
             ("encoder.layer.2.intermediate.dense.weight", ParamGroup::FeedForward),
             ("encoder.layer.2.output.dense.weight", ParamGroup::FeedForward),
             ("encoder.layer.2.output.LayerNorm.bias", ParamGroup::LayerNorms),
+            ("lstm.1.i2h.weight", ParamGroup::FeedForward),
+            ("lstm.1.h2h.bias", ParamGroup::FeedForward),
+            ("lstm.1.ln_cell.weight", ParamGroup::LayerNorms),
         ];
         for (name, group) in cases {
             assert_eq!(ParamGroup::of(name).unwrap(), group, "{name}");

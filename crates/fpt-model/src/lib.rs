@@ -10,6 +10,7 @@ pub mod config;
 pub mod fpt;
 pub mod freeze;
 pub mod gpt2;
+pub mod lstm;
 pub mod params;
 
 pub use config::{Activation, Gpt2Config, GPT2_PRESETS};
@@ -18,6 +19,7 @@ pub use bert::{Bert, BertConfig};
 pub use fpt::{Fpt, FptConfig, InputSpec, Readout};
 pub use freeze::{FreezeSpec, ParamGroup};
 pub use gpt2::Gpt2;
+pub use lstm::{Lstm, LstmConfig};
 
 use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};

@@ -103,6 +103,16 @@ pub fn minilm_dir() -> Result<PathBuf> {
 
 pub fn resolve(model: &ModelConfig) -> Result<ResolvedBackbone> {
     let name = model.backbone.trim();
+    if name == "lstm" {
+        if model.init != Init::Random {
+            bail!("the LSTM baseline has no pretrained weights: set model.init = \"random\"");
+        }
+        return Ok(ResolvedBackbone {
+            config: BackboneConfig::Lstm(fpt_model::LstmConfig::default()),
+            weights: None,
+            source: "the paper's layer-norm LSTM (3 × 768)".into(),
+        });
+    }
     if name == "minilm" {
         let dir = minilm_dir()?;
         let config = BackboneConfig::from_json_file(&dir.join("config.json"))?;
@@ -112,6 +122,11 @@ pub fn resolve(model: &ModelConfig) -> Result<ResolvedBackbone> {
     if path.is_dir() {
         let config = BackboneConfig::from_json_file(&path.join("config.json"))?;
         return Ok(ResolvedBackbone { config, weights: Some(path.to_path_buf()), source: format!("directory {}", path.display()) });
+    }
+    if let Init::Checkpoint(dir) = &model.init {
+        // The architecture comes with the weights.
+        let config = BackboneConfig::from_json_file(&dir.join("config.json")).context("model.init = \"checkpoint:…\"")?;
+        return Ok(ResolvedBackbone { config, weights: Some(dir.clone()), source: format!("checkpoint {}", dir.display()) });
     }
     if model.init == Init::Random {
         if let Ok(config) = Gpt2Config::preset(name) {

@@ -17,7 +17,7 @@
 use anyhow::{bail, Context, Result};
 use fpt_tasks::{Split, TaskConfig};
 use serde::{Deserialize, Serialize};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -34,13 +34,47 @@ pub struct RunConfig {
     pub train: TrainConfig,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+/// How the backbone's weights start. Written as text: `pretrained`, `random`, `statistics`,
+/// or `checkpoint:DIR`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum Init {
-    /// The checkpoint's weights.
+    /// The backbone's own weights.
     Pretrained,
     /// Hugging Face's random initialisation of the same architecture.
     Random,
+    /// Random weights with each pretrained tensor's mean and standard deviation (the paper's
+    /// Table 9 "statistics only" control).
+    Statistics,
+    /// The weights of another Hugging Face directory with the same architecture (e.g. a
+    /// Bit-Memory-pretrained GPT-2 from `fpt pretrain`).
+    Checkpoint(PathBuf),
+}
+
+impl TryFrom<String> for Init {
+    type Error = String;
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        match s.as_str() {
+            "pretrained" => Ok(Init::Pretrained),
+            "random" => Ok(Init::Random),
+            "statistics" => Ok(Init::Statistics),
+            other => match other.strip_prefix("checkpoint:") {
+                Some(dir) if !dir.is_empty() => Ok(Init::Checkpoint(PathBuf::from(dir))),
+                _ => Err(format!("model.init {other:?}: expected pretrained, random, statistics or checkpoint:DIR")),
+            },
+        }
+    }
+}
+
+impl From<Init> for String {
+    fn from(i: Init) -> String {
+        match i {
+            Init::Pretrained => "pretrained".into(),
+            Init::Random => "random".into(),
+            Init::Statistics => "statistics".into(),
+            Init::Checkpoint(dir) => format!("checkpoint:{}", dir.display()),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -183,7 +217,7 @@ impl RunConfig {
             }
         }
         fpt_model::FreezeSpec::parse(&self.model.freeze).context("model.freeze")?;
-        if self.model.shape.is_some() && self.model.init == Init::Pretrained {
+        if self.model.shape.is_some() && self.model.init != Init::Random {
             bail!("model.shape changes the architecture, so it needs model.init = \"random\"");
         }
         Ok(())

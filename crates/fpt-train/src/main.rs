@@ -18,6 +18,8 @@ enum Command {
     Forward(commands::forward::Args),
     /// Train one run from a TOML config (resumable).
     Train(commands::train::Args),
+    /// Train a GPT-2 fully on a task (Bit-Memory pretraining) and save it as a Hugging Face directory.
+    Pretrain(commands::pretrain::Args),
     /// Check data sets, generate ListOps.
     #[command(subcommand)]
     Data(commands::data::DataCommand),
@@ -35,6 +37,7 @@ fn main() {
         Command::Forward(args) => commands::forward::run(args),
         Command::Data(cmd) => commands::data::run(cmd),
         Command::Train(args) => commands::train::run_cli(args),
+        Command::Pretrain(args) => commands::pretrain::run_cli(args),
     };
     if let Err(err) = result {
         // `{:#}` puts the whole context chain on one line.

@@ -163,13 +163,31 @@ pub fn build_model(cfg: &RunConfig, task: &dyn Task, device: Device) -> Result<(
     tch::manual_seed(cfg.seed as i64);
     let vs = nn::VarStore::new(device);
     let model = Fpt::new(&vs.root(), &backbone.config, &fpt_config(cfg, task), &freeze)?;
-    if cfg.model.init == Init::Pretrained {
-        let dir = backbone.weights.as_ref().with_context(|| format!("init = \"pretrained\" needs weights, but {} has none", backbone.source))?;
-        load_weights(&vs, dir).with_context(|| format!("loading pretrained weights from {}", dir.display()))?;
+    if cfg.model.init != Init::Random {
+        let dir = backbone.weights.as_ref().with_context(|| format!("model.init needs weights, but {} has none", backbone.source))?;
+        load_weights(&vs, dir).with_context(|| format!("loading weights from {}", dir.display()))?;
+        if cfg.model.init == Init::Statistics {
+            statistics_only(&vs);
+        }
     }
     let mut trainable: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
     trainable.sort_by(|a, b| a.0.cmp(&b.0));
     Ok((vs, model, trainable))
+}
+
+/// Replaces every backbone tensor by normal noise with that tensor's mean and standard
+/// deviation (the paper's Table 9). The wrapper's own layers keep their init.
+pub fn statistics_only(vs: &nn::VarStore) {
+    tch::no_grad(|| {
+        for (name, t) in vs.variables() {
+            if fpt_model::checkpoint::WRAPPER_PREFIXES.iter().any(|p| name.starts_with(p)) {
+                continue;
+            }
+            let (mean, std) = (t.mean(Kind::Float), if t.numel() > 1 { t.std(true) } else { t.zeros_like() });
+            let noise = t.randn_like() * std + mean;
+            t.shallow_clone().copy_(&noise);
+        }
+    });
 }
 
 fn step_seed(seed: u64, step: u64) -> i64 {

@@ -227,3 +227,90 @@ fn backbones_resolve_through_the_hugging_face_cache() {
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     assert!(err.contains("huggingface-cli download fpt-test/absent") && err.contains(hf_home.join("hub").to_str().unwrap()), "{err}");
 }
+
+#[test]
+fn bit_memory_pretraining_round_trips_through_transformers() {
+    let dir = tmp("pretrain");
+    let out = dir.join("bitmem-gpt2");
+    let res = fpt(
+        &[
+            "pretrain", "--task", "bit-memory", "--model", "gpt2", "--out", out.to_str().unwrap(), "--steps", "30",
+            "--set", "task={name=\"bit-memory\",n=20,patterns=3,patch=5,eval_examples=50}",
+            "--set", "model.shape={n_layer=2,n_embd=32,n_head=4,n_positions=32}",
+            "--set", "train.eval_every=30", "--set", "train.log_every=10",
+        ],
+        &[],
+    );
+    ok(&res);
+    assert!(out.join("config.json").is_file() && out.join("model.safetensors").is_file());
+
+    // transformers loads it with no missing or unexpected tensor and computes what we compute.
+    let inputs = dir.join("inputs.safetensors");
+    Tensor::write_safetensors(&[("inputs_embeds", Tensor::randn([2, 7, 32], (tch::Kind::Float, Device::Cpu)))], &inputs).unwrap();
+    let ours = dir.join("ours.safetensors");
+    ok(&fpt(&["forward", "--model", out.to_str().unwrap(), "--inputs", inputs.to_str().unwrap(), "--out", ours.to_str().unwrap()], &[]));
+    let script = format!(
+        "import torch\nfrom safetensors.torch import load_file\nfrom transformers import GPT2Model\n\
+         m, info = GPT2Model.from_pretrained({out:?}, output_loading_info=True, attn_implementation='eager')\n\
+         assert not info['missing_keys'] and not info['unexpected_keys'] and not info['mismatched_keys'], info\n\
+         m.eval()\nx = load_file({inp:?})['inputs_embeds']\n\
+         with torch.no_grad(): y = m(inputs_embeds=x).last_hidden_state\n\
+         print((y - load_file({ours:?})['last_hidden_state']).abs().max().item())",
+        out = out.to_str().unwrap(),
+        inp = inputs.to_str().unwrap(),
+        ours = ours.to_str().unwrap()
+    );
+    let py = Command::new(common::venv_python()).args(["-c", &script]).output().unwrap();
+    assert!(py.status.success(), "{}", String::from_utf8_lossy(&py.stderr));
+    let diff: f64 = String::from_utf8_lossy(&py.stdout).trim().parse().unwrap();
+    assert!(diff < 1e-5, "transformers and fpt differ by {diff} on the pretrained checkpoint");
+
+    // And a run can start from it.
+    let text = XOR
+        .replace("init = \"random\"", &format!("init = \"checkpoint:{}\"", out.display()))
+        .replace("freeze = \"full\"", "freeze = \"paper\"")
+        .replace("[model.shape]\nn_layer = 2\nn_embd = 64\nn_head = 4\nn_positions = 64\n", "")
+        .replace("steps = 600", "steps = 20");
+    let config = write_config(&dir, &text);
+    ok(&train(&config, &dir.join("from-checkpoint"), &[], &[]));
+}
+
+#[test]
+fn statistics_init_and_the_lstm_baseline_train() {
+    let dir = tmp("inits");
+    // Statistics-only init from a cached checkpoint: every backbone tensor is redrawn.
+    let hf_home = dir.join("hf");
+    let (_, tensors) = tiny_hub_cache(&hf_home, "fpt-test/tiny-gpt2");
+    let text = XOR
+        .replace("backbone = \"gpt2\"", "backbone = \"fpt-test/tiny-gpt2\"")
+        .replace("init = \"random\"", "init = \"statistics\"")
+        .replace("freeze = \"full\"", "freeze = \"paper\"")
+        .replace("[model.shape]\nn_layer = 2\nn_embd = 64\nn_head = 4\nn_positions = 64\n", "")
+        .replace("steps = 600", "steps = 2");
+    let config = write_config(&dir, &text);
+    let out = dir.join("stats");
+    let env = [("HF_HOME", hf_home.to_str().unwrap()), ("HF_ENDPOINT", "http://127.0.0.1:9")];
+    ok(&train(&config, &out, &["--set", "train.lr=1e-9"], &env));
+    let saved = Tensor::read_safetensors(out.join("checkpoint.safetensors")).unwrap();
+    let wpe = &saved.iter().find(|(n, _)| n == "param.wpe.weight").unwrap().1;
+    let source = &tensors.iter().find(|(n, _)| n == "wpe.weight").unwrap().1;
+    assert!(!wpe.allclose(source, 1e-3, 1e-3, false), "statistics init kept the pretrained values");
+    let (m, s) = (wpe.mean(tch::Kind::Float).double_value(&[]), wpe.std(true).double_value(&[]));
+    let (sm, ss) = (source.mean(tch::Kind::Float).double_value(&[]), source.std(true).double_value(&[]));
+    assert!((m - sm).abs() < 0.05 && (s / ss - 1.0).abs() < 0.1, "mean/std {m}/{s} vs {sm}/{ss}");
+
+    // The LSTM baseline, frozen like FPT (input, output and layer norms trained).
+    let lstm = XOR
+        .replace("backbone = \"gpt2\"", "backbone = \"lstm\"")
+        .replace("freeze = \"full\"", "freeze = \"paper\"")
+        .replace("n_head = 4\nn_positions = 64\n", "")
+        .replace("n_embd = 64", "n_embd = 16")
+        .replace("steps = 600", "steps = 20");
+    let config = write_config(&dir, &lstm);
+    ok(&train(&config, &dir.join("lstm"), &[], &[]));
+    let summary = read_summary(&dir.join("lstm")).unwrap();
+    assert_eq!(summary.status, Status::Completed);
+    let bad = write_config(&dir, &lstm.replace("init = \"random\"", "init = \"pretrained\"").replace("[model.shape]\nn_layer = 2\nn_embd = 16\n", ""));
+    let res = train(&bad, &dir.join("lstm-bad"), &[], &[]);
+    assert!(String::from_utf8_lossy(&res.stderr).contains("no pretrained weights"), "{}", String::from_utf8_lossy(&res.stderr));
+}

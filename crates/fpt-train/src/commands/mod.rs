@@ -1,4 +1,5 @@
 pub mod data;
 pub mod forward;
 pub mod params;
+pub mod pretrain;
 pub mod train;

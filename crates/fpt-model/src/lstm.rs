@@ -1,0 +1,234 @@
+//! The paper's LSTM baseline: the reference's layer-norm LSTM (`universal_computation/models/
+//! lstm.py`, `LNLSTM` with `LayerNormLSTM` cells, unidirectional, no residuals, no positions).
+//!
+//! Per layer and time step, with `LN` a layer norm over the feature axis that uses the
+//! *unbiased* variance and eps 1e-6 (as the reference's own `LayerNorm`):
+//! ```text
+//! pre = LN_i2h(W_i x + b_i) + LN_h2h(W_h h + b_h)           (4H wide: i, f, o | g)
+//! i, f, o = sigmoid(pre[..3H]);  g = tanh(pre[3H..])
+//! c' = LN_cell(f * c + i * g);   h' = o * tanh(c');  h' = dropout(h')  (train only)
+//! ```
+//! The layer's outputs are its `h'` sequence; layers are stacked. Initial states are drawn
+//! normal(0, sqrt(2 / (input + hidden))) for every forward pass, as the reference's
+//! `init_hidden` does. Initialisation, also the reference's: every weight, bias and layer-norm
+//! gain and shift uniform(±1/sqrt(size)).
+
+use crate::freeze::FreezeSpec;
+use crate::gpt2::new_param;
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+use tch::{nn, Kind, Tensor};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LstmConfig {
+    pub num_layers: i64,
+    pub hidden_size: i64,
+    pub dropout: f64,
+}
+
+impl Default for LstmConfig {
+    /// The paper's baseline: 3 layers of width 768.
+    fn default() -> Self {
+        LstmConfig { num_layers: 3, hidden_size: 768, dropout: 0.1 }
+    }
+}
+
+impl LstmConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.num_layers <= 0 || self.hidden_size <= 0 {
+            bail!("LSTM num_layers ({}) and hidden_size ({}) must be positive", self.num_layers, self.hidden_size);
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            bail!("LSTM dropout {} must be in [0, 1)", self.dropout);
+        }
+        Ok(())
+    }
+}
+
+const LN_EPS: f64 = 1e-6;
+
+fn uniform(dims: &[i64], bound: f64) -> Tensor {
+    Tensor::zeros(dims, (Kind::Float, tch::Device::Cpu)).uniform_(-bound, bound)
+}
+
+/// The reference's layer norm: unbiased variance, eps 1e-6, gain `weight` and shift `bias`.
+#[derive(Debug)]
+struct RefLayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl RefLayerNorm {
+    fn new(path: &nn::Path, size: i64, freeze: &FreezeSpec) -> Result<Self> {
+        let bound = 1.0 / (size as f64).sqrt();
+        Ok(RefLayerNorm {
+            weight: new_param(path, "weight", uniform(&[size], bound), freeze)?,
+            bias: new_param(path, "bias", uniform(&[size], bound), freeze)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let mean = x.mean_dim(-1, true, Kind::Float);
+        let var = x.var_dim(-1, true, true);
+        (x - mean) / (var + LN_EPS).sqrt() * &self.weight + &self.bias
+    }
+}
+
+#[derive(Debug)]
+struct Cell {
+    i2h_w: Tensor,
+    i2h_b: Tensor,
+    h2h_w: Tensor,
+    h2h_b: Tensor,
+    ln_i2h: RefLayerNorm,
+    ln_h2h: RefLayerNorm,
+    ln_cell: RefLayerNorm,
+    input: i64,
+    hidden: i64,
+}
+
+impl Cell {
+    fn new(path: &nn::Path, input: i64, hidden: i64, freeze: &FreezeSpec) -> Result<Self> {
+        let bound = 1.0 / (hidden as f64).sqrt();
+        let i2h = path / "i2h";
+        let h2h = path / "h2h";
+        Ok(Cell {
+            i2h_w: new_param(&i2h, "weight", uniform(&[4 * hidden, input], bound), freeze)?,
+            i2h_b: new_param(&i2h, "bias", uniform(&[4 * hidden], bound), freeze)?,
+            h2h_w: new_param(&h2h, "weight", uniform(&[4 * hidden, hidden], bound), freeze)?,
+            h2h_b: new_param(&h2h, "bias", uniform(&[4 * hidden], bound), freeze)?,
+            ln_i2h: RefLayerNorm::new(&(path / "ln_i2h"), 4 * hidden, freeze)?,
+            ln_h2h: RefLayerNorm::new(&(path / "ln_h2h"), 4 * hidden, freeze)?,
+            ln_cell: RefLayerNorm::new(&(path / "ln_cell"), hidden, freeze)?,
+            input,
+            hidden,
+        })
+    }
+
+    /// One step: `x` [batch, input], state ([batch, hidden], [batch, hidden]).
+    fn step(&self, x_proj: &Tensor, h: &Tensor, c: &Tensor, dropout: f64, train: bool) -> (Tensor, Tensor) {
+        let pre = self.ln_i2h.forward(x_proj) + self.ln_h2h.forward(&h.linear(&self.h2h_w, Some(&self.h2h_b)));
+        let hs = self.hidden;
+        let gates = pre.narrow(-1, 0, 3 * hs).sigmoid();
+        let g = pre.narrow(-1, 3 * hs, hs).tanh();
+        let (i, f, o) = (gates.narrow(-1, 0, hs), gates.narrow(-1, hs, hs), gates.narrow(-1, 2 * hs, hs));
+        let c_new = self.ln_cell.forward(&(c * f + i * g));
+        let h_new = (o * c_new.tanh()).dropout(dropout, train);
+        (h_new, c_new)
+    }
+}
+
+/// A stack of layer-norm LSTM layers over `[batch, seq, hidden_size]` token features.
+#[derive(Debug)]
+pub struct Lstm {
+    cfg: LstmConfig,
+    cells: Vec<Cell>,
+}
+
+impl Lstm {
+    /// Variables `lstm.{l}.{i2h,h2h}.{weight,bias}` and `lstm.{l}.{ln_i2h,ln_h2h,ln_cell}.{weight,bias}`.
+    pub fn new(path: &nn::Path, cfg: &LstmConfig, freeze: &FreezeSpec) -> Result<Self> {
+        cfg.validate()?;
+        let root = path / "lstm";
+        let cells = (0..cfg.num_layers)
+            .map(|l| Cell::new(&(&root / l), cfg.hidden_size, cfg.hidden_size, freeze))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Lstm { cfg: cfg.clone(), cells })
+    }
+
+    pub fn config(&self) -> &LstmConfig {
+        &self.cfg
+    }
+
+    /// The top layer's hidden states `[batch, seq, hidden]`, from initial states drawn as the
+    /// reference draws them.
+    pub fn forward_embeds(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let size = x.size();
+        let &[b, _, w] = size.as_slice() else { bail!("LSTM input must have rank 3 [batch, seq, width], got {size:?}") };
+        if w != self.cfg.hidden_size {
+            bail!("LSTM input width is {w}, but hidden_size is {}", self.cfg.hidden_size);
+        }
+        let states: Vec<(Tensor, Tensor)> = self
+            .cells
+            .iter()
+            .map(|cell| {
+                let std = (2.0 / (cell.input + cell.hidden) as f64).sqrt();
+                let opts = (Kind::Float, x.device());
+                (Tensor::randn([b, cell.hidden], opts) * std, Tensor::randn([b, cell.hidden], opts) * std)
+            })
+            .collect();
+        self.forward_with_states(x, &states, train)
+    }
+
+    /// The same with given initial states, one (h, c) per layer.
+    pub fn forward_with_states(&self, x: &Tensor, states: &[(Tensor, Tensor)], train: bool) -> Result<Tensor> {
+        if states.len() != self.cells.len() {
+            bail!("{} initial states for {} layers", states.len(), self.cells.len());
+        }
+        let seq = x.size()[1];
+        let mut layer_in = x.shallow_clone();
+        for (cell, (h0, c0)) in self.cells.iter().zip(states) {
+            // The input projections of every step at once; the recurrence stays sequential.
+            let x_proj = layer_in.linear(&cell.i2h_w, Some(&cell.i2h_b));
+            let (mut h, mut c) = (h0.shallow_clone(), c0.shallow_clone());
+            let mut outputs = Vec::with_capacity(seq as usize);
+            for t in 0..seq {
+                let (h_new, c_new) = cell.step(&x_proj.select(1, t), &h, &c, self.cfg.dropout, train);
+                outputs.push(h_new.shallow_clone());
+                h = h_new;
+                c = c_new;
+            }
+            layer_in = Tensor::stack(&outputs, 1);
+        }
+        Ok(layer_in)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The cell equations against a hand-written f64 implementation on a tiny input.
+    #[test]
+    fn matches_a_hand_written_cell() {
+        tch::manual_seed(3);
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let cfg = LstmConfig { num_layers: 1, hidden_size: 3, dropout: 0.0 };
+        let lstm = Lstm::new(&vs.root(), &cfg, &FreezeSpec::all()).unwrap();
+        let x = Tensor::randn([1, 2, 3], (Kind::Float, tch::Device::Cpu));
+        let (h0, c0) = (Tensor::randn([1, 3], (Kind::Float, tch::Device::Cpu)), Tensor::randn([1, 3], (Kind::Float, tch::Device::Cpu)));
+        let ours = lstm.forward_with_states(&x, &[(h0.shallow_clone(), c0.shallow_clone())], false).unwrap();
+
+        let v = |t: &Tensor| Vec::<f64>::try_from(&t.to_kind(Kind::Double).flatten(0, -1)).unwrap();
+        let vars = vs.variables();
+        let p = |n: &str| v(&vars[&format!("lstm.0.{n}")]);
+        let (wi, bi, wh, bh) = (p("i2h.weight"), p("i2h.bias"), p("h2h.weight"), p("h2h.bias"));
+        let ln = |xs: &[f64], g: &[f64], b: &[f64]| -> Vec<f64> {
+            let n = xs.len() as f64;
+            let mean = xs.iter().sum::<f64>() / n;
+            let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0); // unbiased
+            xs.iter().enumerate().map(|(i, x)| (x - mean) / (var + 1e-6).sqrt() * g[i] + b[i]).collect()
+        };
+        let matvec = |w: &[f64], b: &[f64], x: &[f64]| -> Vec<f64> {
+            (0..12).map(|r| b[r] + (0..3).map(|k| w[r * 3 + k] * x[k]).sum::<f64>()).collect()
+        };
+        let sig = |z: f64| 1.0 / (1.0 + (-z).exp());
+        let xs = v(&x);
+        let (mut h, mut c) = (v(&h0), v(&c0));
+        let mut expected = Vec::new();
+        for t in 0..2 {
+            let a = ln(&matvec(&wi, &bi, &xs[t * 3..t * 3 + 3]), &p("ln_i2h.weight"), &p("ln_i2h.bias"));
+            let bb = ln(&matvec(&wh, &bh, &h), &p("ln_h2h.weight"), &p("ln_h2h.bias"));
+            let pre: Vec<f64> = a.iter().zip(&bb).map(|(x, y)| x + y).collect();
+            let cell: Vec<f64> = (0..3).map(|j| sig(pre[3 + j]) * c[j] + sig(pre[j]) * pre[9 + j].tanh()).collect();
+            c = ln(&cell, &p("ln_cell.weight"), &p("ln_cell.bias"));
+            h = (0..3).map(|j| sig(pre[6 + j]) * c[j].tanh()).collect();
+            expected.extend(h.iter().copied());
+        }
+        let got = v(&ours);
+        for (g, e) in got.iter().zip(&expected) {
+            assert!((g - e).abs() < 1e-5, "ours {got:?} vs hand-written {expected:?}");
+        }
+    }
+}
