@@ -151,6 +151,15 @@ impl Backbone {
         }
     }
 
+    /// Every layer's attention probabilities `[batch, heads, seq, seq]` (eval mode).
+    pub fn attention_maps(&self, inputs_embeds: &Tensor) -> Result<Vec<Tensor>> {
+        match self {
+            Backbone::Gpt2(m) => m.attention_maps(inputs_embeds),
+            Backbone::Bert(m) => m.attention_maps(inputs_embeds),
+            Backbone::Lstm(_) => bail!("the LSTM has no attention to show"),
+        }
+    }
+
     pub fn config(&self) -> BackboneConfig {
         match self {
             Backbone::Gpt2(m) => BackboneConfig::Gpt2(m.config().clone()),

@@ -196,6 +196,15 @@ impl Bert {
     /// `last_hidden_state` for `inputs_embeds` `[batch, seq, hidden_size]`, token type 0,
     /// positions 0..seq, no padding mask.
     pub fn forward_embeds(&self, inputs_embeds: &Tensor, train: bool) -> Result<Tensor> {
+        Ok(self.run(inputs_embeds, train, false)?.0)
+    }
+
+    /// Every layer's attention probabilities `[batch, heads, seq, seq]` (eval mode).
+    pub fn attention_maps(&self, inputs_embeds: &Tensor) -> Result<Vec<Tensor>> {
+        Ok(self.run(inputs_embeds, false, true)?.1)
+    }
+
+    fn run(&self, inputs_embeds: &Tensor, train: bool, keep_maps: bool) -> Result<(Tensor, Vec<Tensor>)> {
         let size = inputs_embeds.size();
         let &[b, t, w] = size.as_slice() else {
             bail!("inputs_embeds must have rank 3 [batch, seq, width], got shape {size:?}");
@@ -212,9 +221,13 @@ impl Bert {
         let mut x = self.embeddings_ln.forward(&emb).dropout(p_hidden, train);
         let heads = self.cfg.num_attention_heads;
         let d = w / heads;
+        let mut maps = Vec::new();
         for layer in &self.layers {
             let split = |lin: &Linear| lin.forward(&x).reshape([b, t, heads, d]).transpose(1, 2);
             let (q, k, v) = (split(&layer.query), split(&layer.key), split(&layer.value));
+            if keep_maps {
+                maps.push((q.matmul(&k.transpose(-2, -1)) / (d as f64).sqrt()).softmax(-1, Kind::Float));
+            }
             // Bidirectional attention, scale 1/sqrt(d), dropout on the probabilities.
             let ctx = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<&Tensor>, p_attn, false, None, false);
             let ctx = ctx.transpose(1, 2).reshape([b, t, w]);
@@ -228,6 +241,6 @@ impl Bert {
             };
             x = layer.output_ln.forward(&(layer.output.forward(&inter).dropout(p_hidden, train) + h));
         }
-        Ok(x)
+        Ok((x, maps))
     }
 }

@@ -236,6 +236,29 @@ impl Fpt {
     /// Token features `[batch, seq, dim]` (float) or token ids `[batch, seq]` (int64) to logits:
     /// `[batch, classes]` when one token is read out, else `[batch, readout_tokens, classes]`.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let embeds = self.embed(x, train)?;
+        let seq = embeds.size()[1];
+        let k = self.cfg.readout_tokens;
+        if seq < k {
+            bail!("sequence of {seq} tokens is shorter than the {k} read-out tokens");
+        }
+        let h = self.backbone.forward_embeds(&embeds, train)?;
+        let start = match self.cfg.readout {
+            Readout::Last => seq - k,
+            Readout::First => 0,
+        };
+        let last = h.narrow(1, start, k);
+        let logits = self.output_proj.forward(&self.output_hidden.forward(&last, train));
+        Ok(if k == 1 { logits.squeeze_dim(1) } else { logits })
+    }
+
+    /// The backbone's attention probabilities per layer, `[batch, heads, seq, seq]` (eval).
+    pub fn attention_maps(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        self.backbone.attention_maps(&self.embed(x, false)?)
+    }
+
+    /// The input layer: token features or ids to backbone-width embeddings, validated.
+    fn embed(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let size = x.size();
         let embeds = match &self.input {
             InputLayer::Dense { hidden, proj } => {
@@ -264,18 +287,6 @@ impl Fpt {
                 Tensor::embedding(embedding, x, -1, false, false)
             }
         };
-        let seq = size[1];
-        let k = self.cfg.readout_tokens;
-        if seq < k {
-            bail!("sequence of {seq} tokens is shorter than the {k} read-out tokens");
-        }
-        let h = self.backbone.forward_embeds(&embeds, train)?;
-        let start = match self.cfg.readout {
-            Readout::Last => seq - k,
-            Readout::First => 0,
-        };
-        let last = h.narrow(1, start, k);
-        let logits = self.output_proj.forward(&self.output_hidden.forward(&last, train));
-        Ok(if k == 1 { logits.squeeze_dim(1) } else { logits })
+        Ok(embeds)
     }
 }

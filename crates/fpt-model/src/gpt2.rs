@@ -82,6 +82,18 @@ struct Attention {
 }
 
 impl Attention {
+    /// Attention probabilities `[batch, heads, seq, seq]` (eval mode, causal), written out
+    /// explicitly for inspection; the forward pass uses the fused kernel.
+    fn probs(&self, x: &Tensor) -> Tensor {
+        let (b, t, w) = x.size3().expect("attention input is [batch, seq, width]");
+        let d = w / self.n_head;
+        let qkv = self.c_attn.forward(x);
+        let split = |i: i64| qkv.narrow(2, i * w, w).reshape([b, t, self.n_head, d]).transpose(1, 2);
+        let scores = split(0).matmul(&split(1).transpose(-2, -1)) / (d as f64).sqrt();
+        let mask = Tensor::ones([t, t], (Kind::Bool, x.device())).triu(1);
+        scores.masked_fill(&mask, f64::NEG_INFINITY).softmax(-1, Kind::Float)
+    }
+
     fn forward(&self, x: &Tensor, train: bool) -> Tensor {
         let (b, t, w) = x.size3().expect("attention input is [batch, seq, width]");
         let head_dim = w / self.n_head;
@@ -196,9 +208,20 @@ impl Gpt2 {
         &self.cfg
     }
 
-    /// `last_hidden_state` for `inputs_embeds` of shape `[batch, seq, n_embd]` (float),
-    /// positions 0..seq. `train` turns dropout on.
-    pub fn forward_embeds(&self, inputs_embeds: &Tensor, train: bool) -> Result<Tensor> {
+    /// Every layer's attention probabilities `[batch, heads, seq, seq]` (eval mode).
+    pub fn attention_maps(&self, inputs_embeds: &Tensor) -> Result<Vec<Tensor>> {
+        self.check_input(inputs_embeds)?;
+        let seq = inputs_embeds.size()[1];
+        let mut h = inputs_embeds + self.wpe.narrow(0, 0, seq);
+        let mut maps = Vec::new();
+        for block in &self.blocks {
+            maps.push(block.attn.probs(&block.ln_1.forward(&h)));
+            h = block.forward(&h, false);
+        }
+        Ok(maps)
+    }
+
+    fn check_input(&self, inputs_embeds: &Tensor) -> Result<()> {
         let size = inputs_embeds.size();
         let &[_, seq, width] = size.as_slice() else {
             bail!("inputs_embeds must have rank 3 [batch, seq, width], got shape {size:?}");
@@ -209,6 +232,14 @@ impl Gpt2 {
         if seq > self.cfg.n_positions || seq == 0 {
             bail!("sequence length {seq} is outside 1..={} (the model's n_positions)", self.cfg.n_positions);
         }
+        Ok(())
+    }
+
+    /// `last_hidden_state` for `inputs_embeds` of shape `[batch, seq, n_embd]` (float),
+    /// positions 0..seq. `train` turns dropout on.
+    pub fn forward_embeds(&self, inputs_embeds: &Tensor, train: bool) -> Result<Tensor> {
+        self.check_input(inputs_embeds)?;
+        let seq = inputs_embeds.size()[1];
         let pos = self.wpe.narrow(0, 0, seq);
         let mut h = (inputs_embeds + pos).dropout(self.cfg.embd_pdrop, train);
         for block in &self.blocks {

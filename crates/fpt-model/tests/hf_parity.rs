@@ -10,7 +10,7 @@ mod common;
 use common::{make_bert_fixtures, make_gpt2_fixtures, max_abs_diff, read_tensor};
 use std::path::Path;
 use fpt_model::load_backbone_dir;
-use tch::{Device, Kind};
+use tch::{Device, Kind, Tensor};
 
 const CASES: [&str; 5] = ["small4x64", "odd3x96_prefixed", "w120h5_sharded", "deep4x128", "single1x30"];
 
@@ -48,6 +48,13 @@ fn check_cases(fixtures: &Path, cases: &[&str], relative_grad_bound: bool) {
         println!("{case}: forward max |diff| {forward_err:.3e}, input-gradient max |diff| {grad_err:.3e}");
         assert!(forward_err < 1e-5, "{case}: last_hidden_state differs by {forward_err:e}");
         assert!(grad_err < grad_bound, "{case}: input gradients differ by {grad_err:e} (bound {grad_bound:e})");
+
+        // Attention maps (what `fpt attention` draws) equal transformers' output_attentions.
+        if case != "minilm" {
+            let maps = Tensor::stack(&model.attention_maps(&inputs.detach()).unwrap(), 0);
+            let map_err = max_abs_diff(&maps, &read_tensor(&reference, "attentions"));
+            assert!(map_err < 1e-5, "{case}: attention maps differ by {map_err:e}");
+        }
 
         // Dropout off in eval: a second pass is bit-identical.
         let again = tch::no_grad(|| model.forward_embeds(&inputs, false).unwrap());

@@ -20,6 +20,8 @@ enum Command {
     Train(commands::train::Args),
     /// Train a GPT-2 fully on a task (Bit-Memory pretraining) and save it as a Hugging Face directory.
     Pretrain(commands::pretrain::Args),
+    /// Draw every layer's and head's attention for one evaluation example of a trained run.
+    Attention(commands::attention::Args),
     /// Check data sets, generate ListOps.
     #[command(subcommand)]
     Data(commands::data::DataCommand),
@@ -38,6 +40,7 @@ fn main() {
         Command::Data(cmd) => commands::data::run(cmd),
         Command::Train(args) => commands::train::run_cli(args),
         Command::Pretrain(args) => commands::pretrain::run_cli(args),
+        Command::Attention(args) => commands::attention::run_cli(args),
     };
     if let Err(err) = result {
         // `{:#}` puts the whole context chain on one line.

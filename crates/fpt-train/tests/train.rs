@@ -314,3 +314,18 @@ fn statistics_init_and_the_lstm_baseline_train() {
     let res = train(&bad, &dir.join("lstm-bad"), &[], &[]);
     assert!(String::from_utf8_lossy(&res.stderr).contains("no pretrained weights"), "{}", String::from_utf8_lossy(&res.stderr));
 }
+
+#[test]
+fn attention_maps_render_for_a_trained_run() {
+    let dir = tmp("attention");
+    let config = write_config(&dir, &XOR.replace("steps = 600", "steps = 20"));
+    let run = dir.join("run");
+    ok(&train(&config, &run, &[], &[]));
+    let png = dir.join("maps.png");
+    ok(&fpt(&["attention", "--run", run.to_str().unwrap(), "--example", "7", "--out", png.to_str().unwrap()], &[]));
+    let bytes = std::fs::read(&png).unwrap();
+    assert!(bytes.starts_with(b"\x89PNG") && bytes.len() > 1000);
+    let res = fpt(&["attention", "--run", run.to_str().unwrap(), "--example", "5000", "--out", png.to_str().unwrap()], &[]);
+    assert_eq!(res.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&res.stderr).contains("outside the test split"));
+}

@@ -70,9 +70,13 @@ def make(out: Path, name: str, seed: int) -> None:
     y = model(inputs_embeds=x).last_hidden_state
     r = torch.randn_like(y)
     (y * r).sum().backward()
+    tensors = {"inputs_embeds": x.detach().contiguous(), "last_hidden_state": y.detach().contiguous(),
+               "cotangent": r.contiguous(), "grad_inputs": x.grad.contiguous()}
+    if name != "minilm":  # output_attentions needs the eager path
+        with torch.no_grad():
+            tensors["attentions"] = torch.stack(model(inputs_embeds=x, output_attentions=True).attentions).contiguous()
     save_file(
-        {"inputs_embeds": x.detach().contiguous(), "last_hidden_state": y.detach().contiguous(),
-         "cotangent": r.contiguous(), "grad_inputs": x.grad.contiguous()},
+        tensors,
         str(case_dir / "reference.safetensors"),
     )
 

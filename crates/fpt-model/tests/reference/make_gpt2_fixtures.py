@@ -9,6 +9,7 @@ For each case, OUT_DIR/CASE/ holds a checkpoint directory `model/` saved by `sav
   last_hidden_state   GPT2Model(inputs_embeds=...) in eval mode, fp32, eager attention
   cotangent           random tensor R of the output's shape
   grad_inputs         d(sum(last_hidden_state * R)) / d inputs_embeds
+  attentions          every layer's attention probabilities [layers, batch, heads, seq, seq]
 Every parameter is perturbed away from HF's init (biases and layer norms too), so a tensor
 that fails to load changes the output. Nothing here is committed; tests run it each time.
 """
@@ -61,8 +62,11 @@ def make(out: Path, name: str, seed: int) -> dict:
     y = model(inputs_embeds=x).last_hidden_state
     r = torch.randn_like(y)
     (y * r).sum().backward()
+    with torch.no_grad():
+        attentions = torch.stack(model(inputs_embeds=x, output_attentions=True).attentions)
     save_file(
         {
+            "attentions": attentions.contiguous(),
             "inputs_embeds": x.detach().contiguous(),
             "last_hidden_state": y.detach().contiguous(),
             "cotangent": r.contiguous(),

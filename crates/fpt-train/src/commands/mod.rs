@@ -1,3 +1,4 @@
+pub mod attention;
 pub mod data;
 pub mod forward;
 pub mod params;
