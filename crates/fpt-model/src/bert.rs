@@ -232,13 +232,7 @@ impl Bert {
             let ctx = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<&Tensor>, p_attn, false, None, false);
             let ctx = ctx.transpose(1, 2).reshape([b, t, w]);
             let h = layer.attn_ln.forward(&(layer.attn_out.forward(&ctx).dropout(p_hidden, train) + &x));
-            let inter = layer.intermediate.forward(&h);
-            let inter = match self.cfg.hidden_act {
-                Activation::Gelu => inter.gelu("none"),
-                Activation::GeluTanh => inter.gelu("tanh"),
-                Activation::Relu => inter.relu(),
-                Activation::Silu => inter.silu(),
-            };
+            let inter = self.cfg.hidden_act.apply(&layer.intermediate.forward(&h));
             x = layer.output_ln.forward(&(layer.output.forward(&inter).dropout(p_hidden, train) + h));
         }
         Ok((x, maps))

@@ -19,6 +19,17 @@ pub enum Activation {
     Silu,
 }
 
+impl Activation {
+    pub fn apply(self, x: &tch::Tensor) -> tch::Tensor {
+        match self {
+            Activation::GeluTanh => x.gelu("tanh"),
+            Activation::Gelu => x.gelu("none"),
+            Activation::Relu => x.relu(),
+            Activation::Silu => x.silu(),
+        }
+    }
+}
+
 /// The fields of Hugging Face's `GPT2Config` that shape the backbone. Unknown fields of a
 /// `config.json` (tokenizer ids, task heads, …) are ignored; the ones that would change the
 /// computation and that we do not implement are rejected in [`Gpt2Config::validate`].

@@ -122,13 +122,7 @@ struct Mlp {
 
 impl Mlp {
     fn forward(&self, x: &Tensor, train: bool) -> Tensor {
-        let h = self.c_fc.forward(x);
-        let h = match self.activation {
-            Activation::GeluTanh => h.gelu("tanh"),
-            Activation::Gelu => h.gelu("none"),
-            Activation::Relu => h.relu(),
-            Activation::Silu => h.silu(),
-        };
+        let h = self.activation.apply(&self.c_fc.forward(x));
         self.c_proj.forward(&h).dropout(self.resid_pdrop, train)
     }
 }
