@@ -194,9 +194,14 @@ fn corrupt_and_absent_files_name_the_file() {
     std::fs::write(dir.join("config.json"), "{\"n_embd\": \"wide\"}").unwrap();
     let err = load_err(&dir);
     assert!(err.contains("config.json") && err.contains("not a valid GPT-2 config.json"), "{err}");
-    std::fs::write(dir.join("config.json"), "{\"model_type\": \"bert\"}").unwrap();
+    std::fs::write(dir.join("config.json"), "{\"model_type\": \"t5\"}").unwrap();
     let err = load_err(&dir);
-    assert!(err.contains("config.json") && err.contains("model_type"), "{err}");
+    assert!(err.contains("config.json") && err.contains("model_type \"t5\" is not supported"), "{err}");
+    // A BERT config over GPT-2 weights: the architecture follows config.json, and every tensor
+    // name then disagrees — listed, not silently ignored.
+    std::fs::write(dir.join("config.json"), "{\"model_type\": \"bert\", \"hidden_size\": 24, \"num_attention_heads\": 3, \"num_hidden_layers\": 1, \"intermediate_size\": 8}").unwrap();
+    let err = load_err(&dir);
+    assert!(err.contains("missing") && err.contains("encoder.layer.0.attention.self.query.weight") && err.contains("unexpected") && err.contains("h.0.attn.c_attn.weight"), "{err}");
 
     // Not a directory.
     let err = format!("{:#}", load_gpt2_dir(Path::new("/nonexistent/gpt2"), Device::Cpu).unwrap_err());
