@@ -19,6 +19,14 @@ fn example_rng(seed: u64, split: Split, index: usize) -> TaskRng {
     stream(seed, &[p, index as u64])
 }
 
+/// Generated tasks: an endless training stream, fixed evaluation sets.
+fn generated_len(split: Split, eval_examples: usize) -> Option<usize> {
+    match split {
+        Split::Train => None,
+        Split::Val | Split::Test => Some(eval_examples),
+    }
+}
+
 /// Bit memory: `patterns` random strings of `n` bits (±1), then one of them again with each bit
 /// zeroed with probability `mask_prob`; reconstruct the queried string. Tokens are patches of
 /// `patch` bits: `(patterns + 1) · n / patch` tokens of dim `patch`; the last `n / patch` tokens
@@ -61,10 +69,7 @@ impl Task for BitMemory {
     }
 
     fn len(&self, split: Split) -> Option<usize> {
-        match split {
-            Split::Train => None,
-            _ => Some(self.eval_examples),
-        }
+        generated_len(split, self.eval_examples)
     }
 
     fn write_example(&self, split: Split, index: usize, _augment: bool, _rng: &mut TaskRng, input: InputSlot<'_>, targets: &mut [i64]) {
@@ -118,10 +123,7 @@ impl Task for BitXor {
     }
 
     fn len(&self, split: Split) -> Option<usize> {
-        match split {
-            Split::Train => None,
-            _ => Some(self.eval_examples),
-        }
+        generated_len(split, self.eval_examples)
     }
 
     fn write_example(&self, split: Split, index: usize, _augment: bool, _rng: &mut TaskRng, input: InputSlot<'_>, targets: &mut [i64]) {
