@@ -17,6 +17,9 @@
 //! [[exclude]]                # skip combinations
 //! task = "fashion-mnist"
 //! freeze = "full"
+//! [[override]]               # settings for combinations, applied after the axes, in order
+//! when = { task = "bit-xor", freeze = "frozen" }
+//! set = { "train.steps" = 500 }
 //! ```
 //!
 //! A cell's name is its labels joined by `__` in axis order (`bit-xor__frozen__s0`); its group
@@ -108,6 +111,23 @@ pub fn parse(text: &str, path: &Path) -> Result<Grid> {
         None => Vec::new(),
         Some(_) => bail!("{}: exclude must be an array of tables ([[exclude]])", path.display()),
     };
+    let overrides: Vec<(Table, Table)> = match table.remove("override") {
+        Some(Value::Array(items)) => items
+            .into_iter()
+            .map(|v| {
+                let Value::Table(mut t) = v else { bail!("{}: each [[override]] must be a table with `when` and `set`", path.display()) };
+                let (Some(Value::Table(when)), Some(Value::Table(set))) = (t.remove("when"), t.remove("set")) else {
+                    bail!("{}: each [[override]] needs when = {{ axis = \"label\", … }} and set = {{ overrides }}", path.display())
+                };
+                if let Some(key) = t.keys().next() {
+                    bail!("{}: [[override]] has an unknown key {key:?} (expected when and set)", path.display());
+                }
+                Ok((when, set))
+            })
+            .collect::<Result<_>>()?,
+        None => Vec::new(),
+        Some(_) => bail!("{}: override must be an array of tables ([[override]])", path.display()),
+    };
     table.remove("description");
 
     let mut cells = vec![Cell { name: String::new(), group: String::new(), labels: Vec::new(), config: defaults }];
@@ -132,13 +152,20 @@ pub fn parse(text: &str, path: &Path) -> Result<Grid> {
         }
         cells = next;
     }
-    for ex in &excludes {
-        for (axis, label) in ex {
+    for (kind, conditions) in excludes.iter().map(|e| ("exclude", e)).chain(overrides.iter().map(|(w, _)| ("override", w))) {
+        for (axis, label) in conditions {
             if !axes.contains_key(axis) {
-                bail!("{}: exclude names axis {axis:?}, which the grid does not have", path.display());
+                bail!("{}: {kind} names axis {axis:?}, which the grid does not have", path.display());
             }
             if label.as_str().is_none() {
-                bail!("{}: exclude {axis} must be a label string", path.display());
+                bail!("{}: {kind} {axis} must be a label string", path.display());
+            }
+        }
+    }
+    for cell in &mut cells {
+        for (when, set) in &overrides {
+            if when.iter().all(|(axis, label)| cell.label(axis) == label.as_str()) {
+                merge(&mut cell.config, set).with_context(|| format!("{}: an [[override]] of {when}", path.display()))?;
             }
         }
     }
@@ -203,6 +230,12 @@ s1 = { seed = 1 }
 [[exclude]]
 task = "mem"
 freeze = "full"
+[[override]]
+when = { task = "xor", freeze = "full" }
+set = { "train.steps" = 5, "train.batch_size" = 4 }
+[[override]]
+when = { seed = "s1" }
+set = { "train.lr" = 0.01 }
 "#;
 
     #[test]
@@ -217,6 +250,13 @@ freeze = "full"
         assert_eq!(mem.config["task"]["name"].as_str(), Some("bit-memory"));
         assert_eq!(mem.config["model"]["freeze"].as_str(), Some("paper"));
         assert_eq!(g.cells[1].config["seed"].as_integer(), Some(1));
+        // [[override]]: only the matching cells, after the axes, later tables over earlier.
+        let steps = |i: usize| g.cells[i].config["train"]["steps"].as_integer();
+        assert_eq!((steps(0), steps(2), steps(3), steps(4)), (Some(10), Some(5), Some(5), Some(20)));
+        assert_eq!(g.cells[2].config["train"]["batch_size"].as_integer(), Some(4));
+        assert!(g.cells[0].config["train"].get("batch_size").is_none());
+        let lr = |i: usize| g.cells[i].config["train"]["lr"].as_float();
+        assert_eq!((lr(0), lr(1), lr(5)), (Some(0.001), Some(0.01), Some(0.01)));
     }
 
     #[test]
@@ -226,6 +266,9 @@ freeze = "full"
             ("[axes.task]\nx = 3\n", "table of overrides"),
             ("[axes.task]\nx = {}\n[[exclude]]\nnope = \"x\"\n", "does not have"),
             ("[axes.task]\nx = {}\n[[exclude]]\ntask = \"x\"\n", "every cell is excluded"),
+            ("[axes.task]\nx = {}\n[[override]]\nwhen = { nope = \"x\" }\nset = {}\n", "does not have"),
+            ("[axes.task]\nx = {}\n[[override]]\nwhen = { task = \"x\" }\n", "needs when"),
+            ("[axes.task]\nx = {}\n[[override]]\nwhen = { task = \"x\" }\nset = {}\nif = 1\n", "unknown key"),
             ("[axes]\ntask = {}\n", "no values"),
         ] {
             let err = format!("{:#}", parse(bad, Path::new("bad.toml")).unwrap_err());

@@ -29,6 +29,8 @@ enum Command {
     Reproduce(commands::reproduce::Args),
     /// Train the regression cells and compare with their stored expectations.
     Regress(commands::regress::Args),
+    /// Our FPT train step against the PyTorch reference, same machine and threads, as ratios.
+    Bench(commands::bench::Args),
 }
 
 fn main() -> Result<()> {
@@ -38,5 +40,6 @@ fn main() -> Result<()> {
         Command::Reproduce(args) => commands::reproduce::run(&args),
         Command::Data(cmd) => commands::data::run(&cmd),
         Command::Regress(args) => commands::regress::run(&args),
+        Command::Bench(args) => commands::bench::run(&args),
     }
 }

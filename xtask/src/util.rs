@@ -2,8 +2,12 @@ use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 use std::process::Command;
 
-/// The workspace root (xtask lives one level below it).
+/// The workspace root (xtask lives one level below it). `FPT_WORKSPACE` overrides it, for an
+/// xtask binary copied to another machine (benches/gpu_check.sh).
 pub fn workspace_root() -> PathBuf {
+    if let Some(root) = std::env::var_os("FPT_WORKSPACE") {
+        return PathBuf::from(root);
+    }
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     manifest.parent().map(PathBuf::from).unwrap_or(manifest)
 }

@@ -6,8 +6,53 @@ use crate::freeze::FreezeSpec;
 use crate::gpt2::Gpt2;
 use crate::lstm::{Lstm, LstmConfig};
 use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
 use std::path::Path;
-use tch::{nn, Tensor};
+use tch::{nn, Kind, Tensor};
+
+/// What the frozen backbone computes in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// Everything in fp32.
+    #[default]
+    Fp32,
+    /// Frozen weight matrices converted to bf16 once and kept resident; the transformer layers'
+    /// matmuls, attention and activations in bf16. Trainable parameters (and so the optimizer
+    /// state), layer norms, the residual stream, the input and output layers and the loss stay
+    /// fp32.
+    Bf16,
+}
+
+impl Precision {
+    pub fn compute_kind(self) -> Kind {
+        match self {
+            Precision::Fp32 => Kind::Float,
+            Precision::Bf16 => Kind::BFloat16,
+        }
+    }
+}
+
+/// Positions `start..start + len` of the sequence: the only ones a read-out needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rows {
+    pub start: i64,
+    pub len: i64,
+}
+
+impl Rows {
+    /// Checks `rows` against a sequence of `seq` tokens; `None` when they cover it all (no
+    /// restriction to apply).
+    pub fn restricting(rows: Option<Rows>, seq: i64) -> Result<Option<Rows>> {
+        match rows {
+            Some(r) if r.len <= 0 || r.start < 0 || r.start + r.len > seq => {
+                bail!("read-out positions {}..{} are outside the sequence 0..{seq}", r.start, r.start + r.len)
+            }
+            Some(r) if r.start == 0 && r.len == seq => Ok(None),
+            other => Ok(other),
+        }
+    }
+}
 
 /// A backbone architecture and its hyper-parameters.
 #[derive(Clone, Debug, PartialEq)]
@@ -144,11 +189,54 @@ impl Backbone {
     }
 
     pub fn forward_embeds(&self, inputs_embeds: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_rows(inputs_embeds, train, None)
+    }
+
+    /// `last_hidden_state` at the positions `rows` only (all when `None`). The transformers skip
+    /// the last layer's work elsewhere; the LSTM's recurrence needs every step anyway.
+    pub fn forward_rows(&self, inputs_embeds: &Tensor, train: bool, rows: Option<Rows>) -> Result<Tensor> {
         match self {
-            Backbone::Gpt2(m) => m.forward_embeds(inputs_embeds, train),
-            Backbone::Bert(m) => m.forward_embeds(inputs_embeds, train),
-            Backbone::Lstm(m) => m.forward_embeds(inputs_embeds, train),
+            Backbone::Gpt2(m) => m.forward_rows(inputs_embeds, train, rows),
+            Backbone::Bert(m) => m.forward_rows(inputs_embeds, train, rows),
+            Backbone::Lstm(m) => {
+                let h = m.forward_embeds(inputs_embeds, train)?;
+                Ok(match Rows::restricting(rows, h.size()[1])? {
+                    Some(r) => h.narrow(1, r.start, r.len),
+                    None => h,
+                })
+            }
         }
+    }
+
+    /// Switches to `precision`. For bf16, every frozen float matrix in `vs` (the VarStore the
+    /// model lives in, after any checkpoint was loaded) is converted to bf16 in place, once;
+    /// vectors (biases, layer norms) stay fp32 and trainable tensors are untouched, so an
+    /// optimizer and run checkpoints see fp32 only. There is no way back to fp32.
+    pub fn set_precision(&mut self, vs: &nn::VarStore, precision: Precision) -> Result<()> {
+        self.set_compute_kind(precision.compute_kind())?;
+        if precision == Precision::Bf16 {
+            tch::no_grad(|| {
+                for (_, mut t) in vs.variables() {
+                    if !t.requires_grad() && t.kind() == Kind::Float && t.dim() >= 2 {
+                        let half = t.to_kind(Kind::BFloat16);
+                        t.set_data(&half);
+                    }
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// What the transformer layers compute in: `Kind::Float`, or `Kind::BFloat16` (matmuls,
+    /// attention and activations; layer norms, the residual stream and the output stay fp32).
+    fn set_compute_kind(&mut self, kind: Kind) -> Result<()> {
+        match self {
+            Backbone::Gpt2(m) => m.set_compute_kind(kind),
+            Backbone::Bert(m) => m.set_compute_kind(kind),
+            Backbone::Lstm(_) if kind != Kind::Float => bail!("the LSTM baseline runs in fp32 only; bf16 is implemented for the transformer backbones (gpt2, bert)"),
+            Backbone::Lstm(_) => {}
+        }
+        Ok(())
     }
 
     /// Every layer's attention probabilities `[batch, heads, seq, seq]` (eval mode).

@@ -6,9 +6,11 @@
 //! (`LN(x + attn(x))`, `LN(h + ffn(h))`) with bidirectional attention. Linear weights keep
 //! PyTorch's `[out, in]` layout and Hugging Face's names, so checkpoints copy name for name.
 
+use crate::backbone::Rows;
 use crate::config::Activation;
 use crate::freeze::FreezeSpec;
 use crate::gpt2::{new_param, LayerNorm};
+use crate::ops::{attention, dropout};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
@@ -129,8 +131,9 @@ impl Linear {
         })
     }
 
+    /// Computes in `x`'s dtype (see `gpt2::Conv1D::forward`).
     fn forward(&self, x: &Tensor) -> Tensor {
-        x.linear(&self.weight, Some(&self.bias))
+        x.linear(&self.weight.to_kind(x.kind()), Some(&self.bias.to_kind(x.kind())))
     }
 }
 
@@ -155,6 +158,8 @@ pub struct Bert {
     pub token_type_embeddings: Tensor,
     embeddings_ln: LayerNorm,
     layers: Vec<Layer>,
+    /// What the layers' matmuls, attention and activations compute in (fp32 or bf16).
+    compute_kind: Kind,
 }
 
 impl Bert {
@@ -186,25 +191,35 @@ impl Bert {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Bert { cfg: cfg.clone(), word_embeddings, position_embeddings, token_type_embeddings, embeddings_ln, layers })
+        Ok(Bert { cfg: cfg.clone(), word_embeddings, position_embeddings, token_type_embeddings, embeddings_ln, layers, compute_kind: Kind::Float })
     }
 
     pub fn config(&self) -> &BertConfig {
         &self.cfg
     }
 
+    pub fn set_compute_kind(&mut self, kind: Kind) {
+        self.compute_kind = kind;
+    }
+
     /// `last_hidden_state` for `inputs_embeds` `[batch, seq, hidden_size]`, token type 0,
     /// positions 0..seq, no padding mask.
     pub fn forward_embeds(&self, inputs_embeds: &Tensor, train: bool) -> Result<Tensor> {
-        Ok(self.run(inputs_embeds, train, false)?.0)
+        Ok(self.run(inputs_embeds, train, false, None)?.0)
+    }
+
+    /// The same at the positions `rows` only: the last layer computes its queries, projections
+    /// and feed-forward only there.
+    pub fn forward_rows(&self, inputs_embeds: &Tensor, train: bool, rows: Option<Rows>) -> Result<Tensor> {
+        Ok(self.run(inputs_embeds, train, false, rows)?.0)
     }
 
     /// Every layer's attention probabilities `[batch, heads, seq, seq]` (eval mode).
     pub fn attention_maps(&self, inputs_embeds: &Tensor) -> Result<Vec<Tensor>> {
-        Ok(self.run(inputs_embeds, false, true)?.1)
+        Ok(self.run(inputs_embeds, false, true, None)?.1)
     }
 
-    fn run(&self, inputs_embeds: &Tensor, train: bool, keep_maps: bool) -> Result<(Tensor, Vec<Tensor>)> {
+    fn run(&self, inputs_embeds: &Tensor, train: bool, keep_maps: bool, rows: Option<Rows>) -> Result<(Tensor, Vec<Tensor>)> {
         let size = inputs_embeds.size();
         let &[b, t, w] = size.as_slice() else {
             bail!("inputs_embeds must have rank 3 [batch, seq, width], got shape {size:?}");
@@ -215,25 +230,34 @@ impl Bert {
         if t > self.cfg.max_position_embeddings || t == 0 {
             bail!("sequence length {t} is outside 1..={} (the model's max_position_embeddings)", self.cfg.max_position_embeddings);
         }
+        let rows = Rows::restricting(rows, t)?;
         let p_hidden = if train { self.cfg.hidden_dropout_prob } else { 0.0 };
         let p_attn = if train { self.cfg.attention_probs_dropout_prob } else { 0.0 };
         let emb = inputs_embeds + self.position_embeddings.narrow(0, 0, t) + self.token_type_embeddings.get(0);
-        let mut x = self.embeddings_ln.forward(&emb).dropout(p_hidden, train);
+        let mut x = dropout(&self.embeddings_ln.forward(&emb), p_hidden, train);
         let heads = self.cfg.num_attention_heads;
         let d = w / heads;
+        let kind = self.compute_kind;
         let mut maps = Vec::new();
-        for layer in &self.layers {
-            let split = |lin: &Linear| lin.forward(&x).reshape([b, t, heads, d]).transpose(1, 2);
-            let (q, k, v) = (split(&layer.query), split(&layer.key), split(&layer.value));
+        let last = self.layers.len().saturating_sub(1);
+        for (i, layer) in self.layers.iter().enumerate() {
+            // The residual stream `x` stays fp32; the matmuls and attention run in `kind`.
+            let xc = x.to_kind(kind);
+            let (x_out, xq, len) = match rows.filter(|_| i == last) {
+                Some(r) => (x.narrow(1, r.start, r.len), xc.narrow(1, r.start, r.len), r.len),
+                None => (x.shallow_clone(), xc.shallow_clone(), t),
+            };
+            let split = |lin: &Linear, input: &Tensor, len: i64| lin.forward(input).reshape([b, len, heads, d]).transpose(1, 2);
+            let (q, k, v) = (split(&layer.query, &xq, len), split(&layer.key, &xc, t), split(&layer.value, &xc, t));
             if keep_maps {
                 maps.push((q.matmul(&k.transpose(-2, -1)) / (d as f64).sqrt()).softmax(-1, Kind::Float));
             }
             // Bidirectional attention, scale 1/sqrt(d), dropout on the probabilities.
-            let ctx = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<&Tensor>, p_attn, false, None, false);
-            let ctx = ctx.transpose(1, 2).reshape([b, t, w]);
-            let h = layer.attn_ln.forward(&(layer.attn_out.forward(&ctx).dropout(p_hidden, train) + &x));
-            let inter = self.cfg.hidden_act.apply(&layer.intermediate.forward(&h));
-            x = layer.output_ln.forward(&(layer.output.forward(&inter).dropout(p_hidden, train) + h));
+            let ctx = attention(&q, &k, &v, None, false, p_attn, train);
+            let ctx = ctx.transpose(1, 2).reshape([b, len, w]);
+            let h = layer.attn_ln.forward(&(dropout(&layer.attn_out.forward(&ctx), p_hidden, train) + &x_out));
+            let inter = self.cfg.hidden_act.apply(&layer.intermediate.forward(&h.to_kind(kind)));
+            x = layer.output_ln.forward(&(dropout(&layer.output.forward(&inter), p_hidden, train) + h));
         }
         Ok((x, maps))
     }

@@ -1,7 +1,7 @@
 //! The Frozen Pretrained Transformer: a new input layer, a (mostly frozen) backbone, and a new
 //! output layer reading the last `k` tokens.
 
-use crate::backbone::{Backbone, BackboneConfig};
+use crate::backbone::{Backbone, BackboneConfig, Precision, Rows};
 use crate::freeze::FreezeSpec;
 use crate::gpt2::new_param;
 use anyhow::{bail, Result};
@@ -137,7 +137,7 @@ impl Linear {
     }
 
     fn forward(&self, x: &Tensor) -> Tensor {
-        x.linear(&self.weight, Some(&self.bias))
+        x.linear(&self.weight.to_kind(x.kind()), Some(&self.bias.to_kind(x.kind())))
     }
 }
 
@@ -163,7 +163,7 @@ impl Mlp {
     fn forward(&self, x: &Tensor, train: bool) -> Tensor {
         let mut h = x.shallow_clone();
         for layer in &self.layers {
-            h = layer.forward(&h).relu().dropout(self.dropout, train);
+            h = crate::ops::dropout(&layer.forward(&h).relu(), self.dropout, train);
         }
         h
     }
@@ -233,6 +233,12 @@ impl Fpt {
         &self.backbone
     }
 
+    /// Switches the backbone to `precision` ([`Backbone::set_precision`]; `vs` is the model's
+    /// VarStore, after any checkpoint was loaded).
+    pub fn set_precision(&mut self, vs: &nn::VarStore, precision: Precision) -> Result<()> {
+        self.backbone.set_precision(vs, precision)
+    }
+
     /// Token features `[batch, seq, dim]` (float) or token ids `[batch, seq]` (int64) to logits:
     /// `[batch, classes]` when one token is read out, else `[batch, readout_tokens, classes]`.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
@@ -242,12 +248,11 @@ impl Fpt {
         if seq < k {
             bail!("sequence of {seq} tokens is shorter than the {k} read-out tokens");
         }
-        let h = self.backbone.forward_embeds(&embeds, train)?;
         let start = match self.cfg.readout {
             Readout::Last => seq - k,
             Readout::First => 0,
         };
-        let last = h.narrow(1, start, k);
+        let last = self.backbone.forward_rows(&embeds, train, Some(Rows { start, len: k }))?.to_kind(Kind::Float);
         let logits = self.output_proj.forward(&self.output_hidden.forward(&last, train));
         Ok(if k == 1 { logits.squeeze_dim(1) } else { logits })
     }
@@ -278,7 +283,10 @@ impl Fpt {
                 if x.kind() != Kind::Int64 {
                     bail!("token input must be int64 ids, got {:?}", x.kind());
                 }
-                if x.numel() > 0 {
+                // Checked on the CPU only: reading the range back from a GPU would stall the
+                // step. (Task loaders map every token into the vocabulary; on CUDA a bad id
+                // still trips the embedding kernel's own assert.)
+                if x.numel() > 0 && x.device() == tch::Device::Cpu {
                     let (lo, hi) = (x.min().int64_value(&[]), x.max().int64_value(&[]));
                     if lo < 0 || hi >= *vocab {
                         bail!("token ids span {lo}..={hi}, outside the vocabulary 0..{vocab}");

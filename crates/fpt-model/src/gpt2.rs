@@ -4,8 +4,10 @@
 //! Conv1D weights keep Hugging Face's `[in, out]` layout, so a checkpoint is copied tensor by
 //! tensor with no transposes (`y = b + x·W`, as `transformers`' Conv1D computes it).
 
+use crate::backbone::Rows;
 use crate::config::{Activation, Gpt2Config};
 use crate::freeze::{FreezeSpec, ParamGroup};
+use crate::ops::{attention, dropout};
 use anyhow::{bail, Result};
 use tch::{nn, Kind, Tensor};
 
@@ -40,11 +42,26 @@ impl Conv1D {
         })
     }
 
+    /// Computes in `x`'s dtype: a no-op cast for weights already in it (frozen weights made
+    /// bf16 once at load), a per-call cast for trainable fp32 weights in bf16 mode.
     pub fn forward(&self, x: &Tensor) -> Tensor {
+        self.forward_columns(x, 0, self.weight.size()[1])
+    }
+
+    /// Output columns `start..start + len` only (the weight's column slice is a strided view;
+    /// BLAS reads it in place).
+    pub fn forward_columns(&self, x: &Tensor, start: i64, len: i64) -> Tensor {
         let mut shape = x.size();
         let n_in = *shape.last().expect("Conv1D input has a feature axis");
-        let out = self.bias.addmm(&x.reshape([-1, n_in]), &self.weight);
-        *shape.last_mut().expect("non-empty shape") = self.weight.size()[1];
+        let kind = x.kind();
+        let (weight, bias) = (self.weight.to_kind(kind), self.bias.to_kind(kind));
+        let (weight, bias) = if start == 0 && len == weight.size()[1] {
+            (weight, bias)
+        } else {
+            (weight.narrow(1, start, len), bias.narrow(0, start, len))
+        };
+        let out = bias.addmm(&x.reshape([-1, n_in]), &weight);
+        *shape.last_mut().expect("non-empty shape") = len;
         out.reshape(shape)
     }
 }
@@ -67,8 +84,10 @@ impl LayerNorm {
         })
     }
 
+    /// Statistics in `x`'s dtype (the residual stream stays fp32 in bf16 mode).
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.layer_norm([self.width], Some(&self.weight), Some(&self.bias), self.eps, true)
+        let kind = x.kind();
+        x.layer_norm([self.width], Some(&self.weight.to_kind(kind)), Some(&self.bias.to_kind(kind)), self.eps, true)
     }
 }
 
@@ -94,21 +113,36 @@ impl Attention {
         scores.masked_fill(&mask, f64::NEG_INFINITY).softmax(-1, Kind::Float)
     }
 
-    fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+    /// Causal self-attention of `x` `[batch, seq, width]`; with `rows`, only those query
+    /// positions are computed (keys and values still cover every position).
+    fn forward(&self, x: &Tensor, train: bool, rows: Option<Rows>) -> Tensor {
         let (b, t, w) = x.size3().expect("attention input is [batch, seq, width]");
         let head_dim = w / self.n_head;
-        let qkv = self.c_attn.forward(x);
-        // [B, T, 3W] -> 3 × [B, H, T, D]
-        let split = |i: i64| {
-            qkv.narrow(2, i * w, w).reshape([b, t, self.n_head, head_dim]).transpose(1, 2)
+        let heads = |y: &Tensor, len: i64| y.reshape([b, len, self.n_head, head_dim]).transpose(1, 2);
+        let (y, len) = match rows {
+            None => {
+                let qkv = self.c_attn.forward(x);
+                // [B, T, 3W] -> 3 × [B, H, T, D]
+                let (q, k, v) = (heads(&qkv.narrow(2, 0, w), t), heads(&qkv.narrow(2, w, w), t), heads(&qkv.narrow(2, 2 * w, w), t));
+                // Causal scaled-dot-product attention, scale 1/sqrt(D) (fused where it can be).
+                (attention(&q, &k, &v, None, true, self.attn_pdrop, train), t)
+            }
+            Some(r) => {
+                let kv = self.c_attn.forward_columns(x, w, 2 * w);
+                let q = heads(&self.c_attn.forward_columns(&x.narrow(1, r.start, r.len), 0, w), r.len);
+                let (k, v) = (heads(&kv.narrow(2, 0, w), t), heads(&kv.narrow(2, w, w), t));
+                // Query i sits at position start + i and sees keys 0..=start + i; the last
+                // position alone sees every key and needs no mask.
+                let mask = (r.start + r.len < t || r.len > 1).then(|| {
+                    let keys = Tensor::arange(t, (Kind::Int64, x.device())).unsqueeze(0);
+                    let queries = Tensor::arange_start(r.start, r.start + r.len, (Kind::Int64, x.device())).unsqueeze(1);
+                    keys.le_tensor(&queries)
+                });
+                (attention(&q, &k, &v, mask.as_ref(), false, self.attn_pdrop, train), r.len)
+            }
         };
-        let (q, k, v) = (split(0), split(1), split(2));
-        let p = if train { self.attn_pdrop } else { 0.0 };
-        // Causal scaled-dot-product attention, scale 1/sqrt(D): libtorch picks a fused kernel
-        // (flash / memory-efficient on CUDA).
-        let y = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<&Tensor>, p, true, None, false);
-        let y = y.transpose(1, 2).reshape([b, t, w]);
-        self.c_proj.forward(&y).dropout(self.resid_pdrop, train)
+        let y = y.transpose(1, 2).reshape([b, len, w]);
+        dropout(&self.c_proj.forward(&y), self.resid_pdrop, train)
     }
 }
 
@@ -123,7 +157,7 @@ struct Mlp {
 impl Mlp {
     fn forward(&self, x: &Tensor, train: bool) -> Tensor {
         let h = self.activation.apply(&self.c_fc.forward(x));
-        self.c_proj.forward(&h).dropout(self.resid_pdrop, train)
+        dropout(&self.c_proj.forward(&h), self.resid_pdrop, train)
     }
 }
 
@@ -162,9 +196,16 @@ impl Block {
         })
     }
 
-    fn forward(&self, x: &Tensor, train: bool) -> Tensor {
-        let x = x + self.attn.forward(&self.ln_1.forward(x), train);
-        &x + self.mlp.forward(&self.ln_2.forward(&x), train)
+    /// Pre-LN block. The residual stream keeps `x`'s dtype (fp32); the attention and the
+    /// feed-forward compute in `kind` (fp32, or bf16 in bf16 mode). With `rows`, only those
+    /// positions come out.
+    fn forward(&self, x: &Tensor, train: bool, kind: Kind, rows: Option<Rows>) -> Tensor {
+        let a = self.attn.forward(&self.ln_1.forward(x).to_kind(kind), train, rows);
+        let x = match rows {
+            Some(r) => x.narrow(1, r.start, r.len) + a,
+            None => x + a,
+        };
+        &x + self.mlp.forward(&self.ln_2.forward(&x).to_kind(kind), train)
     }
 }
 
@@ -178,6 +219,8 @@ pub struct Gpt2 {
     pub wpe: Tensor,
     blocks: Vec<Block>,
     ln_f: LayerNorm,
+    /// What the blocks' matmuls, attention and activations compute in (fp32 or bf16).
+    compute_kind: Kind,
 }
 
 impl Gpt2 {
@@ -195,11 +238,15 @@ impl Gpt2 {
             .map(|i| Block::new(&(&h / i), cfg, freeze))
             .collect::<Result<Vec<_>>>()?;
         let ln_f = LayerNorm::new(&(path / "ln_f"), cfg.n_embd, cfg.layer_norm_epsilon, freeze)?;
-        Ok(Gpt2 { cfg: cfg.clone(), wte, wpe, blocks, ln_f })
+        Ok(Gpt2 { cfg: cfg.clone(), wte, wpe, blocks, ln_f, compute_kind: Kind::Float })
     }
 
     pub fn config(&self) -> &Gpt2Config {
         &self.cfg
+    }
+
+    pub fn set_compute_kind(&mut self, kind: Kind) {
+        self.compute_kind = kind;
     }
 
     /// Every layer's attention probabilities `[batch, heads, seq, seq]` (eval mode).
@@ -210,7 +257,7 @@ impl Gpt2 {
         let mut maps = Vec::new();
         for block in &self.blocks {
             maps.push(block.attn.probs(&block.ln_1.forward(&h)));
-            h = block.forward(&h, false);
+            h = block.forward(&h, false, self.compute_kind, None);
         }
         Ok(maps)
     }
@@ -232,12 +279,20 @@ impl Gpt2 {
     /// `last_hidden_state` for `inputs_embeds` of shape `[batch, seq, n_embd]` (float),
     /// positions 0..seq. `train` turns dropout on.
     pub fn forward_embeds(&self, inputs_embeds: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_rows(inputs_embeds, train, None)
+    }
+
+    /// The same, restricted to the positions `rows` (all when `None`): the last block computes
+    /// its queries, projections and feed-forward only there, which is all a read-out needs.
+    pub fn forward_rows(&self, inputs_embeds: &Tensor, train: bool, rows: Option<Rows>) -> Result<Tensor> {
         self.check_input(inputs_embeds)?;
         let seq = inputs_embeds.size()[1];
+        let rows = Rows::restricting(rows, seq)?;
         let pos = self.wpe.narrow(0, 0, seq);
-        let mut h = (inputs_embeds + pos).dropout(self.cfg.embd_pdrop, train);
-        for block in &self.blocks {
-            h = block.forward(&h, train);
+        let mut h = dropout(&(inputs_embeds + pos), self.cfg.embd_pdrop, train);
+        let last = self.blocks.len().saturating_sub(1);
+        for (i, block) in self.blocks.iter().enumerate() {
+            h = block.forward(&h, train, self.compute_kind, if i == last { rows } else { None });
         }
         Ok(self.ln_f.forward(&h))
     }

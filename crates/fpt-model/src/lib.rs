@@ -11,10 +11,11 @@ pub mod fpt;
 pub mod freeze;
 pub mod gpt2;
 pub mod lstm;
+pub mod ops;
 pub mod params;
 
 pub use config::{Activation, Gpt2Config, GPT2_PRESETS};
-pub use backbone::{load_backbone_dir, Backbone, BackboneConfig};
+pub use backbone::{load_backbone_dir, Backbone, BackboneConfig, Precision, Rows};
 pub use bert::{Bert, BertConfig};
 pub use fpt::{Fpt, FptConfig, InputSpec, Readout};
 pub use freeze::{FreezeSpec, ParamGroup};

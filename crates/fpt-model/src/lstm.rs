@@ -114,7 +114,7 @@ impl Cell {
         let g = pre.narrow(-1, 3 * hs, hs).tanh();
         let (i, f, o) = (gates.narrow(-1, 0, hs), gates.narrow(-1, hs, hs), gates.narrow(-1, 2 * hs, hs));
         let c_new = self.ln_cell.forward(&(c * f + i * g));
-        let h_new = (o * c_new.tanh()).dropout(dropout, train);
+        let h_new = crate::ops::dropout(&(o * c_new.tanh()), dropout, train);
         (h_new, c_new)
     }
 }

@@ -59,7 +59,17 @@ pub fn assemble(
         }
     };
     let y = Tensor::from_slice(&y).reshape([n as i64, per_y as i64]);
-    Batch { x: x.to_device(device), y: y.to_device(device), len: n }
+    Batch { x: to_device_async(x, device), y: to_device_async(y, device), len: n }
+}
+
+/// Moves a freshly assembled host tensor to `device`. For CUDA the copy goes through pinned
+/// memory and is queued without blocking the host (a pageable copy would wait for the GPU to
+/// drain its queue every step); libtorch keeps the pinned buffer alive until the copy ran.
+fn to_device_async(t: Tensor, device: Device) -> Tensor {
+    match device {
+        Device::Cuda(_) => t.pin_memory(device).to_device_(device, t.kind(), true, false),
+        _ => t.to_device(device),
+    }
 }
 
 /// The training stream: epochs of a seeded permutation of the training split, cut into

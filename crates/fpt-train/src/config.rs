@@ -146,6 +146,11 @@ pub struct TrainConfig {
     /// Eval accuracy whose first attainment is reported as steps-to-threshold (paper Table 6).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_accuracy: Option<f64>,
+    /// "fp32" (default) or "bf16": frozen weight matrices converted to bf16 once at load, the
+    /// transformer layers computing in bf16, everything trained and the loss in fp32
+    /// (`fpt_model::Precision`).
+    #[serde(default)]
+    pub precision: fpt_model::Precision,
 }
 
 impl Default for TrainConfig {

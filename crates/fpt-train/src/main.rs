@@ -22,6 +22,8 @@ enum Command {
     Pretrain(commands::pretrain::Args),
     /// Draw every layer's and head's attention for one evaluation example of a trained run.
     Attention(commands::attention::Args),
+    /// Time the FPT train step of a frozen GPT-2 (or the matmul peak) and print JSON.
+    Bench(commands::bench::Args),
     /// Check data sets, generate ListOps.
     #[command(subcommand)]
     Data(commands::data::DataCommand),
@@ -41,6 +43,7 @@ fn main() {
         Command::Train(args) => commands::train::run_cli(args),
         Command::Pretrain(args) => commands::pretrain::run_cli(args),
         Command::Attention(args) => commands::attention::run_cli(args),
+        Command::Bench(args) => commands::bench::run(args),
     };
     if let Err(err) = result {
         // `{:#}` puts the whole context chain on one line.

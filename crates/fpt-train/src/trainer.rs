@@ -162,7 +162,7 @@ pub fn build_model(cfg: &RunConfig, task: &dyn Task, device: Device) -> Result<(
     let freeze = FreezeSpec::parse(&cfg.model.freeze)?;
     tch::manual_seed(cfg.seed as i64);
     let vs = nn::VarStore::new(device);
-    let model = Fpt::new(&vs.root(), &backbone.config, &fpt_config(cfg, task), &freeze)?;
+    let mut model = Fpt::new(&vs.root(), &backbone.config, &fpt_config(cfg, task), &freeze)?;
     if cfg.model.init != Init::Random {
         let dir = backbone.weights.as_ref().with_context(|| format!("model.init needs weights, but {} has none", backbone.source))?;
         load_weights(&vs, dir).with_context(|| format!("loading weights from {}", dir.display()))?;
@@ -170,6 +170,8 @@ pub fn build_model(cfg: &RunConfig, task: &dyn Task, device: Device) -> Result<(
             statistics_only(&vs);
         }
     }
+    // After every weight is in place: bf16 converts the frozen matrices once, here.
+    model.set_precision(&vs, cfg.train.precision).context("train.precision")?;
     let mut trainable: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
     trainable.sort_by(|a, b| a.0.cmp(&b.0));
     Ok((vs, model, trainable))

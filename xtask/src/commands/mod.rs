@@ -1,3 +1,4 @@
+pub mod bench;
 pub mod data;
 pub mod regress;
 pub mod reproduce;

@@ -1,4 +1,5 @@
 pub mod attention;
+pub mod bench;
 pub mod data;
 pub mod forward;
 pub mod params;
