@@ -290,7 +290,8 @@ pub fn run(cfg_in: &RunConfig, opts: &RunOptions) -> Result<Summary> {
     let mut window_correct = Tensor::zeros([], (Kind::Int64, device));
     let mut window_batches = 0u64;
     let mut window_time = 0.0f64;
-    let mut first_bad = Tensor::from(-1i64).to_device(device);
+    // Filled on the device (a host scalar copied over every step would make CUDA wait).
+    let mut first_bad = Tensor::full([], -1, (Kind::Int64, device));
 
     let write_summary = |status: Status, done: u64, lines: &[MetricsLine], error: Option<String>| -> Result<Summary> {
         let s = summarise(&cfg, lines, status, done, wall0 + start.elapsed().as_secs_f64(), n_trainable, error);
@@ -318,7 +319,7 @@ pub fn run(cfg_in: &RunConfig, opts: &RunOptions) -> Result<Summary> {
             let loss = loss.detach();
             // Remember the first step with a non-finite loss without a host sync; read when logging.
             let newly_bad = loss.isfinite().logical_not().logical_and(&first_bad.lt(0));
-            first_bad = Tensor::from(step as i64).to_device(device).where_self(&newly_bad, &first_bad);
+            first_bad = Tensor::full([], step as i64, (Kind::Int64, device)).where_self(&newly_bad, &first_bad);
             window_loss += loss / accum as f64;
             window_correct += correct;
         }

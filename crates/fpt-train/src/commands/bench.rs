@@ -77,7 +77,7 @@ struct StepReport {
 struct MatmulReport {
     device: String,
     threads: i32,
-    size: i64,
+    sizes: Vec<i64>,
     fp32_gflops: f64,
     bf16_gflops: f64,
 }
@@ -156,14 +156,11 @@ pub fn run(args: &Args) -> Result<()> {
     let device = parse_device(&args.device)?;
     let threads = tch::get_num_threads();
     if args.matmul {
-        let size = 2048;
-        let report = MatmulReport {
-            device: format!("{device:?}"),
-            threads,
-            size,
-            fp32_gflops: matmul_gflops(size, Kind::Float, device),
-            bf16_gflops: matmul_gflops(size, Kind::BFloat16, device),
-        };
+        // The peak: the best of three square sizes (small ones underuse the cores, and which
+        // size is best depends on the machine).
+        let sizes = [1024, 2048, 4096];
+        let best = |kind: Kind| sizes.iter().map(|&n| matmul_gflops(n, kind, device)).fold(0.0, f64::max);
+        let report = MatmulReport { device: format!("{device:?}"), threads, sizes: sizes.to_vec(), fp32_gflops: best(Kind::Float), bf16_gflops: best(Kind::BFloat16) };
         println!("{}", serde_json::to_string(&report)?);
         return Ok(());
     }
