@@ -6,7 +6,7 @@
 //! (`LN(x + attn(x))`, `LN(h + ffn(h))`) with bidirectional attention. Linear weights keep
 //! PyTorch's `[out, in]` layout and Hugging Face's names, so checkpoints copy name for name.
 
-use crate::backbone::Rows;
+use crate::backbone::{check_inputs_embeds, Rows};
 use crate::config::Activation;
 use crate::freeze::FreezeSpec;
 use crate::gpt2::{new_param, LayerNorm};
@@ -220,16 +220,7 @@ impl Bert {
     }
 
     fn run(&self, inputs_embeds: &Tensor, train: bool, keep_maps: bool, rows: Option<Rows>) -> Result<(Tensor, Vec<Tensor>)> {
-        let size = inputs_embeds.size();
-        let &[b, t, w] = size.as_slice() else {
-            bail!("inputs_embeds must have rank 3 [batch, seq, width], got shape {size:?}");
-        };
-        if w != self.cfg.hidden_size {
-            bail!("inputs_embeds width is {w}, but the model's hidden_size is {}", self.cfg.hidden_size);
-        }
-        if t > self.cfg.max_position_embeddings || t == 0 {
-            bail!("sequence length {t} is outside 1..={} (the model's max_position_embeddings)", self.cfg.max_position_embeddings);
-        }
+        let [b, t, w] = check_inputs_embeds(inputs_embeds, self.cfg.hidden_size, "hidden_size", self.cfg.max_position_embeddings, "max_position_embeddings")?;
         let rows = Rows::restricting(rows, t)?;
         let p_hidden = if train { self.cfg.hidden_dropout_prob } else { 0.0 };
         let p_attn = if train { self.cfg.attention_probs_dropout_prob } else { 0.0 };

@@ -4,7 +4,7 @@
 //! Conv1D weights keep Hugging Face's `[in, out]` layout, so a checkpoint is copied tensor by
 //! tensor with no transposes (`y = b + x·W`, as `transformers`' Conv1D computes it).
 
-use crate::backbone::Rows;
+use crate::backbone::{check_inputs_embeds, Rows};
 use crate::config::{Activation, Gpt2Config};
 use crate::freeze::{FreezeSpec, ParamGroup};
 use crate::ops::{attention, dropout};
@@ -263,17 +263,7 @@ impl Gpt2 {
     }
 
     fn check_input(&self, inputs_embeds: &Tensor) -> Result<()> {
-        let size = inputs_embeds.size();
-        let &[_, seq, width] = size.as_slice() else {
-            bail!("inputs_embeds must have rank 3 [batch, seq, width], got shape {size:?}");
-        };
-        if width != self.cfg.n_embd {
-            bail!("inputs_embeds width is {width}, but the model's n_embd is {}", self.cfg.n_embd);
-        }
-        if seq > self.cfg.n_positions || seq == 0 {
-            bail!("sequence length {seq} is outside 1..={} (the model's n_positions)", self.cfg.n_positions);
-        }
-        Ok(())
+        check_inputs_embeds(inputs_embeds, self.cfg.n_embd, "n_embd", self.cfg.n_positions, "n_positions").map(|_| ())
     }
 
     /// `last_hidden_state` for `inputs_embeds` of shape `[batch, seq, n_embd]` (float),

@@ -49,17 +49,31 @@ pub fn dropout(x: &Tensor, p: f64, train: bool) -> Tensor {
     if x.device() != Device::Cpu {
         return x.dropout(p, true);
     }
+    if x.numel() == 0 {
+        return x.shallow_clone();
+    }
     // One draw from libtorch's generator per call: re-seeding it re-seeds every mask.
     let seed = Tensor::randint(i64::MAX, [1], (Kind::Int64, Device::Cpu)).int64_value(&[0]) as u64;
-    // The mask is built in x's dtype (bf16 in bf16 mode: half the bytes, no cast), as
-    // libtorch builds its own.
-    let mask = if x.kind() == Kind::BFloat16 {
-        // bf16 bit patterns through i16 (tch 0.24 tags `half::bf16` slices as fp16).
-        let mut mask = vec![0i16; x.numel()];
-        fill_mask(&mut mask, p, seed, half::bf16::from_f64(1.0 / (1.0 - p)).to_bits() as i16, 0);
-        Tensor::from_slice(&mask).view_dtype(Kind::BFloat16)
-    } else {
-        Tensor::from_slice(&dropout_mask(x.numel(), p, seed)).to_kind(x.kind())
+    // The mask is written straight into a fresh tensor in x's dtype (bf16 in bf16 mode: half
+    // the bytes, no cast pass), as libtorch builds its own.
+    let n = x.numel();
+    let scale = 1.0 / (1.0 - p);
+    let mask = match x.kind() {
+        Kind::BFloat16 => {
+            let mask = Tensor::empty([n as i64], (Kind::BFloat16, Device::Cpu));
+            // SAFETY: a freshly allocated, contiguous, unshared CPU tensor of n 2-byte elements;
+            // bf16 bit patterns are written as i16.
+            let bits = unsafe { std::slice::from_raw_parts_mut(mask.data_ptr() as *mut i16, n) };
+            fill_mask(bits, p, seed, half::bf16::from_f64(scale).to_bits() as i16, 0);
+            mask
+        }
+        kind => {
+            let mask = Tensor::empty([n as i64], (Kind::Float, Device::Cpu));
+            // SAFETY: as above, n 4-byte f32 elements.
+            let values = unsafe { std::slice::from_raw_parts_mut(mask.data_ptr() as *mut f32, n) };
+            fill_mask(values, p, seed, scale as f32, 0.0);
+            mask.to_kind(kind)
+        }
     };
     x * mask.view(x.size().as_slice())
 }
