@@ -22,7 +22,7 @@ pub enum Activation {
 impl Activation {
     pub fn apply(self, x: &tch::Tensor) -> tch::Tensor {
         match self {
-            Activation::GeluTanh => x.gelu("tanh"),
+            Activation::GeluTanh => crate::ops::gelu_tanh(x),
             Activation::Gelu => x.gelu("none"),
             Activation::Relu => x.relu(),
             Activation::Silu => x.silu(),

@@ -199,7 +199,7 @@ fn bert_backbones_freeze_by_group_and_read_first_or_last() {
     assert_eq!(out.size(), vec![2, 2, 3]);
     assert!(!out.allclose(&last, 1e-6, 1e-6, false));
     // Bidirectional: the first token's output depends on the last input token.
-    let mut x2 = x.copy();
+    let x2 = x.copy();
     let _ = x2.narrow(1, 6, 1).fill_(3.0);
     assert!(!first.forward(&x2, false).unwrap().allclose(&out, 1e-6, 1e-6, false));
 }
