@@ -91,6 +91,14 @@ impl LayerNorm {
     }
 }
 
+/// `[.., 3w]` into three `[.., w]` along the last axis.
+fn split3(qkv: &Tensor, w: i64) -> [Tensor; 3] {
+    match <[Tensor; 3]>::try_from(qkv.split(w, -1)) {
+        Ok(parts) => parts,
+        Err(parts) => unreachable!("a [.., 3w] tensor splits into 3 parts of w, not {}", parts.len()),
+    }
+}
+
 #[derive(Debug)]
 struct Attention {
     c_attn: Conv1D,
@@ -121,16 +129,20 @@ impl Attention {
         let heads = |y: &Tensor, len: i64| y.reshape([b, len, self.n_head, head_dim]).transpose(1, 2);
         let (y, len) = match rows {
             None => {
-                let qkv = self.c_attn.forward(x);
-                // [B, T, 3W] -> 3 × [B, H, T, D]
-                let (q, k, v) = (heads(&qkv.narrow(2, 0, w), t), heads(&qkv.narrow(2, w, w), t), heads(&qkv.narrow(2, 2 * w, w), t));
+                // [B, T, 3W] -> 3 × [B, H, T, D]. One split, not three narrows: its backward is
+                // one concatenation, where each narrow's is a zero-filled [B, T, 3W] gradient
+                // and the three are then summed.
+                let [q, k, v] = split3(&self.c_attn.forward(x), w).map(|y| heads(&y, t));
                 // Causal scaled-dot-product attention, scale 1/sqrt(D) (fused where it can be).
                 (attention(&q, &k, &v, None, true, self.attn_pdrop, train), t)
             }
             Some(r) => {
                 let kv = self.c_attn.forward_columns(x, w, 2 * w);
                 let q = heads(&self.c_attn.forward_columns(&x.narrow(1, r.start, r.len), 0, w), r.len);
-                let (k, v) = (heads(&kv.narrow(2, 0, w), t), heads(&kv.narrow(2, w, w), t));
+                let (k, v) = match &kv.split(w, -1)[..] {
+                    [k, v] => (heads(k, t), heads(v, t)),
+                    parts => unreachable!("a [.., 2w] tensor splits into 2 parts of w, not {}", parts.len()),
+                };
                 // Query i sits at position start + i and sees keys 0..=start + i; the last
                 // position alone sees every key and needs no mask.
                 let mask = (r.start + r.len < t || r.len > 1).then(|| {
