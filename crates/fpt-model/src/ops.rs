@@ -44,14 +44,29 @@ fn fill_mask<T: Copy + Send + Sync>(mask: &mut [T], p: f64, seed: u64, scale: T,
     });
 }
 
+/// Every feature the `*_avx512` builds below are compiled with.
+#[cfg(target_arch = "x86_64")]
+fn has_avx512() -> bool {
+    std::is_x86_feature_detected!("avx512f")
+        && std::is_x86_feature_detected!("avx512dq")
+        && std::is_x86_feature_detected!("avx512bw")
+        && std::is_x86_feature_detected!("avx512vl")
+}
+
+/// Every feature the `*_avx2` builds below are compiled with.
+#[cfg(target_arch = "x86_64")]
+fn has_avx2() -> bool {
+    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+}
+
 fn fill_mask_part<T: Copy>(part: &mut [T], first_pair: usize, p: f64, seed: u64, scale: T, zero: T) {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512dq") {
+        if has_avx512() {
             // SAFETY: the features the function is compiled for were detected just above.
             return unsafe { fill_mask_avx512(part, first_pair, p, seed, scale, zero) };
         }
-        if std::is_x86_feature_detected!("avx2") {
+        if has_avx2() {
             // SAFETY: as above.
             return unsafe { fill_mask_avx2(part, first_pair, p, seed, scale, zero) };
         }
@@ -66,7 +81,7 @@ unsafe fn fill_mask_avx512<T: Copy>(part: &mut [T], first_pair: usize, p: f64, s
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 unsafe fn fill_mask_avx2<T: Copy>(part: &mut [T], first_pair: usize, p: f64, seed: u64, scale: T, zero: T) {
     fill_mask_portable(part, first_pair, p, seed, scale, zero)
 }
@@ -142,7 +157,11 @@ pub fn dropout(x: &Tensor, p: f64, train: bool) -> Tensor {
 fn parallel_ranges(n: usize, body: &(dyn Fn(std::ops::Range<usize>) + Sync)) {
     const MIN_PER_THREAD: usize = 32_768;
     let threads = (tch::get_num_threads().max(1) as usize).min(n / MIN_PER_THREAD).max(1);
-    match (threads > 1).then(omp::runtime).flatten() {
+    #[cfg(target_os = "linux")]
+    let runtime = (threads > 1).then(omp::runtime).flatten();
+    #[cfg(not(target_os = "linux"))]
+    let runtime: Option<&omp::Runtime> = None;
+    match runtime {
         Some(rt) => rt.run(threads, n, body),
         None => body(0..n),
     }
@@ -196,7 +215,8 @@ mod omp {
     }
 
     /// libgomp's entry points, looked up once in the process's global scope (libtorch brings
-    /// its own libgomp); `None` if they are not there.
+    /// its own libgomp); `None` if they are not there. Linux only (RTLD_DEFAULT is null there).
+    #[cfg(target_os = "linux")]
     pub fn runtime() -> Option<&'static Runtime> {
         static RUNTIME: OnceLock<Option<Runtime>> = OnceLock::new();
         RUNTIME
@@ -261,11 +281,11 @@ pub fn gelu_tanh(x: &Tensor) -> Tensor {
 fn gelu_tanh_fill(input: &[u16], value: &mut [u16], slope: Option<&mut [u16]>) {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bw") {
+        if has_avx512() {
             // SAFETY: the features the function is compiled for were detected just above.
             return unsafe { gelu_tanh_fill_avx512(input, value, slope) };
         }
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        if has_avx2() {
             // SAFETY: as above.
             return unsafe { gelu_tanh_fill_avx2(input, value, slope) };
         }
@@ -290,10 +310,12 @@ fn gelu_tanh_fill_portable(input: &[u16], value: &mut [u16], slope: Option<&mut 
     const K0: f32 = 0.797_884_6; // sqrt(2 / pi)
     const K1: f32 = 0.044_715;
     let bf16_to_f32 = |b: u16| f32::from_bits((b as u32) << 16);
-    // Round to nearest even, as libtorch's conversion (NaN stays NaN: its payload is non-zero).
+    // Round to nearest even, as libtorch's conversion; NaN is kept a (quiet) NaN, which rounding
+    // its bits could turn into an infinity or -0.
     let f32_to_bf16 = |x: f32| {
         let bits = x.to_bits();
-        (bits.wrapping_add(0x7FFF + ((bits >> 16) & 1)) >> 16) as u16
+        let rounded = (bits.wrapping_add(0x7FFF + ((bits >> 16) & 1)) >> 16) as u16;
+        if x.is_nan() { 0x7FC0 } else { rounded }
     };
     match slope {
         None => {
@@ -403,6 +425,23 @@ mod tests {
             fill_mask(&mut fast, 0.3, 5, 2.0, 0.0);
             fill_mask_portable(&mut portable, 0, 0.3, 5, 2.0, 0.0);
             assert_eq!(fast, portable, "n {n}");
+        }
+        // Every build of the loop this CPU can run gives the same bits.
+        #[cfg(target_arch = "x86_64")]
+        for (build, runs) in [("avx512", has_avx512()), ("avx2", has_avx2())] {
+            if !runs {
+                continue;
+            }
+            let (mut built, mut portable) = (vec![0i16; 1001], vec![0i16; 1001]);
+            // SAFETY: the build's features were detected just above.
+            unsafe {
+                match build {
+                    "avx512" => fill_mask_avx512(&mut built, 3, 0.1, 99, 1, 0),
+                    _ => fill_mask_avx2(&mut built, 3, 0.1, 99, 1, 0),
+                }
+            }
+            fill_mask_portable(&mut portable, 3, 0.1, 99, 1, 0);
+            assert_eq!(built, portable, "{build}");
         }
         // The masks themselves are pinned (values of the scalar code before vectorising): the
         // regression expectations depend on them.
@@ -521,6 +560,29 @@ mod tests {
         let (a, b) = (g.to_kind(Kind::Float), g_ref.to_kind(Kind::Float));
         let excess = ((&a - &b).abs() - b.abs() * 2.0f64.powi(-7) - 1e-5).max().double_value(&[]);
         assert!(excess <= 0.0, "gradients: off by {excess} beyond two bf16 steps");
+        // Every build of the kernel this CPU can run gives the same bits.
+        #[cfg(target_arch = "x86_64")]
+        {
+            let bits: Vec<u16> = grid.iter().map(|x| (x.to_bits() >> 16) as u16).collect();
+            let run = |build: &str| {
+                let (mut value, mut slope) = (vec![0u16; bits.len()], vec![0u16; bits.len()]);
+                // SAFETY: each build runs only where its features were detected (below).
+                unsafe {
+                    match build {
+                        "avx512" => gelu_tanh_fill_avx512(&bits, &mut value, Some(&mut slope)),
+                        "avx2" => gelu_tanh_fill_avx2(&bits, &mut value, Some(&mut slope)),
+                        _ => gelu_tanh_fill_portable(&bits, &mut value, Some(&mut slope)),
+                    }
+                }
+                (value, slope)
+            };
+            let portable = run("portable");
+            for (build, runs) in [("avx512", has_avx512()), ("avx2", has_avx2())] {
+                if runs {
+                    assert!(run(build) == portable, "{build} differs from the portable build");
+                }
+            }
+        }
         // Without a gradient no slope is built; fp32 is libtorch's own kernel.
         let plain = gelu_tanh(&x);
         assert!(!plain.requires_grad());
@@ -534,7 +596,8 @@ mod tests {
 
     #[test]
     fn parallel_ranges_run_on_libtorchs_openmp_team_and_partition_the_range() {
-        // libtorch's CPU builds bring libgomp: without it our kernels would run serially.
+        // libtorch's Linux builds bring libgomp: without it our kernels would run serially.
+        #[cfg(target_os = "linux")]
         assert!(omp::runtime().is_some(), "GOMP_parallel not found in the process");
         let n = 1_000_003;
         let seen = std::sync::Mutex::new(Vec::new());
@@ -547,7 +610,7 @@ mod tests {
             next = r.end;
         }
         assert_eq!(next, n);
-        if tch::get_num_threads() > 1 {
+        if tch::get_num_threads() > 1 && cfg!(target_os = "linux") {
             assert!(seen.len() > 1 && seen[0].1 != seen[1].1, "not split across threads: {seen:?}");
         }
         // Small jobs stay on the calling thread.
