@@ -317,26 +317,30 @@ fn gelu_tanh_fill_portable(input: &[u16], value: &mut [u16], slope: Option<&mut 
         let rounded = (bits.wrapping_add(0x7FFF + ((bits >> 16) & 1)) >> 16) as u16;
         if x.is_nan() { 0x7FC0 } else { rounded }
     };
+    // One expression for both loops, so values do not depend on the slope's presence (the
+    // value-only loop drops the slope's arithmetic after inlining).
+    let gelu_and_slope = |x: u16| {
+        let x = bf16_to_f32(x);
+        let x2 = x * x;
+        let t = tanh_rational(K0 * (x + K1 * x2 * x));
+        // Beyond |x| = 20 the slope's second term is below fp32's resolution of the first;
+        // clamping there keeps it finite (0 · inf) for huge inputs, where libtorch's slope is
+        // NaN, so the value stays exact through `y + 0 · slope`.
+        let xc = x.clamp(-20.0, 20.0);
+        let slope = 0.5 * (1.0 + t) + 0.5 * xc * (1.0 - t * t) * K0 * (1.0 + 3.0 * K1 * xc * xc);
+        (f32_to_bf16(0.5 * x * (1.0 + t)), slope)
+    };
     match slope {
         None => {
             for (x, y) in input.iter().zip(value.iter_mut()) {
-                let x = bf16_to_f32(*x);
-                let t = tanh_rational(K0 * (x + K1 * (x * x) * x));
-                *y = f32_to_bf16(0.5 * x * (1.0 + t));
+                *y = gelu_and_slope(*x).0;
             }
         }
         Some(slope) => {
             for ((x, y), dy) in input.iter().zip(value.iter_mut()).zip(slope.iter_mut()) {
-                let x = bf16_to_f32(*x);
-                let x2 = x * x;
-                // The same expression as above, so values do not depend on the slope's presence.
-                let t = tanh_rational(K0 * (x + K1 * x2 * x));
-                *y = f32_to_bf16(0.5 * x * (1.0 + t));
-                // Beyond |x| = 20 the second term is below fp32's resolution of the first;
-                // clamping there keeps it finite (0 · inf) for huge inputs, where libtorch's
-                // slope is NaN, so the value stays exact through `y + 0 · slope`.
-                let xc = x.clamp(-20.0, 20.0);
-                *dy = f32_to_bf16(0.5 * (1.0 + t) + 0.5 * xc * (1.0 - t * t) * K0 * (1.0 + 3.0 * K1 * xc * xc));
+                let (v, d) = gelu_and_slope(*x);
+                *y = v;
+                *dy = f32_to_bf16(d);
             }
         }
     }
