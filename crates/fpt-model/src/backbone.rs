@@ -279,7 +279,7 @@ impl Backbone {
 pub fn load_backbone_dir(dir: &Path, device: tch::Device) -> Result<(nn::VarStore, Backbone)> {
     let cfg = BackboneConfig::from_json_file(&dir.join("config.json"))?;
     let vs = nn::VarStore::new(device);
-    let model = Backbone::new(&vs.root(), &cfg, &FreezeSpec::all())?;
+    let model = crate::checkpoint::build_checked(dir, || Backbone::new(&vs.root(), &cfg, &FreezeSpec::all()))?;
     crate::checkpoint::load_weights(&vs, dir).with_context(|| format!("loading {} weights from {}", cfg.model_type(), dir.display()))?;
     Ok((vs, model))
 }

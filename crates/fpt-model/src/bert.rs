@@ -9,7 +9,8 @@
 use crate::backbone::{check_inputs_embeds, Rows};
 use crate::config::Activation;
 use crate::freeze::FreezeSpec;
-use crate::gpt2::{new_param, LayerNorm};
+use crate::gpt2::LayerNorm;
+use crate::init::{new_param, Init};
 use crate::ops::{attention, dropout};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -97,6 +98,7 @@ impl BertConfig {
         if self.is_decoder || self.add_cross_attention {
             bail!("decoder BERT configurations (is_decoder / add_cross_attention) are not supported");
         }
+        crate::init::check_eps_and_range("layer_norm_eps", self.layer_norm_eps, self.initializer_range)?;
         for (field, p) in [("hidden_dropout_prob", self.hidden_dropout_prob), ("attention_probs_dropout_prob", self.attention_probs_dropout_prob)] {
             if !(0.0..1.0).contains(&p) {
                 bail!("{field} is {p}; a dropout probability must be in [0, 1)");
@@ -112,10 +114,6 @@ impl BertConfig {
     }
 }
 
-fn normal(dims: &[i64], std: f64) -> Tensor {
-    Tensor::randn(dims, (Kind::Float, tch::Device::Cpu)) * std
-}
-
 /// PyTorch-layout linear (`[out, in]`), Hugging Face's BERT init (normal weights, zero bias).
 #[derive(Debug)]
 struct Linear {
@@ -126,8 +124,8 @@ struct Linear {
 impl Linear {
     fn new(path: &nn::Path, n_in: i64, n_out: i64, std: f64, freeze: &FreezeSpec) -> Result<Self> {
         Ok(Linear {
-            weight: new_param(path, "weight", normal(&[n_out, n_in], std), freeze)?,
-            bias: new_param(path, "bias", Tensor::zeros([n_out], (Kind::Float, tch::Device::Cpu)), freeze)?,
+            weight: new_param(path, "weight", &[n_out, n_in], Init::Normal { std }, freeze)?,
+            bias: new_param(path, "bias", &[n_out], Init::Zeros, freeze)?,
         })
     }
 
@@ -170,9 +168,9 @@ impl Bert {
         cfg.validate()?;
         let (h, std, eps) = (cfg.hidden_size, cfg.initializer_range, cfg.layer_norm_eps);
         let emb = path / "embeddings";
-        let word_embeddings = new_param(&(&emb / "word_embeddings"), "weight", normal(&[cfg.vocab_size, h], std), freeze)?;
-        let position_embeddings = new_param(&(&emb / "position_embeddings"), "weight", normal(&[cfg.max_position_embeddings, h], std), freeze)?;
-        let token_type_embeddings = new_param(&(&emb / "token_type_embeddings"), "weight", normal(&[cfg.type_vocab_size, h], std), freeze)?;
+        let word_embeddings = new_param(&(&emb / "word_embeddings"), "weight", &[cfg.vocab_size, h], Init::Normal { std }, freeze)?;
+        let position_embeddings = new_param(&(&emb / "position_embeddings"), "weight", &[cfg.max_position_embeddings, h], Init::Normal { std }, freeze)?;
+        let token_type_embeddings = new_param(&(&emb / "token_type_embeddings"), "weight", &[cfg.type_vocab_size, h], Init::Normal { std }, freeze)?;
         let embeddings_ln = LayerNorm::new(&(&emb / "LayerNorm"), h, eps, freeze)?;
         let enc = path / "encoder" / "layer";
         let layers = (0..cfg.num_hidden_layers)

@@ -11,6 +11,7 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use safetensors::{Dtype, SafeTensors};
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -108,6 +109,93 @@ fn map_name(name: &str) -> Option<String> {
     (!skip).then(|| name.to_string())
 }
 
+/// Every tensor's (VarStore name, shape) from the headers of a checkpoint directory's files,
+/// without reading the weights.
+pub fn header_shapes(dir: &Path) -> Result<BTreeMap<String, Vec<i64>>> {
+    let mut shapes = BTreeMap::new();
+    for (path, _) in weight_files(dir)? {
+        let file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        // SAFETY: as in `load_weights`; only the header is parsed.
+        let mmap = unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("mapping {}", path.display()))?;
+        let (_, header) = SafeTensors::read_metadata(&mmap)
+            .map_err(|e| anyhow!("{}: not a valid safetensors file: {e}", path.display()))?;
+        for (raw_name, info) in header.tensors() {
+            if let Some(name) = map_name(&raw_name) {
+                shapes.insert(name, info.shape.iter().map(|&d| d as i64).collect());
+            }
+        }
+    }
+    Ok(shapes)
+}
+
+/// The checkpoint shapes a model under construction is checked against (see [`build_checked`]).
+struct Planned {
+    shapes: BTreeMap<String, Vec<i64>>,
+    mismatches: Vec<String>,
+    /// Every backbone variable the constructor asked for.
+    created: BTreeSet<String>,
+}
+
+thread_local! {
+    static PLANNED: RefCell<Option<Planned>> = const { RefCell::new(None) };
+}
+
+/// Whether the checkpoint being built against holds `name` with another shape; if so the
+/// mismatch is recorded and the caller allocates nothing for it.
+pub(crate) fn planned_shape_differs(name: &str, dims: &[i64]) -> bool {
+    PLANNED.with(|p| {
+        let mut p = p.borrow_mut();
+        let Some(planned) = p.as_mut() else { return false };
+        if !WRAPPER_PREFIXES.iter().any(|w| name.starts_with(w)) {
+            planned.created.insert(name.to_string());
+        }
+        match planned.shapes.get(name) {
+            Some(shape) if shape.as_slice() != dims => {
+                planned.mismatches.push(format!("{name}: file has {shape:?}, model expects {dims:?}"));
+                true
+            }
+            _ => false,
+        }
+    })
+}
+
+/// Runs `build` (a model constructor) with every parameter's shape checked against the headers
+/// of the checkpoint in `dir` before it is allocated: a `config.json` that disagrees with its
+/// weights (say `n_positions` of 20,000,000 over a 128-position file) fails here, listing each
+/// mismatch, instead of allocating the model first.
+pub fn build_checked<T>(dir: &Path, build: impl FnOnce() -> Result<T>) -> Result<T> {
+    let shapes = header_shapes(dir)?;
+    PLANNED.with(|p| *p.borrow_mut() = Some(Planned { shapes, mismatches: Vec::new(), created: BTreeSet::new() }));
+    let built = build();
+    let Some(planned) = PLANNED.with(|p| p.borrow_mut().take()) else { return built };
+    if !planned.mismatches.is_empty() {
+        // The whole picture, as `load_weights` would give it, but before the weights are read.
+        let missing: Vec<String> = planned.created.iter().filter(|n| !planned.shapes.contains_key(*n)).cloned().collect();
+        let unexpected: Vec<String> = planned.shapes.keys().filter(|n| !planned.created.contains(*n)).cloned().collect();
+        let mut msg = format!("checkpoint {} does not match the model its config.json describes:", dir.display());
+        for (what, list) in [("missing", &missing), ("unexpected", &unexpected), ("wrong shape", &planned.mismatches)] {
+            if !list.is_empty() {
+                push_list(&mut msg, what, list);
+            }
+        }
+        bail!(msg);
+    }
+    built
+}
+
+/// At most this many items of a mismatch list are printed; the rest are counted.
+const LIST_LIMIT: usize = 8;
+
+fn push_list(msg: &mut String, what: &str, items: &[String]) {
+    msg.push_str(&format!("\n  {what} ({}):", items.len()));
+    for item in items.iter().take(LIST_LIMIT) {
+        msg.push_str(&format!("\n    {item}"));
+    }
+    if items.len() > LIST_LIMIT {
+        msg.push_str(&format!("\n    … and {} more", items.len() - LIST_LIMIT));
+    }
+}
+
 /// Copies a checkpoint directory into the backbone variables of `vs` (every variable outside
 /// [`WRAPPER_PREFIXES`]). Floats of any width are converted to the variable's kind.
 pub fn load_weights(vs: &nn::VarStore, dir: &Path) -> Result<LoadReport> {
@@ -121,6 +209,7 @@ pub fn load_weights(vs: &nn::VarStore, dir: &Path) -> Result<LoadReport> {
     let mut unexpected = Vec::new();
     let mut misshaped = Vec::new();
     let mut bad_dtype = Vec::new();
+    let mut non_finite = Vec::new();
 
     for (path, listed) in weight_files(dir)? {
         let file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
@@ -154,6 +243,13 @@ pub fn load_weights(vs: &nn::VarStore, dir: &Path) -> Result<LoadReport> {
             };
             let t = Tensor::f_from_data_size(view.data(), &shape, kind)
                 .with_context(|| format!("{}: building tensor {raw_name}", path.display()))?;
+            // NaN or inf weights would make every output NaN, silently: refuse them here.
+            let finite = t.f_isfinite().and_then(|f| f.f_all()).map(|a| a.int64_value(&[]) != 0)
+                .with_context(|| format!("{}: checking {raw_name}", path.display()))?;
+            if !finite {
+                non_finite.push(raw_name.clone());
+                continue;
+            }
             tch::no_grad(|| var.shallow_clone().f_copy_(&t))
                 .with_context(|| format!("{}: copying {raw_name} into the model", path.display()))?;
             report.loaded += 1;
@@ -168,19 +264,20 @@ pub fn load_weights(vs: &nn::VarStore, dir: &Path) -> Result<LoadReport> {
     }
 
     let missing: Vec<&String> = expected.keys().filter(|n| !seen.contains_key(*n)).collect();
-    if !(missing.is_empty() && unexpected.is_empty() && misshaped.is_empty() && bad_dtype.is_empty()) {
+    // Files list tensors in no fixed order; sorted lists read (and truncate) the same each time.
+    unexpected.sort();
+    misshaped.sort();
+    if !(missing.is_empty() && unexpected.is_empty() && misshaped.is_empty() && bad_dtype.is_empty() && non_finite.is_empty()) {
         let mut msg = format!("checkpoint {} does not match the model:", dir.display());
         for (what, list) in [
             ("missing", missing.iter().map(|s| s.to_string()).collect::<Vec<_>>()),
             ("unexpected", unexpected),
             ("wrong shape", misshaped),
             ("unsupported dtype", bad_dtype),
+            ("non-finite values (NaN or inf)", non_finite),
         ] {
             if !list.is_empty() {
-                msg.push_str(&format!("\n  {what} ({}):", list.len()));
-                for item in list {
-                    msg.push_str(&format!("\n    {item}"));
-                }
+                push_list(&mut msg, what, &list);
             }
         }
         bail!(msg);

@@ -208,6 +208,7 @@ impl Gpt2Config {
                 bail!("{field} = true is not supported (GPT-2's released checkpoints use false)");
             }
         }
+        crate::init::check_eps_and_range("layer_norm_epsilon", self.layer_norm_epsilon, self.initializer_range)?;
         if !self.scale_attn_weights {
             bail!("scale_attn_weights = false is not supported (GPT-2 scales by 1/sqrt(head_dim))");
         }

@@ -3,7 +3,7 @@
 
 use crate::backbone::{Backbone, BackboneConfig, Precision, Rows};
 use crate::freeze::FreezeSpec;
-use crate::gpt2::new_param;
+use crate::init::{new_param, Init};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
@@ -118,21 +118,17 @@ struct Linear {
 }
 
 impl Linear {
-    /// `weight`: an initial weight instead of PyTorch's default; it also zeroes the bias, as the
-    /// reference does for its orthogonally initialised input projection.
-    fn new(path: &nn::Path, n_in: i64, n_out: i64, weight: Option<Tensor>, freeze: &FreezeSpec) -> Result<Self> {
+    /// `orthogonal_gain`: an orthogonal weight with that gain instead of PyTorch's default, and a
+    /// zero bias, as the reference initialises its input projection.
+    fn new(path: &nn::Path, n_in: i64, n_out: i64, orthogonal_gain: Option<f64>, freeze: &FreezeSpec) -> Result<Self> {
         let bound = 1.0 / (n_in as f64).sqrt();
-        let cpu = (Kind::Float, tch::Device::Cpu);
-        let (weight, bias) = match weight {
-            Some(w) => (w, Tensor::zeros([n_out], cpu)),
-            None => (
-                Tensor::zeros([n_out, n_in], cpu).uniform_(-bound, bound),
-                Tensor::zeros([n_out], cpu).uniform_(-bound, bound),
-            ),
+        let (weight, bias) = match orthogonal_gain {
+            Some(gain) => (Init::Orthogonal { gain }, Init::Zeros),
+            None => (Init::Uniform { bound }, Init::Uniform { bound }),
         };
         Ok(Linear {
-            weight: new_param(path, "weight", weight, freeze)?,
-            bias: new_param(path, "bias", bias, freeze)?,
+            weight: new_param(path, "weight", &[n_out, n_in], weight, freeze)?,
+            bias: new_param(path, "bias", &[n_out], bias, freeze)?,
         })
     }
 
@@ -200,13 +196,7 @@ impl Fpt {
         let input = match cfg.input {
             InputSpec::Dense { dim } => {
                 let (hidden, n_in) = Mlp::new(&(&in_path / "hidden"), dim, &cfg.input_hidden, cfg.dropout, freeze)?;
-                let w = nn::init::f_init(
-                    nn::Init::Orthogonal { gain: cfg.orth_gain },
-                    &[width, n_in],
-                    tch::Device::Cpu,
-                    Kind::Float,
-                )?;
-                let proj = Linear::new(&(&in_path / "proj"), n_in, width, Some(w), freeze)?;
+                let proj = Linear::new(&(&in_path / "proj"), n_in, width, Some(cfg.orth_gain), freeze)?;
                 InputLayer::Dense { hidden, proj }
             }
             InputSpec::Tokens { vocab } => {
@@ -214,8 +204,8 @@ impl Fpt {
                     bail!("input_hidden needs dense inputs; token inputs use an embedding table");
                 }
                 // PyTorch's nn.Embedding default init, as the reference: normal(0, 1).
-                let table = Tensor::randn([vocab, width], (Kind::Float, tch::Device::Cpu));
-                InputLayer::Tokens { embedding: new_param(&(&in_path / "embedding"), "weight", table, freeze)?, vocab }
+                let embedding = new_param(&(&in_path / "embedding"), "weight", &[vocab, width], Init::Normal { std: 1.0 }, freeze)?;
+                InputLayer::Tokens { embedding, vocab }
             }
         };
         let out_path = path / "output_layer";

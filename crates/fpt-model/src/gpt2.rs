@@ -6,26 +6,11 @@
 
 use crate::backbone::{check_inputs_embeds, Rows};
 use crate::config::{Activation, Gpt2Config};
-use crate::freeze::{FreezeSpec, ParamGroup};
+use crate::freeze::FreezeSpec;
+use crate::init::{new_param, Init};
 use crate::ops::{attention, dropout};
-use anyhow::{bail, Result};
+use anyhow::Result;
 use tch::{nn, Kind, Tensor};
-
-/// Creates one variable under `path`, trainable unless the freeze spec freezes its group.
-/// Frozen tensors are registered as non-trainable, so `requires_grad` is false and
-/// `VarStore::trainable_variables` (what an optimizer is built from) never contains them.
-pub(crate) fn new_param(path: &nn::Path, name: &str, init: Tensor, freeze: &FreezeSpec) -> Result<Tensor> {
-    let full_name = path.path(name);
-    let group = ParamGroup::of(&full_name)?;
-    if path.get(name).is_some() {
-        bail!("variable {full_name} is defined twice");
-    }
-    Ok(path.add(name, init.to_device(path.device()), !freeze.is_frozen(group)))
-}
-
-fn normal(dims: &[i64], std: f64) -> Tensor {
-    Tensor::randn(dims, (Kind::Float, tch::Device::Cpu)) * std
-}
 
 /// Hugging Face's `Conv1D`: weight `[in, out]`, `y = bias + x · weight`.
 #[derive(Debug)]
@@ -37,8 +22,8 @@ pub struct Conv1D {
 impl Conv1D {
     fn new(path: &nn::Path, n_in: i64, n_out: i64, std: f64, freeze: &FreezeSpec) -> Result<Self> {
         Ok(Conv1D {
-            weight: new_param(path, "weight", normal(&[n_in, n_out], std), freeze)?,
-            bias: new_param(path, "bias", Tensor::zeros([n_out], (Kind::Float, tch::Device::Cpu)), freeze)?,
+            weight: new_param(path, "weight", &[n_in, n_out], Init::Normal { std }, freeze)?,
+            bias: new_param(path, "bias", &[n_out], Init::Zeros, freeze)?,
         })
     }
 
@@ -77,8 +62,8 @@ pub struct LayerNorm {
 impl LayerNorm {
     pub(crate) fn new(path: &nn::Path, width: i64, eps: f64, freeze: &FreezeSpec) -> Result<Self> {
         Ok(LayerNorm {
-            weight: new_param(path, "weight", Tensor::ones([width], (Kind::Float, tch::Device::Cpu)), freeze)?,
-            bias: new_param(path, "bias", Tensor::zeros([width], (Kind::Float, tch::Device::Cpu)), freeze)?,
+            weight: new_param(path, "weight", &[width], Init::Ones, freeze)?,
+            bias: new_param(path, "bias", &[width], Init::Zeros, freeze)?,
             eps,
             width,
         })
@@ -243,8 +228,8 @@ impl Gpt2 {
     pub fn new(path: &nn::Path, cfg: &Gpt2Config, freeze: &FreezeSpec) -> Result<Self> {
         cfg.validate()?;
         let std = cfg.initializer_range;
-        let wte = new_param(&(path / "wte"), "weight", normal(&[cfg.vocab_size, cfg.n_embd], std), freeze)?;
-        let wpe = new_param(&(path / "wpe"), "weight", normal(&[cfg.n_positions, cfg.n_embd], std), freeze)?;
+        let wte = new_param(&(path / "wte"), "weight", &[cfg.vocab_size, cfg.n_embd], Init::Normal { std }, freeze)?;
+        let wpe = new_param(&(path / "wpe"), "weight", &[cfg.n_positions, cfg.n_embd], Init::Normal { std }, freeze)?;
         let h = path / "h";
         let blocks = (0..cfg.n_layer)
             .map(|i| Block::new(&(&h / i), cfg, freeze))

@@ -10,9 +10,11 @@ pub mod config;
 pub mod fpt;
 pub mod freeze;
 pub mod gpt2;
+pub mod init;
 pub mod lstm;
 pub mod ops;
 pub mod params;
+pub mod tolerance;
 
 pub use config::{Activation, Gpt2Config, GPT2_PRESETS};
 pub use backbone::{load_backbone_dir, Backbone, BackboneConfig, Precision, Rows};

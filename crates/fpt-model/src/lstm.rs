@@ -14,7 +14,7 @@
 //! gain and shift uniform(±1/sqrt(size)).
 
 use crate::freeze::FreezeSpec;
-use crate::gpt2::new_param;
+use crate::init::{new_param, Init};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
@@ -48,10 +48,6 @@ impl LstmConfig {
 
 const LN_EPS: f64 = 1e-6;
 
-fn uniform(dims: &[i64], bound: f64) -> Tensor {
-    Tensor::zeros(dims, (Kind::Float, tch::Device::Cpu)).uniform_(-bound, bound)
-}
-
 /// The reference's layer norm: unbiased variance, eps 1e-6, gain `weight` and shift `bias`.
 #[derive(Debug)]
 struct RefLayerNorm {
@@ -63,8 +59,8 @@ impl RefLayerNorm {
     fn new(path: &nn::Path, size: i64, freeze: &FreezeSpec) -> Result<Self> {
         let bound = 1.0 / (size as f64).sqrt();
         Ok(RefLayerNorm {
-            weight: new_param(path, "weight", uniform(&[size], bound), freeze)?,
-            bias: new_param(path, "bias", uniform(&[size], bound), freeze)?,
+            weight: new_param(path, "weight", &[size], Init::Uniform { bound }, freeze)?,
+            bias: new_param(path, "bias", &[size], Init::Uniform { bound }, freeze)?,
         })
     }
 
@@ -94,10 +90,10 @@ impl Cell {
         let i2h = path / "i2h";
         let h2h = path / "h2h";
         Ok(Cell {
-            i2h_w: new_param(&i2h, "weight", uniform(&[4 * hidden, input], bound), freeze)?,
-            i2h_b: new_param(&i2h, "bias", uniform(&[4 * hidden], bound), freeze)?,
-            h2h_w: new_param(&h2h, "weight", uniform(&[4 * hidden, hidden], bound), freeze)?,
-            h2h_b: new_param(&h2h, "bias", uniform(&[4 * hidden], bound), freeze)?,
+            i2h_w: new_param(&i2h, "weight", &[4 * hidden, input], Init::Uniform { bound }, freeze)?,
+            i2h_b: new_param(&i2h, "bias", &[4 * hidden], Init::Uniform { bound }, freeze)?,
+            h2h_w: new_param(&h2h, "weight", &[4 * hidden, hidden], Init::Uniform { bound }, freeze)?,
+            h2h_b: new_param(&h2h, "bias", &[4 * hidden], Init::Uniform { bound }, freeze)?,
             ln_i2h: RefLayerNorm::new(&(path / "ln_i2h"), 4 * hidden, freeze)?,
             ln_h2h: RefLayerNorm::new(&(path / "ln_h2h"), 4 * hidden, freeze)?,
             ln_cell: RefLayerNorm::new(&(path / "ln_cell"), hidden, freeze)?,

@@ -201,9 +201,35 @@ fn corrupt_and_absent_files_name_the_file() {
     // name then disagrees — listed, not silently ignored.
     std::fs::write(dir.join("config.json"), "{\"model_type\": \"bert\", \"hidden_size\": 24, \"num_attention_heads\": 3, \"num_hidden_layers\": 1, \"intermediate_size\": 8}").unwrap();
     let err = load_err(&dir);
-    assert!(err.contains("missing") && err.contains("encoder.layer.0.attention.self.query.weight") && err.contains("unexpected") && err.contains("h.0.attn.c_attn.weight"), "{err}");
+    // Long lists show their first items and a count.
+    assert!(err.contains("missing (21)") && err.contains("embeddings.LayerNorm.bias") && err.contains("… and 13 more"), "{err}");
+    assert!(err.contains("unexpected (28)") && err.contains("h.0.attn.c_attn.weight") && err.contains("… and 20 more"), "{err}");
+    assert!(err.lines().count() < 25, "{err}");
 
     // Not a directory.
     let err = format!("{:#}", load_gpt2_dir(Path::new("/nonexistent/gpt2"), Device::Cpu).unwrap_err());
     assert!(err.contains("/nonexistent/gpt2"), "{err}");
+}
+
+/// A config.json whose sizes disagree with its weights fails before the model is allocated:
+/// 20,000,000 positions (1.9 GB as a random init) over a 16-position file, and a vocabulary of
+/// 10^12 that could not be allocated at all.
+#[test]
+fn config_sizes_are_checked_against_the_header_before_allocating() {
+    let tensors = tiny_tensors(7);
+    for (field, value, expected) in [
+        ("n_positions", 20_000_000i64, "wpe.weight: file has [16, 24], model expects [20000000, 24]"),
+        ("vocab_size", 1_000_000_000_000, "wte.weight: file has [11, 24], model expects [1000000000000, 24]"),
+    ] {
+        let dir = scratch(field);
+        write_dir(&dir, &tensors);
+        let mut cfg = serde_json::to_value(tiny_config()).unwrap();
+        cfg[field] = serde_json::json!(value);
+        std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+        let start = std::time::Instant::now();
+        let err = load_err(&dir);
+        assert!(err.contains(expected) && err.contains("wrong shape (1)") && err.contains("config.json"), "{field}: {err}");
+        // Allocating and drawing 1.9 GB takes seconds; the header check takes milliseconds.
+        assert!(start.elapsed().as_secs_f64() < 2.0, "{field}: took {:?}", start.elapsed());
+    }
 }

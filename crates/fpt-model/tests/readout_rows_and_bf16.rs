@@ -2,6 +2,7 @@
 //! read-out positions, and bf16 mode (frozen matrices resident in bf16).
 
 use fpt_model::{Backbone, BackboneConfig, BertConfig, Fpt, FptConfig, FreezeSpec, Gpt2Config, LstmConfig, Precision, Readout, Rows};
+use fpt_model::tolerance::reordering_bound;
 use tch::{nn, Device, Kind, Tensor};
 
 fn gpt2() -> BackboneConfig {
@@ -23,27 +24,36 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
     (a.to_kind(Kind::Float) - b.to_kind(Kind::Float)).abs().max().double_value(&[])
 }
 
-/// Hidden states and input gradients at `rows` equal the full forward's, narrowed.
+/// Hidden states and input gradients at `rows` equal the full forward's, narrowed, within
+/// `tolerance::reordering_bound` (the restricted GEMMs have other shapes, so libtorch may block
+/// and sum them in other orders; the full forward's fp64 evaluation is the truth).
 #[test]
 fn restricted_last_layer_equals_the_full_forward_at_those_rows() {
     for (name, cfg) in [("gpt2", gpt2()), ("bert", bert())] {
         tch::manual_seed(1);
         let vs = nn::VarStore::new(Device::Cpu);
         let model = Backbone::new(&vs.root(), &cfg, &FreezeSpec::all()).unwrap();
+        let mut vs64 = nn::VarStore::new(Device::Cpu);
+        let model64 = Backbone::new(&vs64.root(), &cfg, &FreezeSpec::all()).unwrap();
+        vs64.copy(&vs).unwrap();
+        vs64.double();
         let t = 9;
         for rows in [Rows { start: t - 1, len: 1 }, Rows { start: t - 3, len: 3 }, Rows { start: 0, len: 2 }, Rows { start: 4, len: 2 }] {
             let x_full = Tensor::randn([3, t, 32], (Kind::Float, Device::Cpu)).set_requires_grad(true);
             let x_rows = x_full.detach().copy().set_requires_grad(true);
+            let x_64 = x_full.detach().to_kind(Kind::Double).set_requires_grad(true);
             let full = model.forward_embeds(&x_full, false).unwrap().narrow(1, rows.start, rows.len);
+            let full64 = model64.forward_embeds(&x_64, false).unwrap().narrow(1, rows.start, rows.len);
             let part = model.forward_rows(&x_rows, false, Some(rows)).unwrap();
             assert_eq!(part.size(), vec![3, rows.len, 32], "{name} {rows:?}");
-            let d = max_diff(&full, &part);
-            assert!(d < 1e-5, "{name} {rows:?}: hidden states differ by {d}");
+            let (d, bound) = (max_diff(&full, &part), reordering_bound(&full, &full64));
+            assert!(d <= bound, "{name} {rows:?}: hidden states differ by {d} (bound {bound})");
             let weights = Tensor::randn([3, rows.len, 32], (Kind::Float, Device::Cpu));
             (&full * &weights).sum(Kind::Float).backward();
             (&part * &weights).sum(Kind::Float).backward();
-            let d = max_diff(&x_full.grad(), &x_rows.grad());
-            assert!(d < 1e-5, "{name} {rows:?}: input gradients differ by {d}");
+            (&full64 * weights.to_kind(Kind::Double)).sum(Kind::Double).backward();
+            let (d, bound) = (max_diff(&x_full.grad(), &x_rows.grad()), reordering_bound(&x_full.grad(), &x_64.grad()));
+            assert!(d <= bound, "{name} {rows:?}: input gradients differ by {d} (bound {bound})");
         }
         let bad = model.forward_rows(&Tensor::zeros([1, 4, 32], (Kind::Float, Device::Cpu)), false, Some(Rows { start: 3, len: 2 }));
         let msg = format!("{:#}", bad.unwrap_err());

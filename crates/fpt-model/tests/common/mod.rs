@@ -50,15 +50,32 @@ fn make_fixtures(script: &str, tmp: &Path, tag: &str, cases: &[&str]) -> PathBuf
 
 /// Reads one tensor of a safetensors file (any float dtype, returned as f32).
 pub fn read_tensor(path: &Path, name: &str) -> tch::Tensor {
+    read_tensor_as(path, name, tch::Kind::Float)
+}
+
+fn read_tensor_as(path: &Path, name: &str, kind: tch::Kind) -> tch::Tensor {
     let all = tch::Tensor::read_safetensors(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     all.into_iter()
         .find(|(n, _)| n == name)
         .unwrap_or_else(|| panic!("{} has no {name}", path.display()))
         .1
-        .to_kind(tch::Kind::Float)
+        .to_kind(kind)
 }
 
-pub fn max_abs_diff(a: &tch::Tensor, b: &tch::Tensor) -> f64 {
-    assert_eq!(a.size(), b.size(), "shapes differ");
-    (a - b).abs().max().double_value(&[])
+/// Reads one tensor as f64 (the fixtures' `*_f64` truths).
+pub fn read_f64(path: &Path, name: &str) -> tch::Tensor {
+    read_tensor_as(path, name, tch::Kind::Double)
+}
+
+pub use fpt_model::tolerance::max_abs_diff;
+
+/// Asserts the parity rule of `fpt_model::tolerance` for output `name` of a fixture file:
+/// `ours` against `name_f64` (the reference's fp64 truth), with `name_noise` (its fp32 noise).
+pub fn assert_parity(case: &str, ours: &tch::Tensor, reference: &Path, name: &str) {
+    let truth = read_f64(reference, &format!("{name}_f64"));
+    let noise = read_f64(reference, &format!("{name}_noise")).double_value(&[]);
+    match fpt_model::tolerance::check_parity(&format!("{case} {name}"), ours, &truth, noise) {
+        Ok(err) => println!("{case} {name}: ours vs fp64 {err:.3e}, reference fp32 noise {noise:.3e}"),
+        Err(line) => panic!("{line}"),
+    }
 }
