@@ -88,12 +88,19 @@ pub struct TrainStream {
 }
 
 impl TrainStream {
+    /// Fails on a batch size of 0, an empty training split, and a finite training split smaller
+    /// than one batch (every batch would repeat examples; `batch_size` is `train.batch_size`).
     pub fn new(task: Arc<dyn Task>, batch_size: usize, seed: u64, augment: bool) -> Result<Self> {
+        let name = &task.spec().name;
         if batch_size == 0 {
-            bail!("batch size must be at least 1");
+            bail!("train.batch_size 0 for task {name}: the batch size must be at least 1");
         }
-        if task.len(Split::Train) == Some(0) {
-            bail!("task {} has an empty training split", task.spec().name);
+        match task.len(Split::Train) {
+            Some(0) => bail!("task {name} has an empty training split"),
+            Some(n) if batch_size > n => {
+                bail!("train.batch_size {batch_size} is larger than the training split of task {name} ({n} examples)")
+            }
+            _ => {}
         }
         Ok(TrainStream { task, batch_size, seed, augment, step: 0, order_epoch: None, order: Vec::new() })
     }
@@ -165,7 +172,7 @@ impl EvalBatches {
             bail!("split {split} of task {} has no end; it cannot be evaluated whole", task.spec().name);
         };
         if batch_size == 0 {
-            bail!("batch size must be at least 1");
+            bail!("train.eval_batch_size 0 for task {}: the evaluation batch size must be at least 1", task.spec().name);
         }
         Ok(EvalBatches { task, split, batch_size, next: 0, len, device })
     }

@@ -51,10 +51,13 @@ impl BitMemory {
         if !(0.0..=1.0).contains(&mask_prob) {
             bail!("bit memory: mask_prob {mask_prob} is not a probability");
         }
+        let Some(bits) = patterns.checked_add(1).and_then(|p| p.checked_mul(n)) else {
+            bail!("bit memory: (patterns {patterns} + 1) × n {n} bits per example overflows");
+        };
         let spec = TaskSpec {
             name: "bit-memory".into(),
             input: InputKind::Dense { dim: patch },
-            seq_len: (patterns + 1) * n / patch,
+            seq_len: bits / patch,
             predictions: n,
             classes: 2,
             readout_tokens: n / patch,
@@ -105,10 +108,13 @@ impl BitXor {
         if n == 0 || patterns < 2 {
             bail!("bit xor: n ({n}) must be positive and patterns ({patterns}) at least 2");
         }
+        let Some(bits) = patterns.checked_mul(n) else {
+            bail!("bit xor: patterns {patterns} × n {n} bits per example overflows");
+        };
         let spec = TaskSpec {
             name: "bit-xor".into(),
             input: InputKind::Dense { dim: 1 },
-            seq_len: patterns * n,
+            seq_len: bits,
             predictions: n,
             classes: 2,
             readout_tokens: n,
@@ -190,5 +196,11 @@ mod tests {
         assert!(BitMemory::new(1000, 5, 30, 0.5, 10, 0).is_err());
         assert!(BitMemory::new(1000, 5, 50, 1.5, 10, 0).is_err());
         assert!(BitXor::new(5, 1, 10, 0).is_err());
+        // Sizes whose product overflows are errors, not wrapped shapes that index out of bounds.
+        let err = BitXor::new(usize::MAX / 2 + 1, 2, 10, 0).err().expect("overflow").to_string();
+        assert!(err.contains("overflows"), "{err}");
+        let err = BitMemory::new(usize::MAX / 2 + 1, 1, 1, 0.5, 10, 0).err().expect("overflow").to_string();
+        assert!(err.contains("overflows"), "{err}");
+        assert!(BitMemory::new(10, usize::MAX, 1, 0.5, 10, 0).is_err());
     }
 }

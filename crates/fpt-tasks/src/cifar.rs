@@ -83,25 +83,23 @@ pub struct Cifar10 {
 
 impl Cifar10 {
     pub fn load(dir: &Path, variant: Variant) -> Result<Self> {
+        if let Variant::Patches { patch } = variant {
+            if patch == 0 || SIDE % patch != 0 {
+                bail!("cifar10: patch size {patch} does not divide 32");
+            }
+        }
         let dir = batches_dir(dir)?;
         let mut train = Vec::new();
         for name in TRAIN_FILES {
             let path = dir.join(name);
-            if !path.is_file() {
-                bail!("{}: missing training file {name}", dir.display());
-            }
+            crate::require_file(&path, "a CIFAR-10 training batch", || format!("{}: missing training file {name}", dir.display()))?;
             train.extend(read_batch_file(&path)?);
         }
         let test_path = dir.join(TEST_FILE);
-        if !test_path.is_file() {
-            bail!("{}: missing test file {TEST_FILE}", dir.display());
-        }
+        crate::require_file(&test_path, "the CIFAR-10 test batch", || format!("{}: missing test file {TEST_FILE}", dir.display()))?;
         let test = read_batch_file(&test_path)?;
         let (name, input, seq_len) = match variant {
             Variant::Patches { patch } => {
-                if patch == 0 || SIDE % patch != 0 {
-                    bail!("cifar10: patch size {patch} does not divide 32");
-                }
                 ("cifar10", InputKind::Dense { dim: patch * patch * 3 }, (SIDE / patch) * (SIDE / patch))
             }
             Variant::Lra => ("cifar10-lra", InputKind::Dense { dim: 1 }, SIDE * SIDE),

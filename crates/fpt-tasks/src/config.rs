@@ -152,9 +152,19 @@ pub fn data_dir(name: &str, configured: &Option<PathBuf>) -> PathBuf {
     dir
 }
 
+/// Fails when something other than a folder stands at a task's data path (a file given as
+/// `path`, say); a missing folder is left to the loader, which names the file it looked for.
+fn check_data_dir(name: &str, dir: &Path) -> Result<PathBuf> {
+    match std::fs::metadata(dir) {
+        Ok(m) if !m.is_dir() => bail!("{}: is not a folder, expected the data folder of task {name}", dir.display()),
+        _ => Ok(dir.to_path_buf()),
+    }
+}
+
 /// Builds a task. `seed` drives the generated tasks' data.
 pub fn load_task(cfg: &TaskConfig, seed: u64) -> Result<Arc<dyn Task>> {
     let name = cfg.name();
+    let folder = |dir_name: &str, path: &Option<PathBuf>| check_data_dir(name, &data_dir(dir_name, path));
     let task: Arc<dyn Task> = match cfg {
         TaskConfig::BitMemory { n, patterns, patch, mask_prob, eval_examples } => {
             Arc::new(BitMemory::new(*n, *patterns, *patch, *mask_prob, *eval_examples, seed)?)
@@ -162,17 +172,17 @@ pub fn load_task(cfg: &TaskConfig, seed: u64) -> Result<Arc<dyn Task>> {
         TaskConfig::BitXor { n, patterns, eval_examples } => Arc::new(BitXor::new(*n, *patterns, *eval_examples, seed)?),
         TaskConfig::Listops { generate: Some(spec), path: None, max_len, overflow } => Arc::new(ListOps::generated(spec, *max_len, *overflow)?),
         TaskConfig::Listops { generate: Some(_), path: Some(_), .. } => bail!("listops: give either path or generate, not both"),
-        TaskConfig::Listops { path, max_len, overflow, generate: None } => Arc::new(ListOps::load(&data_dir(name, path), *max_len, *overflow)?),
+        TaskConfig::Listops { path, max_len, overflow, generate: None } => Arc::new(ListOps::load(&folder(name, path)?, *max_len, *overflow)?),
         TaskConfig::Mnist { path, patch } | TaskConfig::FashionMnist { path, patch } => {
-            Arc::new(Mnist::load(name, &data_dir(name, path), *patch)?)
+            Arc::new(Mnist::load(name, &folder(name, path)?, *patch)?)
         }
         TaskConfig::Cifar10 { path, patch } => {
-            Arc::new(Cifar10::load(&data_dir("cifar10", path), Variant::Patches { patch: *patch })?)
+            Arc::new(Cifar10::load(&folder("cifar10", path)?, Variant::Patches { patch: *patch })?)
         }
         // Same files as CIFAR-10.
-        TaskConfig::Cifar10Lra { path } => Arc::new(Cifar10::load(&data_dir("cifar10", path), Variant::Lra)?),
+        TaskConfig::Cifar10Lra { path } => Arc::new(Cifar10::load(&folder("cifar10", path)?, Variant::Lra)?),
         TaskConfig::RemoteHomology { path, max_len, test_set } => {
-            Arc::new(RemoteHomology::load(&data_dir(name, path), *max_len, *test_set)?)
+            Arc::new(RemoteHomology::load(&folder(name, path)?, *max_len, *test_set)?)
         }
     };
     Ok(task)

@@ -123,9 +123,9 @@ impl RemoteHomology {
         let mut longest = 0;
         for (split, name) in files {
             let path = dir.join(name);
-            if !path.is_file() {
-                bail!("{}: missing {name} (the {split} split of TAPE's JSON release)", dir.display());
-            }
+            crate::require_file(&path, &format!("the {split} split of TAPE's JSON release"), || {
+                format!("{}: missing {name} (the {split} split of TAPE's JSON release)", dir.display())
+            })?;
             let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
             let file = parse_json(&bytes, &path.display().to_string(), max_len)?;
             if file.sequences.is_empty() {

@@ -24,6 +24,19 @@ pub use config::{load_task, TaskConfig};
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::path::Path;
+
+/// Fails unless `path` is a regular file (or a link to one): `missing` is the error when nothing
+/// is there; a directory, FIFO or device there is named as such (reading a FIFO would block).
+/// `what` says what the file should be.
+pub(crate) fn require_file(path: &Path, what: &str, missing: impl FnOnce() -> String) -> anyhow::Result<()> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(m) if m.is_dir() => anyhow::bail!("{}: is a directory, expected {what}", path.display()),
+        Ok(_) => anyhow::bail!("{}: is not a regular file, expected {what}", path.display()),
+        Err(_) => Err(anyhow::anyhow!(missing())),
+    }
+}
 
 /// What one token of a task is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,6 +6,11 @@
 //! LRA writes around every node carry no information beyond the brackets and are dropped.
 //! Sequences are left-padded, so the last token — the one the model reads out — is always the
 //! expression's final `]`.
+//!
+//! Loading checks every line ([`parse_source`]): balanced brackets and parentheses, known
+//! operators with at least one argument, one expression a line, Targets 0–9, no blank line
+//! between examples. A Target that is not the expression's value is kept and counted in the
+//! loader's notes.
 
 use crate::rng::{stream, TaskRng};
 use crate::{InputKind, InputSlot, Split, Task, TaskSpec};
@@ -45,17 +50,92 @@ pub fn encode(source: &str) -> std::result::Result<Vec<u8>, String> {
         .collect()
 }
 
+/// Token ids and value of one `Source` expression, its structure checked: brackets balance,
+/// every `[` is one of the operators `[MIN` `[MAX` `[MED` `[SM` and is closed by a `]` after at
+/// least one argument, arguments are digits 0–9 or nested expressions, parentheses (LRA's tuple
+/// text, dropped from the ids) balance, and the line holds exactly one expression. The error
+/// says what was expected, counting tokens (parentheses included) from 1.
+pub fn parse_source(source: &str) -> std::result::Result<(Vec<u8>, u8), String> {
+    let mut ids = Vec::new();
+    // Open operators: (token, its position, argument values so far).
+    let mut open: Vec<(&str, usize, Vec<u8>)> = Vec::new();
+    let mut parens = 0usize;
+    let mut top: Option<u8> = None;
+    for (i, tok) in source.split_whitespace().enumerate() {
+        let pos = i + 1;
+        // A value (a digit or a closed operator) that starts at token `start`.
+        let mut value = None;
+        match tok {
+            "(" => parens += 1,
+            ")" => {
+                parens = parens.checked_sub(1).ok_or_else(|| format!("`)` at token {pos} closes no `(` (unbalanced parentheses)"))?;
+            }
+            "]" => {
+                let (op, start, args) =
+                    open.pop().ok_or_else(|| format!("`]` at token {pos} closes no operator (unbalanced brackets)"))?;
+                if args.is_empty() {
+                    return Err(format!("operator {op} at token {start} has no arguments (expected at least one before its `]` at token {pos})"));
+                }
+                value = Some((apply(op, &args), start));
+            }
+            _ if OPERATORS.contains(&tok) => {
+                if open.is_empty() && top.is_some() {
+                    return Err(format!("a second expression starts at token {pos} (expected exactly one expression per line)"));
+                }
+                open.push((tok, pos, Vec::new()));
+            }
+            _ if tok.starts_with('[') => {
+                return Err(format!("unknown operator {:?} at token {pos} (expected [MIN, [MAX, [MED or [SM)", truncate_for_message(tok)));
+            }
+            _ => match tok.as_bytes() {
+                [d @ b'0'..=b'9'] => value = Some((d - b'0', pos)),
+                _ => {
+                    return Err(format!(
+                        "unknown token {:?} at token {pos} (expected a digit 0–9, an operator [MIN [MAX [MED [SM, `]`, `(` or `)`)",
+                        truncate_for_message(tok)
+                    ))
+                }
+            },
+        }
+        if tok != "(" && tok != ")" {
+            ids.push(token_id(tok).ok_or_else(|| format!("unknown token {:?} at token {pos}", truncate_for_message(tok)))?);
+        }
+        if let Some((v, start)) = value {
+            match open.last_mut() {
+                Some((_, _, args)) => args.push(v),
+                None if top.is_some() => {
+                    return Err(format!("a second expression starts at token {start} (expected exactly one expression per line)"))
+                }
+                None => top = Some(v),
+            }
+        }
+    }
+    if let Some((op, start, _)) = open.first() {
+        let n = open.len();
+        return Err(format!("operator {op} at token {start} is never closed (expected {n} more `]`: unbalanced brackets)"));
+    }
+    if parens > 0 {
+        return Err(format!("{parens} `(` never closed (unbalanced parentheses)"));
+    }
+    top.map(|v| (ids, v)).ok_or_else(|| "empty Source (expected an expression)".to_string())
+}
+
 /// One parsed TSV file: token ids and labels.
 #[derive(Debug, Default)]
 pub struct ListOpsFile {
     pub examples: Vec<Vec<u8>>,
     pub labels: Vec<u8>,
+    /// Examples whose Target is not the value of their expression (reported, kept).
+    pub label_mismatches: usize,
 }
 
-/// Parses an LRA ListOps TSV (`Source<TAB>Target` header, one example a line).
+/// Parses an LRA ListOps TSV (`Source<TAB>Target` header, one example a line; CRLF line ends
+/// and a UTF-8 byte-order mark are accepted). Each Source is checked with [`parse_source`]; a
+/// blank line is allowed only after the last example. Errors name `origin` and the 1-based line.
 pub fn parse_tsv(bytes: &[u8], origin: &str) -> Result<ListOpsFile> {
     let text = std::str::from_utf8(bytes)
         .map_err(|e| anyhow::anyhow!("{origin}: not UTF-8 (invalid byte at offset {})", e.valid_up_to()))?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut lines = text.lines().enumerate();
     match lines.next() {
         None => bail!("{origin}: empty file (expected the header {HEADER:?})"),
@@ -65,32 +145,44 @@ pub fn parse_tsv(bytes: &[u8], origin: &str) -> Result<ListOpsFile> {
         _ => {}
     }
     let mut file = ListOpsFile::default();
+    let mut blank: Option<usize> = None;
     for (i, line) in lines {
         let line_no = i + 1;
         let line = line.trim_end_matches('\r');
-        if line.is_empty() {
+        if line.trim().is_empty() {
+            blank.get_or_insert(line_no);
             continue;
         }
+        if let Some(b) = blank {
+            bail!("{origin}: line {b} is blank but examples follow it (line {line_no}); expected one example per line, blank lines only at the end of the file");
+        }
         let fields: Vec<&str> = line.split('\t').collect();
-        if fields.len() != 2 {
+        let &[source, target] = fields.as_slice() else {
             bail!("{origin}: line {line_no} has {} tab-separated fields, expected 2 (Source, Target)", fields.len());
-        }
-        let label: u8 = match fields[1].trim().parse() {
-            Ok(v) if (v as usize) < CLASSES => v,
-            _ => bail!("{origin}: line {line_no}: Target {:?} is not a class 0–9", truncate_for_message(fields[1])),
         };
-        let tokens = encode(fields[0])
-            .map_err(|t| anyhow::anyhow!("{origin}: line {line_no}: unknown token {:?}", truncate_for_message(&t)))?;
-        if tokens.is_empty() {
-            bail!("{origin}: line {line_no}: empty Source");
-        }
-        file.examples.push(tokens);
-        file.labels.push(label);
+        let label: u8 = match target.trim().parse() {
+            Ok(v) if (v as usize) < CLASSES => v,
+            _ => bail!("{origin}: line {line_no}: Target {:?} is not a class 0–9", truncate_for_message(target)),
+        };
+        file.push(source, label).map_err(|e| anyhow::anyhow!("{origin}: line {line_no}: {e}"))?;
     }
     if file.examples.is_empty() {
         bail!("{origin}: no examples after the header");
     }
     Ok(file)
+}
+
+impl ListOpsFile {
+    /// Adds one example after checking its Source; counts a Target that is not its value.
+    pub fn push(&mut self, source: &str, label: u8) -> std::result::Result<(), String> {
+        let (tokens, value) = parse_source(source)?;
+        if value != label {
+            self.label_mismatches += 1;
+        }
+        self.examples.push(tokens);
+        self.labels.push(label);
+        Ok(())
+    }
 }
 
 fn truncate_for_message(s: &str) -> String {
@@ -113,9 +205,9 @@ impl ListOps {
         let mut files = Vec::new();
         for (split, name) in SPLIT_FILES {
             let path: PathBuf = dir.join(name);
-            if !path.is_file() {
-                bail!("{}: missing {name} (the {split} split; `cargo xtask data listops` generates one)", dir.display());
-            }
+            crate::require_file(&path, &format!("the {split} split (an LRA ListOps TSV)"), || {
+                format!("{}: missing {name} (the {split} split; `cargo xtask data listops` generates one)", dir.display())
+            })?;
             let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
             files.push((split, parse_tsv(&bytes, &path.display().to_string())?, path.display().to_string()));
         }
@@ -127,9 +219,11 @@ impl ListOps {
         let generated = generate(cfg)?;
         let to_file = |rows: &[(String, u8)]| -> Result<ListOpsFile> {
             let mut f = ListOpsFile::default();
-            for (source, target) in rows {
-                f.examples.push(encode(source).map_err(|t| anyhow::anyhow!("generator produced unknown token {t:?}"))?);
-                f.labels.push(*target);
+            for (i, (source, target)) in rows.iter().enumerate() {
+                f.push(source, *target).map_err(|e| anyhow::anyhow!("listops generator: example {i}: {e}"))?;
+            }
+            if f.label_mismatches > 0 {
+                bail!("listops generator: {} Targets differ from their expression's value", f.label_mismatches);
             }
             Ok(f)
         };
@@ -165,8 +259,12 @@ impl ListOps {
                 }
                 Overflow::Truncate => file.examples.iter_mut().for_each(|e| e.truncate(max_len)),
             }
+            let mismatches = match file.label_mismatches {
+                0 => String::new(),
+                m => format!("; {m} Targets differ from their expression's value (kept as given)"),
+            };
             notes.push(format!(
-                "{split}: {total} examples in {origin}; {over} longer than {max_len} tokens {}",
+                "{split}: {total} examples in {origin}; {over} longer than {max_len} tokens {}{mismatches}",
                 if overflow == Overflow::Drop { "dropped" } else { "truncated" }
             ));
             longest = longest.max(file.examples.iter().map(Vec::len).max().unwrap_or(0));
@@ -300,17 +398,16 @@ fn render(node: &Node, out: &mut String) {
 /// LRA's operators on argument values (MED: numpy's median, then `int`, i.e. floor here).
 pub fn apply(op: &str, values: &[u8]) -> u8 {
     match op {
-        "[MIN" => *values.iter().min().expect("operators have ≥ 2 arguments"),
-        "[MAX" => *values.iter().max().expect("operators have ≥ 2 arguments"),
-        "[SM" => (values.iter().map(|&v| v as u32).sum::<u32>() % 10) as u8,
+        "[MIN" => values.iter().copied().min().unwrap_or(0),
+        "[MAX" => values.iter().copied().max().unwrap_or(0),
+        "[SM" => (values.iter().map(|&v| v as u64).sum::<u64>() % 10) as u8,
         "[MED" => {
             let mut v = values.to_vec();
             v.sort_unstable();
-            let n = v.len();
-            if n % 2 == 1 {
-                v[n / 2]
-            } else {
-                ((v[n / 2 - 1] as u32 + v[n / 2] as u32) / 2) as u8
+            match v.len() {
+                0 => 0,
+                n if n % 2 == 1 => v[n / 2],
+                n => ((v[n / 2 - 1] as u32 + v[n / 2] as u32) / 2) as u8,
             }
         }
         other => unreachable!("unknown operator {other}"),
@@ -355,6 +452,26 @@ pub struct Generated {
     pub drawn: usize,
 }
 
+/// The largest mean tree size (nodes) the generator accepts; LRA's settings give about 113.
+const MAX_EXPECTED_TREE_SIZE: f64 = 1e6;
+
+/// The mean number of nodes of a tree drawn by [`generate_tree`]: a node above the last level is
+/// an operator with probability 0.25 and then has (2 + max_args) / 2 children on average, so
+/// level d holds m^d nodes on average, m = 0.25 · (2 + max_args) / 2.
+fn expected_tree_size(cfg: &GeneratorConfig) -> f64 {
+    let m = OPERATOR_P * (2.0 + cfg.max_args as f64) / 2.0;
+    let (mut level, mut sum) = (1.0f64, 0.0f64);
+    for _ in 0..cfg.max_depth {
+        sum += level;
+        level *= m;
+        // Past the limit (a lower bound suffices), or converged (m < 1: levels vanish).
+        if sum > MAX_EXPECTED_TREE_SIZE || level < 1e-9 {
+            break;
+        }
+    }
+    sum
+}
+
 pub fn generate(cfg: &GeneratorConfig) -> Result<Generated> {
     if cfg.min_len + 1 >= cfg.max_len {
         bail!("listops generator: no length satisfies {} < length < {}", cfg.min_len, cfg.max_len);
@@ -362,15 +479,29 @@ pub fn generate(cfg: &GeneratorConfig) -> Result<Generated> {
     if cfg.max_args < 2 || cfg.max_depth < 1 {
         bail!("listops generator: max_args must be ≥ 2 and max_depth ≥ 1");
     }
-    let total = cfg.train + cfg.val + cfg.test;
+    let expected = expected_tree_size(cfg);
+    if expected > MAX_EXPECTED_TREE_SIZE {
+        bail!(
+            "listops generator: max_depth {} with max_args {} makes LRA's trees hold {expected:.1e}+ nodes on average \
+             (each is drawn whole before its length is checked); expected at most {MAX_EXPECTED_TREE_SIZE:.0e} — lower max_depth or max_args",
+            cfg.max_depth,
+            cfg.max_args
+        );
+    }
+    let total = cfg
+        .train
+        .checked_add(cfg.val)
+        .and_then(|t| t.checked_add(cfg.test))
+        .with_context(|| format!("listops generator: train {} + val {} + test {} overflows", cfg.train, cfg.val, cfg.test))?;
     let mut rng = stream(cfg.seed, &[0x11570b5]);
     // Distinctness by a 64-bit hash of the text: holding 100,000 texts twice would cost GBs.
-    let mut seen: HashSet<u64> = HashSet::with_capacity(total);
-    let mut kept = Vec::with_capacity(total);
+    // Capacity grows with what is kept, not with what was asked for.
+    let mut seen: HashSet<u64> = HashSet::with_capacity(total.min(1 << 20));
+    let mut kept = Vec::with_capacity(total.min(1 << 20));
     let mut drawn = 0usize;
     while kept.len() < total {
         drawn += 1;
-        if drawn > 10_000 * (total + 100) {
+        if drawn > total.saturating_add(100).saturating_mul(10_000) {
             bail!("listops generator: drew {drawn} trees without finding {total} in {}..{} tokens", cfg.min_len, cfg.max_len);
         }
         let (tree, value, length) = generate_tree(&mut rng, 1, cfg);
@@ -476,5 +607,95 @@ mod tests {
         }
         let ok = parse_tsv(b"Source\tTarget\r\n( [MAX 1 2 ] )\t2\r\n", "f").unwrap();
         assert_eq!(ok.examples, vec![vec![11, 1, 2, 14]]);
+    }
+
+    /// Malformed expressions, blank lines between examples and bad Targets are errors naming
+    /// the file, the 1-based line and what was expected.
+    #[test]
+    fn malformed_sources_are_rejected_with_file_and_line() {
+        let cases: Vec<(&str, &str)> = vec![
+            ("[MAX 1 2 ] ]\t2", "line 2: `]` at token 5 closes no operator (unbalanced brackets)"),
+            ("] 1 [MAX 2\t2", "line 2: `]` at token 1 closes no operator"),
+            ("[MAX 1 [MIN 2 3 ]\t2", "line 2: operator [MAX at token 1 is never closed (expected 1 more `]`"),
+            ("[MAX [SM 1\t2", "line 2: operator [MAX at token 1 is never closed (expected 2 more `]`"),
+            ("[FOO 1 2 ]\t2", "line 2: unknown operator \"[FOO\" at token 1 (expected [MIN, [MAX, [MED or [SM)"),
+            ("[ MAX 1 ]\t1", "line 2: unknown operator \"[\" at token 1"),
+            ("[MAX 1 [SM ] ]\t1", "line 2: operator [SM at token 3 has no arguments"),
+            ("[MAX ]\t1", "line 2: operator [MAX at token 1 has no arguments"),
+            ("[MAX 1 ] [MIN 2 ]\t1", "line 2: a second expression starts at token 4 (expected exactly one expression per line)"),
+            ("[MAX 1 ] 3\t1", "line 2: a second expression starts at token 4"),
+            ("1 2\t1", "line 2: a second expression starts at token 2"),
+            ("( ( [MAX 1 ] )\t1", "line 2: 1 `(` never closed (unbalanced parentheses)"),
+            ("[MAX 1 ] )\t1", "line 2: `)` at token 4 closes no `(`"),
+            ("( )\t1", "line 2: empty Source"),
+            ("[MAX 1 ]\t10", "line 2: Target \"10\" is not a class 0–9"),
+            ("[MAX 1 ]\t-1", "line 2: Target \"-1\""),
+            ("[MAX 1 ]\t", "line 2: Target \"\""),
+            ("[MAX 1 ]\t1\textra", "line 2 has 3 tab-separated fields"),
+            ("[MAX 1 ]\t1\n\n[MAX 2 ]\t2", "line 3 is blank but examples follow it (line 4)"),
+            ("[MAX 1 ]\t1\n \t \n[MAX 2 ]\t2", "line 3 is blank"),
+            ("[MAX 1 ]\t1\r\n\r\n[MAX 2 ]\t2\r\n", "line 3 is blank"),
+        ];
+        for (body, needle) in cases {
+            let bytes = format!("Source\tTarget\n{body}\n");
+            let err = parse_tsv(bytes.as_bytes(), "basic_train.tsv").unwrap_err().to_string();
+            assert!(err.starts_with("basic_train.tsv: ") && err.contains(needle), "{body:?}: {err}");
+        }
+    }
+
+    /// What LRA's format allows stays accepted: parentheses or none, one-argument operators, a
+    /// bare digit, CRLF, a byte-order mark, blank lines after the last example.
+    #[test]
+    fn valid_sources_are_accepted_and_valued() {
+        assert_eq!(parse_source("( ( ( [MAX 2 ) 9 ) ] )").unwrap(), (vec![11, 2, 9, 14], 9));
+        assert_eq!(parse_source("[SM [MIN 0 1 ] 3 ]").unwrap(), (vec![13, 10, 0, 1, 14, 3, 14], 3));
+        assert_eq!(parse_source("[MED 7 ]").unwrap(), (vec![12, 7, 14], 7));
+        assert_eq!(parse_source(" 4 ").unwrap(), (vec![4], 4));
+        let text = "\u{feff}Source\tTarget\r\n[MAX 1 2 ]\t2\r\n( [MIN 3 ] )\t3\r\n\r\n\n";
+        let f = parse_tsv(text.as_bytes(), "f").unwrap();
+        assert_eq!((f.examples.len(), f.labels.clone(), f.label_mismatches), (2, vec![2, 3], 0));
+        // A Target that is a class but not the expression's value is kept and counted.
+        let f = parse_tsv(b"Source\tTarget\n[MAX 1 2 ]\t5\n[SM 4 4 ]\t8\n", "f").unwrap();
+        assert_eq!((f.labels.clone(), f.label_mismatches), (vec![5, 8], 1));
+    }
+
+    /// The generator's own output, written as TSV and loaded back, passes every check and every
+    /// Target is its expression's value.
+    #[test]
+    fn generated_files_validate() {
+        let cfg = GeneratorConfig { seed: 9, train: 300, val: 50, test: 50, min_len: 5, max_len: 120, ..Default::default() };
+        let generated = generate(&cfg).unwrap();
+        let dir = std::env::temp_dir().join(format!("fpt-listops-gen-{}", std::process::id()));
+        write_tsv(&dir, &generated).unwrap();
+        for (_, name) in SPLIT_FILES {
+            let path = dir.join(name);
+            let f = parse_tsv(&std::fs::read(&path).unwrap(), name).unwrap();
+            assert_eq!(f.label_mismatches, 0, "{name}");
+        }
+        let task = ListOps::load(&dir, 1024, Overflow::Drop).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!((task.len(Split::Train), task.len(Split::Val), task.len(Split::Test)), (Some(300), Some(50), Some(50)));
+        assert!(task.notes().iter().all(|n| !n.contains("differ")), "{:?}", task.notes());
+        assert!(ListOps::generated(&cfg, 1024, Overflow::Drop).is_ok());
+    }
+
+    /// Generator settings that would overflow, pre-allocate without bound or grow trees without
+    /// bound are errors up front.
+    #[test]
+    fn generator_rejects_unbounded_settings() {
+        let small = GeneratorConfig { train: 10, val: 1, test: 1, min_len: 2, max_len: 50, ..Default::default() };
+        let cases = [
+            (GeneratorConfig { train: usize::MAX, val: 1, ..small.clone() }, "overflows"),
+            (GeneratorConfig { max_depth: 60, ..small.clone() }, "max_depth 60 with max_args 10"),
+            (GeneratorConfig { max_args: usize::MAX, ..small.clone() }, "lower max_depth or max_args"),
+            (GeneratorConfig { max_depth: usize::MAX, max_args: 6, ..small.clone() }, "lower max_depth or max_args"),
+        ];
+        for (cfg, needle) in cases {
+            let err = generate(&cfg).err().expect("must fail").to_string();
+            assert!(err.contains(needle), "{needle}: {err}");
+        }
+        // Subcritical trees (max_args 2: 0.5 children on average) stay small at any depth.
+        assert!(expected_tree_size(&GeneratorConfig { max_depth: usize::MAX, max_args: 2, ..small.clone() }) < 3.0);
+        assert!((expected_tree_size(&GeneratorConfig::default()) - 113.33).abs() < 0.1);
     }
 }

@@ -18,10 +18,13 @@ pub const FILES: [(Split, &str, &str); 2] = [
 
 /// `name.gz` or `name` inside `dir`.
 pub fn find_file(dir: &Path, name: &str, what: &str) -> Result<PathBuf> {
-    for candidate in [dir.join(format!("{name}.gz")), dir.join(name)] {
-        if candidate.is_file() {
-            return Ok(candidate);
-        }
+    let candidates = [dir.join(format!("{name}.gz")), dir.join(name)];
+    if let Some(file) = candidates.iter().find(|c| c.is_file()) {
+        return Ok(file.clone());
+    }
+    // Something that is not a file (a directory, say) stands where one should be.
+    for candidate in candidates.iter().filter(|c| c.exists()) {
+        crate::require_file(candidate, &format!("the {what} (an IDX file)"), String::new)?;
     }
     bail!("{}: missing {name}.gz (or {name}), the {what}", dir.display())
 }
@@ -66,6 +69,9 @@ impl Mnist {
             }
             if n == 0 {
                 bail!("{}: no images", images_path.display());
+            }
+            if h == 0 || w == 0 {
+                bail!("{}: images are {h}×{w}, expected at least one row and one column", images_path.display());
             }
             if let Some(i) = labels.data.iter().position(|&l| l as usize >= CLASSES) {
                 bail!("{}: label {} of record {i} (byte offset {}) is outside 0..{CLASSES}", labels_path.display(), labels.data[i], 8 + i);

@@ -86,7 +86,7 @@ fn mnist_rejects_corrupt_files_naming_them() {
     let base = scratch("mnist-bad-base");
     write_mnist(&base, 4, 2, false);
     type Corrupt = fn(&Path);
-    let cases: [(&str, Corrupt, &str, &str); 8] = [
+    let cases: [(&str, Corrupt, &str, &str); 18] = [
         ("truncated", |d| { let p = d.join("train-images-idx3-ubyte"); let b = std::fs::read(&p).unwrap(); std::fs::write(&p, &b[..b.len() - 10]).unwrap(); }, "train-images-idx3-ubyte", "truncated"),
         ("magic", |d| { let p = d.join("t10k-labels-idx1-ubyte"); let mut b = std::fs::read(&p).unwrap(); b[0] = 7; std::fs::write(&p, b).unwrap(); }, "t10k-labels-idx1-ubyte", "bad IDX magic"),
         ("count", |d| std::fs::write(d.join("train-labels-idx1-ubyte"), idx(&[3], &[1, 2, 3])).unwrap(), "train-labels-idx1-ubyte", "holds 3 labels but"),
@@ -95,6 +95,17 @@ fn mnist_rejects_corrupt_files_naming_them() {
         ("missing", |d| std::fs::remove_file(d.join("t10k-images-idx3-ubyte")).unwrap(), "t10k-images-idx3-ubyte", "missing"),
         ("rank", |d| std::fs::write(d.join("train-images-idx3-ubyte"), idx(&[4, 784], &[0; 4 * 784])).unwrap(), "train-images-idx3-ubyte", "3 dimensions"),
         ("gzip", |d| { let p = d.join("train-images-idx3-ubyte"); let g = gz(&std::fs::read(&p).unwrap()); std::fs::remove_file(&p).unwrap(); std::fs::write(d.join("train-images-idx3-ubyte.gz"), &g[..g.len() / 2]).unwrap(); }, "train-images-idx3-ubyte.gz", "corrupt or truncated gzip"),
+        // Beyond the first list: each names the file and says what was expected.
+        ("trailing", |d| { let p = d.join("t10k-images-idx3-ubyte"); let mut b = std::fs::read(&p).unwrap(); b.push(0); std::fs::write(&p, b).unwrap(); }, "t10k-images-idx3-ubyte", "trailing bytes"),
+        ("huge-count", |d| std::fs::write(d.join("train-labels-idx1-ubyte"), idx(&[u32::MAX], &[1, 2, 3, 4])).unwrap(), "train-labels-idx1-ubyte", "need 4294967295 data bytes after the 8-byte header, file has 4 (truncated)"),
+        ("huge-dims", |d| std::fs::write(d.join("train-images-idx3-ubyte"), idx(&[u32::MAX, u32::MAX, u32::MAX], &[0; 16])).unwrap(), "train-images-idx3-ubyte", "overflow"),
+        ("zero-size-images", |d| std::fs::write(d.join("train-images-idx3-ubyte"), idx(&[4, 0, 28], &[])).unwrap(), "train-images-idx3-ubyte", "images are 0×28, expected at least one row"),
+        ("no-images", |d| { std::fs::write(d.join("t10k-images-idx3-ubyte"), idx(&[0, 28, 28], &[])).unwrap(); std::fs::write(d.join("t10k-labels-idx1-ubyte"), idx(&[0], &[])).unwrap(); }, "t10k-images-idx3-ubyte", "no images"),
+        ("test-count", |d| std::fs::write(d.join("t10k-images-idx3-ubyte"), idx(&[3, 28, 28], &[0; 3 * 784])).unwrap(), "t10k-labels-idx1-ubyte", "holds 2 labels but"),
+        ("test-label-gz", |d| { std::fs::remove_file(d.join("t10k-labels-idx1-ubyte")).unwrap(); std::fs::write(d.join("t10k-labels-idx1-ubyte.gz"), gz(&idx(&[2], &[1, 255]))).unwrap(); }, "t10k-labels-idx1-ubyte.gz", "label 255 of record 1 (byte offset 9) is outside 0..10"),
+        ("value-type", |d| { let p = d.join("train-labels-idx1-ubyte"); let mut b = std::fs::read(&p).unwrap(); b[2] = 0x0d; std::fs::write(&p, b).unwrap(); }, "train-labels-idx1-ubyte", "value type 0x0d"),
+        ("shape", |d| std::fs::write(d.join("t10k-images-idx3-ubyte"), idx(&[2, 32, 32], &[0; 2 * 1024])).unwrap(), "t10k-images-idx3-ubyte", "images are 32×32, the other split's are 28×28"),
+        ("directory", |d| { std::fs::remove_file(d.join("train-labels-idx1-ubyte")).unwrap(); std::fs::create_dir(d.join("train-labels-idx1-ubyte")).unwrap(); }, "train-labels-idx1-ubyte", "is a directory, expected the train labels"),
     ];
     for (name, corrupt, file, needle) in cases {
         let dir = scratch(&format!("mnist-bad-{name}"));
@@ -102,6 +113,41 @@ fn mnist_rejects_corrupt_files_naming_them() {
         corrupt(&dir);
         let err = load_err(&mnist_cfg(&dir));
         assert!(err.contains(file) && err.contains(needle), "{name}: {err}");
+    }
+}
+
+/// A decompression bomb: a 200 KB `.gz` whose valid IDX header declares 4 labels but whose
+/// stream inflates to 200 MB. Reading stops one byte past the declared data (the unit tests in
+/// `idx.rs` count the bytes) and the error names the file.
+#[test]
+fn mnist_gzip_bomb_is_refused_without_inflating_it() {
+    let dir = scratch("mnist-bomb");
+    write_mnist(&dir, 4, 2, false);
+    std::fs::remove_file(dir.join("train-labels-idx1-ubyte")).unwrap();
+    let mut e = GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(&idx(&[4], &[1, 2, 3, 4])).unwrap();
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..200 {
+        e.write_all(&zeros).unwrap();
+    }
+    let bomb = e.finish().unwrap();
+    assert!(bomb.len() < 1 << 20, "{} bytes", bomb.len());
+    std::fs::write(dir.join("train-labels-idx1-ubyte.gz"), bomb).unwrap();
+    let start = std::time::Instant::now();
+    let err = load_err(&mnist_cfg(&dir));
+    assert!(err.contains("train-labels-idx1-ubyte.gz") && err.contains("trailing bytes"), "{err}");
+    assert!(start.elapsed().as_secs_f64() < 5.0, "took {:?}", start.elapsed());
+}
+
+/// A data path that is a file, not a folder, is named as such.
+#[test]
+fn data_path_that_is_a_file_is_an_error() {
+    let dir = scratch("path-file");
+    let file = dir.join("not-a-folder");
+    std::fs::write(&file, b"x").unwrap();
+    for name in ["mnist", "listops", "cifar10", "remote-homology"] {
+        let err = load_err(&TaskConfig::named(name, Some(file.clone())).unwrap());
+        assert!(err.contains("not-a-folder") && err.contains(&format!("is not a folder, expected the data folder of task {name}")), "{name}: {err}");
     }
 }
 
@@ -159,12 +205,15 @@ fn cifar10_normalises_and_patches_like_the_reference() {
 #[test]
 fn cifar10_rejects_corrupt_files_naming_them() {
     type Corrupt = fn(&Path);
-    let cases: [(&str, Corrupt, &str, &str); 5] = [
+    let cases: [(&str, Corrupt, &str, &str); 8] = [
         ("size", |d| { let p = d.join("data_batch_3.bin"); let b = std::fs::read(&p).unwrap(); std::fs::write(&p, &b[..b.len() - 1]).unwrap(); }, "data_batch_3.bin", "not a whole number of 3073-byte records (record 1 at offset 3073"),
         ("label", |d| { let p = d.join("test_batch.bin"); let mut b = std::fs::read(&p).unwrap(); b[3073] = 11; std::fs::write(&p, b).unwrap(); }, "test_batch.bin", "record 1 (offset 3073) has label 11"),
         ("empty", |d| std::fs::write(d.join("data_batch_5.bin"), b"").unwrap(), "data_batch_5.bin", "empty file"),
         ("missing-test", |d| std::fs::remove_file(d.join("test_batch.bin")).unwrap(), "test_batch.bin", "missing test file"),
         ("missing-train", |d| std::fs::remove_file(d.join("data_batch_2.bin")).unwrap(), "data_batch_2.bin", "missing training file"),
+        ("directory", |d| { std::fs::remove_file(d.join("data_batch_4.bin")).unwrap(); std::fs::create_dir(d.join("data_batch_4.bin")).unwrap(); }, "data_batch_4.bin", "is a directory, expected a CIFAR-10 training batch"),
+        ("label-255", |d| { let p = d.join("data_batch_1.bin"); let mut b = std::fs::read(&p).unwrap(); b[0] = 255; std::fs::write(&p, b).unwrap(); }, "data_batch_1.bin", "record 0 (offset 0) has label 255"),
+        ("trailing", |d| { let p = d.join("test_batch.bin"); let mut b = std::fs::read(&p).unwrap(); b.extend([0; 10]); std::fs::write(&p, b).unwrap(); }, "test_batch.bin", "not a whole number of 3073-byte records (record 2 at offset 6146"),
     ];
     for (name, corrupt, file, needle) in cases {
         let dir = scratch(&format!("cifar-bad-{name}"));
@@ -175,6 +224,9 @@ fn cifar10_rejects_corrupt_files_naming_them() {
     }
     let err = load_err(&TaskConfig::named("cifar10", Some(scratch("cifar-none"))).unwrap());
     assert!(err.contains("no CIFAR-10 binary files"), "{err}");
+    // A bad patch size is reported before any file is read.
+    let err = load_err(&TaskConfig::Cifar10 { path: Some(scratch("cifar-none-patch")), patch: 5 });
+    assert!(err.contains("patch size 5 does not divide 32"), "{err}");
 }
 
 fn write_listops(dir: &Path, lengths: &[usize]) {
@@ -213,6 +265,51 @@ fn listops_reports_and_applies_the_length_policy() {
     std::fs::write(dir.join("basic_val.tsv"), b"Source\tTarget\n[SM 1 1 ]\tseven\n").unwrap();
     let err = load_err(&drop);
     assert!(err.contains("basic_val.tsv") && err.contains("line 2"), "{err}");
+}
+
+/// Hostile ListOps files, each in one split's file: the error names that file and the line.
+#[test]
+fn listops_rejects_malformed_files_naming_file_and_line() {
+    let cases: [(&str, &str, &[u8], &str); 9] = [
+        ("unbalanced-close", "basic_train.tsv", b"Source\tTarget\n[SM 1 1 ]\t2\n[MAX 1 2 ] ]\t2\n", "line 3: `]` at token 5 closes no operator"),
+        ("unbalanced-open", "basic_val.tsv", b"Source\tTarget\n] 1 [MAX 2\t2\n", "line 2: `]` at token 1 closes no operator"),
+        ("unknown-op", "basic_test.tsv", b"Source\tTarget\n[MOD 1 2 ]\t2\n", "line 2: unknown operator \"[MOD\""),
+        ("empty-op", "basic_train.tsv", b"Source\tTarget\n[SM ]\t0\n", "line 2: operator [SM at token 1 has no arguments"),
+        ("two-exprs", "basic_val.tsv", b"Source\tTarget\n[SM 1 ] [SM 2 ]\t1\n", "line 2: a second expression starts at token 4"),
+        ("blank-mid", "basic_test.tsv", b"Source\tTarget\n[SM 1 1 ]\t2\n\n[SM 1 1 ]\t2\n", "line 3 is blank but examples follow it"),
+        ("bad-label", "basic_train.tsv", b"Source\tTarget\n[SM 1 1 ]\t12\n", "line 2: Target \"12\" is not a class 0–9"),
+        ("not-utf8", "basic_val.tsv", b"Source\tTarget\n[SM 1 \xc3 ]\t2\n", "not UTF-8"),
+        ("empty-file", "basic_test.tsv", b"", "empty file"),
+    ];
+    for (name, file, bytes, needle) in cases {
+        let dir = scratch(&format!("listops-bad-{name}"));
+        write_listops(&dir, &[5, 6]);
+        std::fs::write(dir.join(file), bytes).unwrap();
+        let cfg = TaskConfig::Listops { path: Some(dir.clone()), max_len: 64, overflow: Default::default(), generate: None };
+        let err = load_err(&cfg);
+        assert!(err.contains(file) && err.contains(needle), "{name}: {err}");
+    }
+    // A directory where a split file should be.
+    let dir = scratch("listops-bad-dir");
+    write_listops(&dir, &[5]);
+    std::fs::remove_file(dir.join("basic_val.tsv")).unwrap();
+    std::fs::create_dir(dir.join("basic_val.tsv")).unwrap();
+    let err = load_err(&TaskConfig::Listops { path: Some(dir.clone()), max_len: 64, overflow: Default::default(), generate: None });
+    assert!(err.contains("basic_val.tsv: is a directory"), "{err}");
+}
+
+/// Harmless variants load: CRLF line ends, a byte-order mark, blank lines after the last example.
+/// A Target that is not the expression's value is kept but reported.
+#[test]
+fn listops_accepts_crlf_and_reports_wrong_targets() {
+    let dir = scratch("listops-crlf");
+    write_listops(&dir, &[5, 6]);
+    std::fs::write(dir.join("basic_train.tsv"), "\u{feff}Source\tTarget\r\n( [SM 1 1 ] )\t2\r\n[MAX 3 [MIN 4 5 ] ]\t7\r\n\r\n").unwrap();
+    let cfg = TaskConfig::Listops { path: Some(dir.clone()), max_len: 64, overflow: Default::default(), generate: None };
+    let task = load_task(&cfg, 0).unwrap();
+    assert_eq!(task.len(Split::Train), Some(2));
+    assert!(task.notes()[0].contains("1 Targets differ from their expression's value"), "{:?}", task.notes());
+    assert!(!task.notes()[1].contains("differ"), "{:?}", task.notes());
 }
 
 #[test]
@@ -262,6 +359,26 @@ fn remote_homology_encodes_drops_and_rejects() {
     std::fs::write(dir.join("remote_homology_valid.json"), b"\xff\xfe[]").unwrap();
     let err = load_err(&cfg);
     assert!(err.contains("remote_homology_valid.json") && err.contains("not a TAPE"), "{err}");
+    let hostile: [(&[u8], &str); 6] = [
+        (b"[{\"primary\": \"MK\", \"fold_label\": 1.5}]", "not a TAPE"),
+        (b"[{\"primary\": \"MK\", \"fold_label\": 99999999999999999999}]", "not a TAPE"),
+        (b"[{\"primary\": \"MK\", \"primary\": \"A\", \"fold_label\": 1}]", "duplicate field"),
+        (b"[{\"primary\": \"MK\", \"fold_label\": 1}, 7]", "not a TAPE"),
+        (b"  \r\n ", "empty file"),
+        (b"[]", "the array holds no records"),
+    ];
+    for (bytes, needle) in hostile {
+        std::fs::write(dir.join("remote_homology_valid.json"), bytes).unwrap();
+        let err = load_err(&cfg);
+        assert!(err.contains("remote_homology_valid.json") && err.contains(needle), "{needle}: {err}");
+    }
+    // CRLF between records is JSON whitespace: accepted.
+    std::fs::write(dir.join("remote_homology_valid.json"), b"[{\"primary\": \"MK\", \"fold_label\": 1},\r\n{\"primary\": \"A\", \"fold_label\": 2}]\r\n").unwrap();
+    assert_eq!(load_task(&cfg, 0).unwrap().len(Split::Val), Some(2));
+    std::fs::remove_file(dir.join("remote_homology_valid.json")).unwrap();
+    std::fs::create_dir(dir.join("remote_homology_valid.json")).unwrap();
+    let err = load_err(&cfg);
+    assert!(err.contains("remote_homology_valid.json: is a directory"), "{err}");
 }
 
 #[test]
@@ -305,6 +422,28 @@ fn training_epochs_are_seeded_permutations_and_resume_exactly() {
     let b1 = TrainStream::new(task.clone(), 4, 1, true).unwrap().next_batch(Device::Cpu);
     let b2 = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap().install(|| TrainStream::new(task.clone(), 4, 1, true).unwrap().next_batch(Device::Cpu));
     assert!(b1.x.equal(&b2.x) && b1.y.equal(&b2.y));
+}
+
+/// A batch larger than a finite training split, and batch sizes of 0, are errors naming the
+/// task and sizes; an endless (generated) training stream takes any batch size.
+#[test]
+fn batch_sizes_are_checked_against_the_split() {
+    let spec = fpt_tasks::listops::GeneratorConfig { seed: 1, train: 50, val: 5, test: 5, min_len: 5, max_len: 30, ..Default::default() };
+    let task = load_task(&TaskConfig::Listops { path: None, max_len: 64, overflow: Default::default(), generate: Some(spec) }, 0).unwrap();
+    let err = TrainStream::new(task.clone(), 64, 0, false).err().expect("batch 64 > 50 examples").to_string();
+    assert_eq!(err, "train.batch_size 64 is larger than the training split of task listops (50 examples)");
+    let mut whole = TrainStream::new(task.clone(), 50, 0, false).unwrap();
+    let mut first = whole.next_indices();
+    first.sort();
+    assert_eq!(first, (0..50).collect::<Vec<_>>(), "a batch of the whole split is one epoch");
+    let err = TrainStream::new(task.clone(), 0, 0, false).err().expect("batch 0").to_string();
+    assert!(err.contains("train.batch_size 0") && err.contains("listops"), "{err}");
+    let err = EvalBatches::new(task.clone(), Split::Test, 0, Device::Cpu).err().expect("eval batch 0").to_string();
+    assert!(err.contains("train.eval_batch_size 0") && err.contains("listops"), "{err}");
+    // A larger evaluation batch than the split is fine: one partial batch.
+    assert_eq!(EvalBatches::new(task, Split::Test, 1000, Device::Cpu).unwrap().map(|b| b.len).collect::<Vec<_>>(), vec![5]);
+    let xor = load_task(&TaskConfig::BitXor { n: 5, patterns: 2, eval_examples: 4 }, 0).unwrap();
+    assert_eq!(TrainStream::new(xor, 1000, 0, false).unwrap().next_indices().len(), 1000);
 }
 
 #[test]
