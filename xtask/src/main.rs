@@ -6,8 +6,8 @@ mod grid;
 mod results;
 mod util;
 
-use anyhow::Result;
 use clap::{Parser, Subcommand};
+use std::process::ExitCode;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "fpt project tasks")]
@@ -33,13 +33,21 @@ enum Command {
     Bench(commands::bench::Args),
 }
 
-fn main() -> Result<()> {
-    match Cli::parse().command {
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
         Command::Setup(args) => commands::setup::run(&args),
         Command::Test(args) => commands::test::run(&args),
         Command::Reproduce(args) => commands::reproduce::run(&args),
         Command::Data(cmd) => commands::data::run(&cmd),
         Command::Regress(args) => commands::regress::run(&args),
         Command::Bench(args) => commands::bench::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // As `fn main() -> Result` prints it, but with the status the error asks for.
+            eprintln!("Error: {e:?}");
+            ExitCode::from(util::exit_code(&e))
+        }
     }
 }

@@ -37,3 +37,24 @@ pub fn cargo() -> Command {
     cmd.current_dir(workspace_root());
     cmd
 }
+
+/// An error that ends `cargo xtask` with a chosen exit status rather than 1 (143 after SIGTERM,
+/// 130 after SIGINT), so job managers see how it ended.
+#[derive(Debug)]
+pub struct ExitWith {
+    pub code: u8,
+    pub message: String,
+}
+
+impl std::fmt::Display for ExitWith {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ExitWith {}
+
+/// The exit status for an error: its `ExitWith` code if it carries one, else 1.
+pub fn exit_code(error: &anyhow::Error) -> u8 {
+    error.downcast_ref::<ExitWith>().map_or(1, |e| e.code)
+}

@@ -185,13 +185,28 @@ impl RunConfig {
     /// falling back to a string).
     pub fn load(path: &Path, overrides: &[String]) -> Result<RunConfig> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading run config {}", path.display()))?;
-        let mut table: toml::Table = toml::from_str(&text).with_context(|| format!("{}: not valid TOML", path.display()))?;
-        apply_overrides(&mut table, overrides)?;
-        let cfg: RunConfig = toml::Value::Table(table)
-            .try_into()
-            .with_context(|| format!("{}: not a valid run config", path.display()))?;
-        cfg.validate().with_context(|| format!("run config {}", path.display()))?;
-        Ok(cfg)
+        let table: toml::Table = toml::from_str(&text).with_context(|| format!("{}: not valid TOML", path.display()))?;
+        let resolve = |overrides: &[String]| -> Result<RunConfig> {
+            let mut table = table.clone();
+            apply_overrides(&mut table, overrides)?;
+            let cfg: RunConfig = toml::Value::Table(table).try_into().context("not a valid run config")?;
+            cfg.validate()?;
+            Ok(cfg)
+        };
+        match resolve(overrides) {
+            Ok(cfg) => Ok(cfg),
+            // Blame what broke it: the file alone, or the first --set that breaks a valid file.
+            Err(e) => match resolve(&[]) {
+                Err(_) => Err(e).with_context(|| format!("run config {}", path.display())),
+                Ok(_) => {
+                    let culprit = overrides.iter().find(|o| resolve(std::slice::from_ref(*o)).is_err());
+                    match culprit {
+                        Some(o) => Err(e).with_context(|| format!("--set {o} (on {})", path.display())),
+                        None => Err(e).with_context(|| format!("the --set values together (on {})", path.display())),
+                    }
+                }
+            },
+        }
     }
 
     pub fn to_toml(&self) -> Result<String> {

@@ -7,6 +7,7 @@ pub mod commands;
 pub mod config;
 pub mod device;
 pub mod run_checkpoint;
+pub mod signals;
 pub mod tensor_io;
 pub mod tensorboard;
 pub mod trainer;

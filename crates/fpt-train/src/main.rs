@@ -46,8 +46,13 @@ fn main() {
         Command::Bench(args) => commands::bench::run(args),
     };
     if let Err(err) = result {
+        if let Some(interrupted) = err.downcast_ref::<fpt_train::trainer::Interrupted>() {
+            eprintln!("fpt: {interrupted}");
+            std::process::exit(128 + interrupted.signal);
+        }
         // `{:#}` puts the whole context chain on one line.
         eprintln!("fpt: error: {err:#}");
-        std::process::exit(1);
+        let in_use = err.downcast_ref::<fpt_train::trainer::RunInUse>().is_some();
+        std::process::exit(if in_use { fpt_train::trainer::IN_USE_EXIT_CODE } else { 1 });
     }
 }

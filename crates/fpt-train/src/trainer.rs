@@ -10,7 +10,7 @@ use crate::config::{Init, RunConfig};
 use crate::run_checkpoint::{self, CheckpointMeta};
 use crate::tensorboard::EventWriter;
 use anyhow::{bail, Context, Result};
-use fpt_model::{checkpoint::load_weights, Fpt, FptConfig, FreezeSpec, InputSpec};
+use fpt_model::{checkpoint::{build_checked, load_weights}, Fpt, FptConfig, FreezeSpec, InputSpec};
 use fpt_tasks::{load_task, loss_and_correct, EvalBatches, InputKind, Task, TrainStream};
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, IsTerminal, Write};
@@ -24,6 +24,91 @@ pub const SUMMARY: &str = "summary.json";
 pub const CONFIG: &str = "config.toml";
 /// Exit status of a run stopped by the `FPT_STOP_AFTER_STEP` testing hook (EX_TEMPFAIL).
 pub const STOPPED_EXIT_CODE: i32 = 75;
+/// Exit status when another process holds the run directory (`cargo xtask reproduce` then
+/// moves on to its next cell).
+pub const IN_USE_EXIT_CODE: i32 = 73;
+/// The lock file that marks a run directory as being trained in.
+pub const LOCK: &str = ".lock";
+
+/// Another process is training in the run directory.
+#[derive(Debug)]
+pub struct RunInUse {
+    pub dir: PathBuf,
+    pub holder: String,
+}
+
+impl std::fmt::Display for RunInUse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} is in use by another fpt process ({}); not touching it", self.dir.display(), self.holder)
+    }
+}
+
+impl std::error::Error for RunInUse {}
+
+/// The run stopped on a signal after writing its checkpoint; `--resume` continues it.
+#[derive(Debug)]
+pub struct Interrupted {
+    pub signal: i32,
+    pub step: u64,
+    pub dir: PathBuf,
+}
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "stopped by signal {} after step {}; checkpoint written, `fpt train --resume --out {}` continues", self.signal, self.step, self.dir.display())
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// Held while a process trains in a run directory: an exclusive `flock` on `<dir>/.lock`,
+/// released by the kernel when the process ends, however it ends (no stale locks).
+pub struct RunLock {
+    _file: std::fs::File,
+}
+
+pub fn lock_run_dir(dir: &Path) -> Result<RunLock> {
+    let path = dir.join(LOCK);
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening the run lock {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&path).ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty());
+            return Err(RunInUse { dir: dir.to_path_buf(), holder: holder.unwrap_or_else(|| "pid unknown".into()) }.into());
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(e).with_context(|| format!("locking {}", path.display())),
+    }
+    // Who holds it, for the other process's message; the lock itself is the flock.
+    file.set_len(0).and_then(|_| write!(file, "pid {}", std::process::id())).with_context(|| format!("writing {}", path.display()))?;
+    Ok(RunLock { _file: file })
+}
+
+/// `FPT_STOP_AFTER_STEP`, a testing hook: a step number, or unset.
+fn stop_after_step() -> Result<Option<u64>> {
+    match std::env::var("FPT_STOP_AFTER_STEP") {
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Ok(v) => v.trim().parse().map(Some).with_context(|| format!("FPT_STOP_AFTER_STEP is {v:?}; expected a step number")),
+        Err(e) => Err(e).context("FPT_STOP_AFTER_STEP"),
+    }
+}
+
+/// Marks the summary of a run that stopped on an error as failed, with the error, so nothing
+/// reads as `running` that is not. Best effort: the error being reported may be a full disk.
+fn mark_failed(dir: &Path, err: &anyhow::Error) {
+    let Some(mut s) = read_summary(dir) else { return };
+    s.status = Status::Failed;
+    s.error = Some(format!("{err:#}"));
+    let written = serde_json::to_string_pretty(&s).map_err(anyhow::Error::from).and_then(|text| write_atomic(&dir.join(SUMMARY), &text));
+    if let Err(e) = written {
+        eprintln!("fpt: could not mark {} failed: {e:#}", dir.join(SUMMARY).display());
+    }
+}
 
 /// One line of `metrics.jsonl`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -43,6 +128,8 @@ pub enum Status {
     Running,
     Completed,
     Failed,
+    /// Stopped on SIGTERM or SIGINT with a checkpoint; `--resume` continues it.
+    Interrupted,
 }
 
 /// `summary.json`.
@@ -162,9 +249,17 @@ pub fn build_model(cfg: &RunConfig, task: &dyn Task, device: Device) -> Result<(
     let freeze = FreezeSpec::parse(&cfg.model.freeze)?;
     tch::manual_seed(cfg.seed as i64);
     let vs = nn::VarStore::new(device);
-    let mut model = Fpt::new(&vs.root(), &backbone.config, &fpt_config(cfg, task), &freeze)?;
-    if cfg.model.init != Init::Random {
-        let dir = backbone.weights.as_ref().with_context(|| format!("model.init needs weights, but {} has none", backbone.source))?;
+    let weights = match cfg.model.init {
+        Init::Random => None,
+        _ => Some(backbone.weights.as_ref().with_context(|| format!("model.init needs weights, but {} has none", backbone.source))?),
+    };
+    let build = || Fpt::new(&vs.root(), &backbone.config, &fpt_config(cfg, task), &freeze);
+    // With weights to load, every shape is checked against the checkpoint before allocation.
+    let mut model = match weights {
+        Some(dir) => build_checked(dir, build)?,
+        None => build()?,
+    };
+    if let Some(dir) = weights {
         load_weights(&vs, dir).with_context(|| format!("loading weights from {}", dir.display()))?;
         if cfg.model.init == Init::Statistics {
             statistics_only(&vs);
@@ -221,10 +316,26 @@ pub fn evaluate(model: &Fpt, task: &Arc<dyn Task>, cfg: &RunConfig, device: Devi
     Ok((loss, acc))
 }
 
-/// Trains (or resumes, or recognises as already done) the run in `opts.out`.
+/// Trains (or resumes, or recognises as already done) the run in `opts.out`, holding the run
+/// directory's lock throughout. A run that fails after it started is marked failed in its
+/// summary, with the error.
 pub fn run(cfg_in: &RunConfig, opts: &RunOptions) -> Result<Summary> {
     let dir = &opts.out;
     std::fs::create_dir_all(dir).with_context(|| format!("creating run directory {}", dir.display()))?;
+    let _lock = lock_run_dir(dir)?;
+    let stop_after = stop_after_step()?;
+    let mut started = false;
+    let result = train(cfg_in, opts, stop_after, &mut started);
+    if let Err(e) = &result {
+        if started && e.downcast_ref::<Interrupted>().is_none() {
+            mark_failed(dir, e);
+        }
+    }
+    result
+}
+
+fn train(cfg_in: &RunConfig, opts: &RunOptions, stop_after: Option<u64>, started_summary: &mut bool) -> Result<Summary> {
+    let dir = &opts.out;
     let has_checkpoint = dir.join(run_checkpoint::FILE).is_file();
     let started = dir.join(METRICS).exists() || has_checkpoint;
     if let Some(s) = read_summary(dir) {
@@ -259,13 +370,25 @@ pub fn run(cfg_in: &RunConfig, opts: &RunOptions) -> Result<Summary> {
     let mut adam = Adam::new(AdamConfig { lr: cfg.train.lr, beta1, beta2, eps: cfg.train.eps }, trainable);
 
     let (mut step, wall0) = if opts.resume && has_checkpoint {
-        let meta = run_checkpoint::load(dir, &mut adam)?;
+        let meta = run_checkpoint::load(dir, &mut adam, cfg.train.steps)?;
         (meta.step, meta.wall_s)
     } else {
         (0, 0.0)
     };
     // Keep exactly the metrics up to the restored step: no gap, no duplicate.
-    let mut lines: Vec<MetricsLine> = read_metrics(dir)?.into_iter().filter(|l| l.step <= step).collect();
+    let (mut lines, dropped): (Vec<MetricsLine>, Vec<MetricsLine>) = read_metrics(dir)?.into_iter().partition(|l| l.step <= step);
+    if !dropped.is_empty() {
+        // Steps past the checkpoint are retrained; their old lines are kept aside, not lost.
+        let aside = dir.join("metrics.discarded.jsonl");
+        let mut text = String::new();
+        for l in &dropped {
+            text.push_str(&serde_json::to_string(l)?);
+            text.push('\n');
+        }
+        std::fs::OpenOptions::new().create(true).append(true).open(&aside).and_then(|mut f| f.write_all(text.as_bytes()))
+            .with_context(|| format!("keeping {} metrics lines past step {step} in {}", dropped.len(), aside.display()))?;
+        eprintln!("note: resuming at step {step}; {} metrics lines after it moved to {}", dropped.len(), aside.display());
+    }
     let mut metrics_text = String::new();
     for l in &lines {
         metrics_text.push_str(&serde_json::to_string(l)?);
@@ -299,7 +422,7 @@ pub fn run(cfg_in: &RunConfig, opts: &RunOptions) -> Result<Summary> {
         Ok(s)
     };
     write_summary(Status::Running, step, &lines, None)?;
-    let stop_after: Option<u64> = std::env::var("FPT_STOP_AFTER_STEP").ok().and_then(|v| v.parse().ok());
+    *started_summary = true;
 
     while step < steps {
         step += 1;
@@ -333,8 +456,9 @@ pub fn run(cfg_in: &RunConfig, opts: &RunOptions) -> Result<Summary> {
             eprintln!("FPT_STOP_AFTER_STEP={step}: exiting as if killed");
             std::process::exit(STOPPED_EXIT_CODE);
         }
+        let signal = crate::signals::received();
         let is_eval = step % cfg.train.eval_every == 0 || step == steps;
-        let is_checkpoint = step % cfg.train.checkpoint_every == 0 || step == steps;
+        let is_checkpoint = step % cfg.train.checkpoint_every == 0 || step == steps || signal.is_some();
         if !(step % cfg.train.log_every == 0 || is_eval || is_checkpoint) {
             continue;
         }
@@ -373,6 +497,11 @@ pub fn run(cfg_in: &RunConfig, opts: &RunOptions) -> Result<Summary> {
         window_time = 0.0;
         if is_checkpoint {
             run_checkpoint::save(dir, &adam, CheckpointMeta { step, wall_s: wall0 + start.elapsed().as_secs_f64() })?;
+            if let Some(signal) = signal.filter(|_| step < steps) {
+                bar.abandon();
+                write_summary(Status::Interrupted, step, &lines, None)?;
+                return Err(Interrupted { signal, step, dir: dir.clone() }.into());
+            }
             write_summary(Status::Running, step, &lines, None)?;
         }
     }

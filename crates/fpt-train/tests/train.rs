@@ -249,21 +249,23 @@ fn bit_memory_pretraining_round_trips_through_transformers() {
     Tensor::write_safetensors(&[("inputs_embeds", Tensor::randn([2, 7, 32], (tch::Kind::Float, Device::Cpu)))], &inputs).unwrap();
     let ours = dir.join("ours.safetensors");
     ok(&fpt(&["forward", "--model", out.to_str().unwrap(), "--inputs", inputs.to_str().unwrap(), "--out", ours.to_str().unwrap()], &[]));
+    // transformers' fp32 and fp64 results and fp32 noise on the same inputs (the fixture
+    // script's helper), and the parity rule of fpt_model::tolerance.
     let script = format!(
-        "import torch\nfrom safetensors.torch import load_file\nfrom transformers import GPT2Model\n\
+        "import sys, torch\nsys.path.insert(0, {refdir:?})\nfrom make_gpt2_fixtures import float64_outputs\n\
+         from safetensors.torch import load_file, save_file\nfrom transformers import GPT2Model\n\
          m, info = GPT2Model.from_pretrained({out:?}, output_loading_info=True, attn_implementation='eager')\n\
          assert not info['missing_keys'] and not info['unexpected_keys'] and not info['mismatched_keys'], info\n\
          m.eval()\nx = load_file({inp:?})['inputs_embeds']\n\
-         with torch.no_grad(): y = m(inputs_embeds=x).last_hidden_state\n\
-         print((y - load_file({ours:?})['last_hidden_state']).abs().max().item())",
+         save_file(float64_outputs(m, x, torch.randn(x.shape[0], x.shape[1], m.config.n_embd), attentions=False), {refs:?})",
+        refdir = common::workspace_root().join("crates/fpt-model/tests/reference").to_str().unwrap(),
         out = out.to_str().unwrap(),
         inp = inputs.to_str().unwrap(),
-        ours = ours.to_str().unwrap()
+        refs = dir.join("reference.safetensors").to_str().unwrap(),
     );
     let py = Command::new(common::venv_python()).args(["-c", &script]).output().unwrap();
     assert!(py.status.success(), "{}", String::from_utf8_lossy(&py.stderr));
-    let diff: f64 = String::from_utf8_lossy(&py.stdout).trim().parse().unwrap();
-    assert!(diff < 1e-5, "transformers and fpt differ by {diff} on the pretrained checkpoint");
+    common::assert_parity("pretrained export", &common::read_tensor(&ours, "last_hidden_state"), &dir.join("reference.safetensors"), "last_hidden_state");
 
     // And a run can start from it.
     let text = XOR

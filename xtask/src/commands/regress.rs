@@ -10,7 +10,7 @@
 //! produced_by = "cargo xtask regress on the 2-core build machine, 2026-11-27: 1.0000"
 //! ```
 
-use crate::commands::reproduce::{run_cells, GridRun};
+use crate::commands::reproduce::{run_cells, GridRun, Stop};
 use crate::commands::setup;
 use crate::grid::{self, Grid};
 use crate::results::read_summary;
@@ -63,9 +63,13 @@ pub fn regress(grid_path: &Path, runs_root: &Path, fpt: &Path) -> Result<Vec<Row
     // Always from scratch: stale runs must not hide a regression.
     let _ = std::fs::remove_dir_all(&runs_dir);
     let run = GridRun { runs_dir: runs_dir.clone(), fpt: fpt.to_path_buf(), devices: vec!["cpu".into()], extra_env: Vec::new() };
-    let (_, failures) = run_cells(&run, &grid.cells);
-    for f in &failures {
+    // No signal handling here: a stopped regress is simply rerun from scratch.
+    let outcome = run_cells(&run, &grid.cells, &Stop::new(0));
+    for f in &outcome.failures {
         eprintln!("regress: {f}");
+    }
+    for cell in &outcome.held {
+        eprintln!("regress: {cell} is being trained by another process; it counts as failed here");
     }
     Ok(expected
         .into_iter()

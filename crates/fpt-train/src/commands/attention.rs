@@ -47,7 +47,7 @@ pub fn run_cli(args: &Args) -> Result<()> {
     }
     let (_vs, model, trainable) = build_model(&cfg, task.as_ref(), device)?;
     let mut adam = Adam::new(Default::default(), trainable);
-    run_checkpoint::load(&args.run, &mut adam).with_context(|| format!("{} has no usable checkpoint", args.run.display()))?;
+    run_checkpoint::load(&args.run, &mut adam, cfg.train.steps).with_context(|| format!("{} has no usable checkpoint", args.run.display()))?;
     let batch = assemble(task.as_ref(), split, &[args.example], false, cfg.seed, 0, device);
     let (maps, logits) = tch::no_grad(|| -> Result<(Vec<Tensor>, Tensor)> { Ok((model.attention_maps(&batch.x)?, model.forward(&batch.x, false)?)) })?;
     let spec = task.spec();

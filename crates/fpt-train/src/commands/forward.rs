@@ -28,6 +28,15 @@ pub fn run(args: &Args) -> Result<()> {
     let (_vs, model) = fpt_model::load_backbone_dir(&args.model, device)?;
     let hidden = tch::no_grad(|| model.forward_embeds(&inputs.to_device(device), false))
         .with_context(|| format!("{}: inputs_embeds does not fit the model", args.inputs.display()))?;
+    // Finite weights and a valid config give finite outputs; anything else is not a result.
+    let non_finite = hidden.isfinite().logical_not().sum(tch::Kind::Int64).int64_value(&[]);
+    if non_finite > 0 {
+        anyhow::bail!(
+            "{}: last_hidden_state has {non_finite} non-finite values (NaN or inf) for the inputs in {}; nothing written",
+            args.model.display(),
+            args.inputs.display()
+        );
+    }
     write_f32(&args.out, "last_hidden_state", &hidden)?;
     eprintln!("wrote last_hidden_state {:?} to {}", hidden.size(), args.out.display());
     Ok(())

@@ -61,6 +61,7 @@ pub fn run_cli(args: &Args) -> Result<()> {
     let cfg: RunConfig = toml::Value::Table(table).try_into().context("--set gave an invalid pretraining config")?;
     cfg.validate()?;
     let run_dir = args.out.join("run");
+    crate::signals::install()?;
     let summary = trainer::run(&cfg, &RunOptions { out: run_dir.clone(), device, resume: true })?;
     if summary.status != Status::Completed {
         bail!("pretraining in {} did not complete", run_dir.display());
@@ -84,7 +85,7 @@ pub fn export_backbone(run_dir: &Path, out: &Path) -> Result<()> {
     // then restores every trained tensor.
     let (vs, _model, trainable) = build_model(&cfg, task.as_ref(), tch::Device::Cpu)?;
     let mut adam = crate::adam::Adam::new(Default::default(), trainable);
-    run_checkpoint::load(run_dir, &mut adam)?;
+    run_checkpoint::load(run_dir, &mut adam, cfg.train.steps)?;
     let backbone = trainer::backbone_for(&cfg)?;
     let BackboneConfig::Gpt2(gpt2) = &backbone.config else {
         bail!("export writes GPT-2 directories; this run's backbone is {}", backbone.config.model_type());

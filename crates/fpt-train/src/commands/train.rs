@@ -28,6 +28,7 @@ pub struct Args {
 
 pub fn run_cli(args: &Args) -> Result<()> {
     let device = parse_device(&args.device)?;
+    crate::signals::install()?;
     let cfg = RunConfig::load(&args.config, &args.set)?;
     let out = args.out.clone().unwrap_or_else(|| {
         PathBuf::from("runs").join(args.config.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "run".into()))
