@@ -105,6 +105,9 @@ impl FptConfig {
         if !(0.0..1.0).contains(&self.dropout) {
             bail!("dropout is {}; it must be in [0, 1)", self.dropout);
         }
+        if !(self.orth_gain.is_finite() && self.orth_gain > 0.0) {
+            bail!("orth_gain is {}; it must be a positive finite number (the reference uses 1.41)", self.orth_gain);
+        }
         Ok(())
     }
 }

@@ -225,8 +225,8 @@ impl RunConfig {
         if t.log_every == 0 || t.eval_every == 0 || t.checkpoint_every == 0 {
             bail!("train.log_every, train.eval_every and train.checkpoint_every must be positive");
         }
-        if !(t.lr > 0.0) || !(t.eps > 0.0) || t.betas.iter().any(|b| !(0.0..1.0).contains(b)) {
-            bail!("train.lr and train.eps must be positive and train.betas in [0, 1)");
+        if !(t.lr > 0.0 && t.lr.is_finite()) || !(t.eps > 0.0 && t.eps.is_finite()) || t.betas.iter().any(|b| !(0.0..1.0).contains(b)) {
+            bail!("train.lr ({}) and train.eps ({}) must be positive finite numbers and train.betas ({:?}) in [0, 1)", t.lr, t.eps, t.betas);
         }
         if !(t.grad_clip > 0.0) {
             bail!("train.grad_clip must be positive");

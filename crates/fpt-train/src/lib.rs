@@ -6,6 +6,7 @@ pub mod backbone;
 pub mod commands;
 pub mod config;
 pub mod device;
+pub mod oom;
 pub mod run_checkpoint;
 pub mod signals;
 pub mod tensor_io;

@@ -36,7 +36,12 @@ fn main() {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = Cli::parse();
-    let result = match &cli.command {
+    fpt_train::oom::quiet_hook();
+    finish(fpt_train::oom::catch(|| run(&cli)))
+}
+
+fn run(cli: &Cli) -> anyhow::Result<()> {
+    match &cli.command {
         Command::Params(args) => commands::params::run(args),
         Command::Forward(args) => commands::forward::run(args),
         Command::Data(cmd) => commands::data::run(cmd),
@@ -44,7 +49,10 @@ fn main() {
         Command::Pretrain(args) => commands::pretrain::run_cli(args),
         Command::Attention(args) => commands::attention::run_cli(args),
         Command::Bench(args) => commands::bench::run(args),
-    };
+    }
+}
+
+fn finish(result: anyhow::Result<()>) {
     if let Err(err) = result {
         if let Some(interrupted) = err.downcast_ref::<fpt_train::trainer::Interrupted>() {
             eprintln!("fpt: {interrupted}");

@@ -325,7 +325,7 @@ pub fn run(cfg_in: &RunConfig, opts: &RunOptions) -> Result<Summary> {
     let _lock = lock_run_dir(dir)?;
     let stop_after = stop_after_step()?;
     let mut started = false;
-    let result = train(cfg_in, opts, stop_after, &mut started);
+    let result = crate::oom::catch(|| train(cfg_in, opts, stop_after, &mut started));
     if let Err(e) = &result {
         if started && e.downcast_ref::<Interrupted>().is_none() {
             mark_failed(dir, e);

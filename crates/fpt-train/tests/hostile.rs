@@ -218,6 +218,14 @@ fn bad_values_and_failed_writes_are_reported_where_they_are() {
     fails_with(&out, &["wte.weight", "available"]);
     let out = fpt(&["params", "--model", "gpt2", "--input-dim", "48", "--tokens", "64", "--classes", "100000000000"], &[]);
     fails_with(&out, &["output_layer.proj.weight", "available"]);
+    // Running out of memory inside a computation (tch unwraps libtorch's error there): an error.
+    let out = fpt(&["bench", "--tokens", "100000000", "--dim", "1", "--batch", "100000"], &[]);
+    fails_with(&out, &["out of memory: you tried to allocate", "reduce the batch size"]);
+    // Values that would train on NaN from step 1 are refused up front.
+    let out = train(&cfg, &dir.join("f"), &["--set", "model.orth_gain=nan"], &[]);
+    fails_with(&out, &["orth_gain is NaN"]);
+    let out = train(&cfg, &dir.join("g"), &["--set", "train.lr=inf"], &[]);
+    fails_with(&out, &["--set train.lr=inf", "positive finite"]);
 
     // A write that fails at the first checkpoint (a directory where the temp file goes, as a
     // full disk would refuse it): the run is marked failed with the error.
