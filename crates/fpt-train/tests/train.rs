@@ -252,7 +252,7 @@ fn bit_memory_pretraining_round_trips_through_transformers() {
     // transformers' fp32 and fp64 results and fp32 noise on the same inputs (the fixture
     // script's helper), and the parity rule of fpt_model::tolerance.
     let script = format!(
-        "import sys, torch\nsys.path.insert(0, {refdir:?})\nfrom make_gpt2_fixtures import float64_outputs\n\
+        "import sys, torch\nsys.path.insert(0, {refdir:?})\nfrom float64_reference import float64_outputs\n\
          from safetensors.torch import load_file, save_file\nfrom transformers import GPT2Model\n\
          m, info = GPT2Model.from_pretrained({out:?}, output_loading_info=True, attn_implementation='eager')\n\
          assert not info['missing_keys'] and not info['unexpected_keys'] and not info['mismatched_keys'], info\n\

@@ -16,13 +16,15 @@ Every parameter is perturbed away from HF's init (biases and layer norms too), s
 that fails to load changes the output. Nothing here is committed; tests run it each time.
 """
 import json
-import copy
 import sys
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model
+
+sys.path.insert(0, str(Path(__file__).parent))
+from float64_reference import float64_outputs  # noqa: E402
 
 # name: (layers, width, heads, n_inner, activation, eps, n_positions, batch, seq, layout)
 CASES = {
@@ -35,37 +37,6 @@ CASES = {
     "single1x30": (1, 30, 1, None, "gelu_new", 1e-5, 8, 1, 1, "plain"),
 }
 
-
-def float64_outputs(model, x, r, attentions: bool) -> dict:
-    """The truth and the rounding noise that `fpt_model::tolerance` measures our fp32 against.
-
-    `*_f64`: last_hidden_state, grad_inputs (and attentions) of a float64 copy of `model` on
-    the same inputs and cotangent. `*_noise`: the largest distance from that truth of the
-    reference's own fp32 results over an ensemble: the inputs as given, and three copies
-    perturbed by one unit of fp32 roundoff (relative 2^-24, random), which is what rounding the
-    same values in another order does. A single fp32 result's max error is a noisy statistic
-    (real weights amplify some elements: MiniLM's varies 10x between such draws); the
-    ensemble's max is its upper tail on this machine's kernels."""
-    m64 = copy.deepcopy(model).double().eval()
-
-    def evaluate(m, xin, dtype):
-        xx = xin.detach().to(dtype).requires_grad_(True)
-        y = m(inputs_embeds=xx).last_hidden_state
-        (y * r.to(dtype)).sum().backward()
-        out = {"last_hidden_state": y.detach(), "grad_inputs": xx.grad}
-        if attentions:
-            with torch.no_grad():
-                out["attentions"] = torch.stack(m(inputs_embeds=xx.detach(), output_attentions=True).attentions)
-        return {k: v.double().contiguous() for k, v in out.items()}
-
-    truth = evaluate(m64, x, torch.float64)
-    noise = {k: torch.zeros((), dtype=torch.float64) for k in truth}
-    gen = torch.Generator().manual_seed(1234)
-    for i in range(4):
-        xi = x if i == 0 else x * (1 + 2.0**-24 * torch.randn(x.shape, generator=gen))
-        for k, v in evaluate(model, xi, torch.float32).items():
-            noise[k] = torch.maximum(noise[k], (v - truth[k]).abs().max())
-    return {**{f"{k}_f64": v for k, v in truth.items()}, **{f"{k}_noise": v for k, v in noise.items()}}
 
 def make(out: Path, name: str, seed: int) -> dict:
     layers, width, heads, inner, act, eps, npos, batch, seq, layout = CASES[name]
