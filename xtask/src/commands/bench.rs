@@ -277,7 +277,7 @@ pub fn targets(r: &Report) -> Vec<Target> {
 
 pub fn render(r: &Report) -> String {
     let mut s = format!(
-        "{} · {} threads · device {} · GPT-2 small shape, {} layers, batch 16 · best of {} rounds of {} timed steps\nlibtorch matmul peak (square 1024–4096, best of 6 each): fp32 {:.0} GFLOP/s, bf16 {:.0} GFLOP/s\n\n",
+        "{} · {} threads · device {} · GPT-2 small shape, {} layers, batch 16 · best of {} rounds of {} timed steps\nlibtorch matmul peak (square 1024–4096, best of up to 6 each within 3 s): fp32 {:.0} GFLOP/s, bf16 {:.0} GFLOP/s\n\n",
         r.machine, r.threads, r.device, r.layers, r.rounds, r.steps, r.matmul_fp32_gflops, r.matmul_bf16_gflops
     );
     s.push_str(&format!("{:<8} {:<9} {:<12} {:>10} {:>9} {:>12} {:>9} {:>7}\n", "shape", "precision", "impl", "samples/s", "ms/step", "peak RSS MB", "GFLOP/s", "% peak"));

@@ -116,18 +116,42 @@ pub fn step_flops(batch: i64, tokens: i64, dim: i64, classes: i64, layers: i64, 
     forward + (forward - attn_total) + 2.0 * attn_total + io
 }
 
-fn matmul_gflops(size: i64, kind: Kind, device: Device) -> f64 {
+/// Seconds one size of the peak measurement may take; without native bf16 (a capped or older
+/// CPU) a bf16 GEMM is emulated and 6 × 4096³ would take many minutes.
+const PEAK_BUDGET_S: f64 = 3.0;
+
+/// Best GFLOP/s of up to 6 `size`² matmuls within the budget (at least one), and that best
+/// time, which tells whether the next size (8× the work) fits the budget.
+fn matmul_gflops(size: i64, kind: Kind, device: Device) -> (f64, f64) {
     let a = Tensor::randn([size, size], (kind, device));
     let b = Tensor::randn([size, size], (kind, device));
-    let mut best = f64::INFINITY;
+    let (mut best, started) = (f64::INFINITY, Instant::now());
     for _ in 0..6 {
         sync(device);
         let t0 = Instant::now();
         let _c = a.matmul(&b);
         sync(device);
         best = best.min(t0.elapsed().as_secs_f64());
+        if started.elapsed().as_secs_f64() > PEAK_BUDGET_S {
+            break;
+        }
     }
-    2.0 * (size as f64).powi(3) / best / 1e9
+    (2.0 * (size as f64).powi(3) / best / 1e9, best)
+}
+
+/// The peak over square sizes 1024, 2048, 4096, stopping before a size whose one product
+/// would exceed the budget; returns the GFLOP/s and the sizes measured.
+fn matmul_peak(kind: Kind, device: Device) -> (f64, Vec<i64>) {
+    let (mut peak, mut measured) = (0.0f64, Vec::new());
+    for size in [1024, 2048, 4096] {
+        let (gflops, seconds) = matmul_gflops(size, kind, device);
+        peak = peak.max(gflops);
+        measured.push(size);
+        if 8.0 * seconds > PEAK_BUDGET_S {
+            break;
+        }
+    }
+    (peak, measured)
 }
 
 fn load_init(path: &PathBuf, vs: &nn::VarStore) -> Result<(Tensor, Tensor)> {
@@ -157,10 +181,11 @@ pub fn run(args: &Args) -> Result<()> {
     let threads = tch::get_num_threads();
     if args.matmul {
         // The peak: the best of three square sizes (small ones underuse the cores, and which
-        // size is best depends on the machine).
-        let sizes = [1024, 2048, 4096];
-        let best = |kind: Kind| sizes.iter().map(|&n| matmul_gflops(n, kind, device)).fold(0.0, f64::max);
-        let report = MatmulReport { device: format!("{device:?}"), threads, sizes: sizes.to_vec(), fp32_gflops: best(Kind::Float), bf16_gflops: best(Kind::BFloat16) };
+        // size is best depends on the machine), each within a time budget.
+        let (fp32_gflops, fp32_sizes) = matmul_peak(Kind::Float, device);
+        let (bf16_gflops, bf16_sizes) = matmul_peak(Kind::BFloat16, device);
+        let sizes = if fp32_sizes.len() >= bf16_sizes.len() { fp32_sizes } else { bf16_sizes };
+        let report = MatmulReport { device: format!("{device:?}"), threads, sizes, fp32_gflops, bf16_gflops };
         println!("{}", serde_json::to_string(&report)?);
         return Ok(());
     }
