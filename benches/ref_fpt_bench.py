@@ -1,8 +1,8 @@
 """The PyTorch reference FPT train step, built the way the paper's code builds it: Hugging Face
 `GPT2Model` with random init, every parameter frozen except layer norms and position
 embeddings, a linear input layer (orthogonal init, gain 1.41) and a linear output layer on the
-last token, Adam, gradient clipping at 1.0. Based on ../shared/bench/ref_fpt_bench.py (same
-model, same step), with what `cargo xtask bench` needs on top: one JSON line of results,
+last token, Adam, gradient clipping at 1.0. It builds the model and step as the
+authors' `fpt.py` and `trainer.py` do (github.com/kzl/universal-computation), with what `cargo xtask bench` needs on top: one JSON line of results,
 the dropout as an option, the initial weights and batch saved for `fpt bench --init` (loss
 curves compared step by step), and the losses of every step.
 
