@@ -1,4 +1,4 @@
-//! `fpt data check` and `fpt data generate-listops` end to end: real Fashion-MNIST, generated
+//! `fpt data check` and `fpt data generate-listops` end to end: real MNIST and Fashion-MNIST, generated
 //! ListOps, and corrupt inputs (exit 1, one line naming the file).
 
 use std::path::{Path, PathBuf};
@@ -37,6 +37,32 @@ fn checks_real_fashion_mnist() {
     assert!(text.contains("train: 60000 examples"), "{text}");
     assert!(text.contains("test: 10000 examples"), "{text}");
     assert!(text.contains("per class: 0:1000 1:1000 2:1000"), "{text}");
+    assert!(text.trim_end().ends_with("ok"));
+}
+
+/// Real MNIST as `cargo xtask setup` places it (datasets/mnist, or $FPT_DATA_DIR/mnist): MNIST's
+/// split sizes and per-class counts, read through the default data path from the workspace.
+#[test]
+fn checks_real_mnist() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let data = std::env::var_os("FPT_DATA_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("datasets"));
+    assert!(
+        data.join("mnist/t10k-labels-idx1-ubyte").is_file(),
+        "{} has no MNIST: run `cargo xtask setup` (or `cargo xtask data fetch mnist`)",
+        data.join("mnist").display()
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_fpt"))
+        .args(["data", "check", "--task", "mnist"])
+        .current_dir(&root)
+        .env_clear()
+        .envs(std::env::var_os("FPT_DATA_DIR").map(|d| ("FPT_DATA_DIR", d)))
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("train: 60000 examples") && text.contains("test: 10000 examples"), "{text}");
+    assert!(text.contains("per class: 0:5923 1:6742 2:5958 3:6131 4:5842 5:5421 6:5918 7:6265 8:5851 9:5949"), "{text}");
+    assert!(text.contains("per class: 0:980 1:1135 2:1032 3:1010 4:982 5:892 6:958 7:1028 8:974 9:1009"), "{text}");
     assert!(text.trim_end().ends_with("ok"));
 }
 

