@@ -3,7 +3,10 @@
 //! `~/.cache/huggingface/hub`, the layout Python fills: `models--{org}--{name}/refs/main` →
 //! `snapshots/{revision}/…`) and downloaded into it with `hf-hub` when the machine is online.
 //! GPT-2 preset names double as hub ids (`gpt2`, `gpt2-medium`, …): with `init = "random"` only
-//! their shape is needed, so nothing is downloaded.
+//! their shape is needed, so nothing is downloaded. The hub now serves them as
+//! `openai-community/gpt2` and so on and answers the old ids with a redirect, which `hf-hub` 0.4
+//! does not follow for renamed repositories (its issue #103), so the old names are mapped to the
+//! canonical ids; a cache that Python filled under either name is found.
 
 use crate::config::{Init, ModelConfig};
 use anyhow::{bail, Context, Result};
@@ -37,6 +40,23 @@ pub fn cached_snapshot(cache: &Path, repo_id: &str) -> Option<PathBuf> {
     let revision = std::fs::read_to_string(repo.join("refs/main")).ok()?;
     let snapshot = repo.join("snapshots").join(revision.trim());
     snapshot.join("config.json").is_file().then_some(snapshot)
+}
+
+/// Hub ids the hub serves under a new name: (old, canonical).
+pub const RENAMED_HUB_IDS: [(&str, &str); 5] = [
+    ("gpt2", "openai-community/gpt2"),
+    ("gpt2-medium", "openai-community/gpt2-medium"),
+    ("gpt2-large", "openai-community/gpt2-large"),
+    ("gpt2-xl", "openai-community/gpt2-xl"),
+    ("distilgpt2", "distilbert/distilgpt2"),
+];
+
+/// The canonical hub id of `name` (itself unless it is an old name), and its old name if any.
+pub fn canonical_hub_id(name: &str) -> (&str, Option<&str>) {
+    match RENAMED_HUB_IDS.iter().find(|(old, new)| *old == name || *new == name) {
+        Some((old, new)) => (new, Some(old)),
+        None => (name, None),
+    }
 }
 
 fn looks_like_hub_id(name: &str) -> bool {
@@ -128,8 +148,10 @@ pub fn resolve(model: &ModelConfig) -> Result<ResolvedBackbone> {
         let config = BackboneConfig::from_json_file(&dir.join("config.json")).context("model.init = \"checkpoint:…\"")?;
         return Ok(ResolvedBackbone { config, weights: Some(dir.clone()), source: format!("checkpoint {}", dir.display()) });
     }
+    let (canonical, old_name) = canonical_hub_id(name);
     if model.init == Init::Random {
-        if let Ok(config) = Gpt2Config::preset(name) {
+        // A preset by its old or canonical name: the shape is all a random init needs.
+        if let Ok(config) = Gpt2Config::preset(old_name.unwrap_or(name)) {
             return Ok(ResolvedBackbone { config: config.into(), weights: None, source: format!("preset {name} (shape only)") });
         }
     }
@@ -137,7 +159,9 @@ pub fn resolve(model: &ModelConfig) -> Result<ResolvedBackbone> {
         bail!("model.backbone {name:?} is not a directory, a GPT-2 preset or a Hugging Face hub id");
     }
     let cache = hub_cache();
-    let snapshot = match cached_snapshot(&cache, name) {
+    let cached = cached_snapshot(&cache, canonical).or_else(|| old_name.and_then(|old| cached_snapshot(&cache, old)));
+    let name = canonical;
+    let snapshot = match cached {
         Some(s) => s,
         None => match download(&cache, name) {
             Ok(s) => s,
@@ -157,6 +181,17 @@ pub fn resolve(model: &ModelConfig) -> Result<ResolvedBackbone> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn old_gpt2_ids_map_to_their_canonical_names() {
+        assert_eq!(canonical_hub_id("gpt2"), ("openai-community/gpt2", Some("gpt2")));
+        assert_eq!(canonical_hub_id("openai-community/gpt2-xl"), ("openai-community/gpt2-xl", Some("gpt2-xl")));
+        assert_eq!(canonical_hub_id("someone/model"), ("someone/model", None));
+        // Every old name is a preset (random init needs no download under either name).
+        for (old, _) in RENAMED_HUB_IDS.iter().filter(|(o, _)| o.starts_with("gpt2")) {
+            assert!(Gpt2Config::preset(old).is_ok(), "{old}");
+        }
+    }
 
     #[test]
     fn hub_ids_are_recognised() {

@@ -219,6 +219,21 @@ fn backbones_resolve_through_the_hugging_face_cache() {
     let source = &tensors.iter().find(|(n, _)| n == "wpe.weight").unwrap().1;
     assert!(wpe.allclose(source, 1e-5, 1e-5, false), "wpe was not loaded from the cache");
 
+    // The old id "gpt2" finds the canonical "openai-community/gpt2" as Python caches it now
+    // (the hub redirects the old id, which hf-hub does not follow), and the old cache layout too.
+    for cached_as in ["openai-community/gpt2", "gpt2"] {
+        let home = dir.join(format!("hf-{}", cached_as.replace('/', "-")));
+        let (snapshot, _) = tiny_hub_cache(&home, cached_as);
+        let text = text.replace("fpt-test/tiny-gpt2", "gpt2");
+        let config = write_config(&dir, &text);
+        let out = dir.join(format!("run-{}", cached_as.replace('/', "-")));
+        let env = [("HF_HOME", home.to_str().unwrap()), ("HF_ENDPOINT", "http://127.0.0.1:9")];
+        // Downloads fail here (HF_ENDPOINT is a closed port): completing means the cache was used.
+        ok(&train(&config, &out, &[], &env));
+        assert_eq!(read_summary(&out).unwrap().status, Status::Completed, "{cached_as}");
+        assert!(snapshot.join("config.json").is_file());
+    }
+
     // Absent from the cache and no way to download: one line saying what to fetch and where.
     let missing = write_config(&dir, &text.replace("fpt-test/tiny-gpt2", "fpt-test/absent"));
     let res = train(&missing, &dir.join("absent"), &[], &env);
