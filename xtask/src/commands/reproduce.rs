@@ -23,6 +23,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// `fpt train`'s exit status when another process holds the run directory's lock (EX_CANTCREAT).
+/// Mirrors `fpt_train::trainer::IN_USE_EXIT_CODE` (xtask links no libtorch, so it cannot import
+/// it); `fpt-train/tests/hostile.rs` pins fpt's side, the tests here this side.
 pub const HELD_EXIT_CODE: i32 = 73;
 /// `fpt train`'s exit status after SIGTERM, once it has written its checkpoint (128 + 15).
 pub const INTERRUPTED_EXIT_CODE: i32 = 143;
