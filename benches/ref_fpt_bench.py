@@ -1,6 +1,7 @@
 """The PyTorch reference FPT train step, built the way the paper's code builds it: Hugging Face
 `GPT2Model` with random init, every parameter frozen except layer norms and position
-embeddings, a linear input layer (orthogonal init, gain 1.41) and a linear output layer on the
+embeddings, a linear input layer (orthogonal init, gain 1.41) followed by dropout (the authors'
+`in_net`), and a linear output layer on the
 last token, Adam, gradient clipping at 1.0. It builds the model and step as the
 authors' `fpt.py` and `trainer.py` do (github.com/kzl/universal-computation), with what `cargo xtask bench` needs on top: one JSON line of results,
 the dropout as an option, the initial weights and batch saved for `fpt bench --init` (loss
@@ -47,6 +48,7 @@ for name, prm in gpt.named_parameters():
 inp = nn.Linear(a.dim, cfg.n_embd)
 nn.init.orthogonal_(inp.weight, gain=1.41)
 inp.bias.data.zero_()
+in_drop = nn.Dropout(a.dropout)
 out = nn.Linear(cfg.n_embd, a.classes)
 x = torch.randn(a.batch, a.tokens, a.dim)
 y = torch.randint(0, a.classes, (a.batch,))
@@ -77,7 +79,7 @@ def sync():
 
 def step():
     with ctx():
-        h = gpt(inputs_embeds=inp(x)).last_hidden_state[:, -1]
+        h = gpt(inputs_embeds=in_drop(inp(x))).last_hidden_state[:, -1]
         loss = nn.functional.cross_entropy(out(h).float(), y)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -31,6 +31,8 @@ enum Command {
     Regress(commands::regress::Args),
     /// Our FPT train step against the PyTorch reference, same machine and threads, as ratios.
     Bench(commands::bench::Args),
+    /// Train the same recipes with `fpt train` and the authors' PyTorch code; compare accuracy.
+    Fidelity(commands::fidelity::Args),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +43,7 @@ fn main() -> ExitCode {
         Command::Data(cmd) => commands::data::run(&cmd),
         Command::Regress(args) => commands::regress::run(&args),
         Command::Bench(args) => commands::bench::run(&args),
+        Command::Fidelity(args) => commands::fidelity::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

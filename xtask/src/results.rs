@@ -1,5 +1,6 @@
 //! Results of a grid: `results/<grid>.md` (mean ± std over seeds per cell group, the paper's
-//! number and the difference, steps-to-target) and a learning-curve PNG per task.
+//! number and the difference, steps-to-target, the examples evaluated, and notes on what each
+//! task's data pipeline dropped, truncated or skipped) and a learning-curve PNG per task.
 
 use crate::grid::{Cell, Grid};
 use anyhow::{Context, Result};
@@ -15,6 +16,96 @@ pub struct Summary {
     pub steps_to_target: Option<u64>,
     pub total_time_s: f64,
     pub trainable_params: i64,
+    /// What the run's data pipeline dropped, truncated or skipped (fpt_train's `DataReport`;
+    /// absent in summaries written before it existed).
+    #[serde(default)]
+    pub data: Option<DataReport>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct DataReport {
+    #[serde(default)]
+    pub splits: Vec<SplitCounts>,
+    #[serde(default)]
+    pub padding: String,
+    #[serde(default)]
+    pub eval_split: String,
+    #[serde(default)]
+    pub eval_examples: u64,
+    #[serde(default)]
+    pub eval_skipped: Skipped,
+    #[serde(default)]
+    pub train_skipped: Skipped,
+    #[serde(default = "one")]
+    pub accuracy_scale: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct SplitCounts {
+    pub split: String,
+    pub source: u64,
+    pub kept: u64,
+    #[serde(default)]
+    pub dropped: u64,
+    #[serde(default)]
+    pub truncated: u64,
+    #[serde(default)]
+    pub over_limit: u64,
+    #[serde(default)]
+    pub rule: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+pub struct Skipped {
+    pub batches: u64,
+    pub examples: u64,
+}
+
+impl DataReport {
+    /// The table cell: examples evaluated, of how many in the evaluation split's source.
+    fn eval_cell(&self) -> String {
+        let source = self.splits.iter().find(|c| c.split == self.eval_split).map(|c| c.source);
+        match source {
+            Some(n) if n != self.eval_examples => format!("{} of {n} ({})", self.eval_examples, self.eval_split),
+            _ => format!("{} ({})", self.eval_examples, self.eval_split),
+        }
+    }
+
+    /// One line on what the pipeline did to every split, or `None` when it kept everything.
+    fn note(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        for c in &self.splits {
+            let mut what = Vec::new();
+            for (n, verb) in [(c.dropped, "dropped"), (c.truncated, "truncated"), (c.over_limit, "kept over the limit")] {
+                if n > 0 {
+                    what.push(format!("{n} {verb}"));
+                }
+            }
+            if !what.is_empty() {
+                parts.push(format!("{} {} of {} kept, {} ({})", c.split, c.kept, c.source, what.join(", "), c.rule));
+            }
+        }
+        if self.eval_skipped.batches > 0 {
+            parts.push(format!(
+                "evaluation skipped {} batches ({} examples) holding an over-long example",
+                self.eval_skipped.batches, self.eval_skipped.examples
+            ));
+        }
+        if self.train_skipped.batches > 0 {
+            parts.push(format!("training skipped {} batches ({} examples)", self.train_skipped.batches, self.train_skipped.examples));
+        }
+        if self.accuracy_scale != 1.0 {
+            parts.push(format!("accuracy reported × {} (the reference's correction for what it skipped)", self.accuracy_scale));
+        }
+        if parts.is_empty() {
+            return None;
+        }
+        Some(format!("evaluated on {}, padding {}: {}", self.eval_split, self.padding, parts.join("; ")))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -80,14 +171,17 @@ pub fn write(grid: &Grid, runs: &Path, results: &Path, paper: &toml::Table, comm
     }
     let mut md = String::new();
     writeln!(md, "# Results: grid `{}`\n", grid.name)?;
-    writeln!(md, "Made by `{command}`; run directories under `{}/`. Accuracy is test accuracy on the", shown_runs.display())?;
-    writeln!(md, "whole evaluation split at the last step, in percent: mean ± sample std over the seeds that")?;
-    writeln!(md, "completed (n). \"paper\" is the paper's number for the same row and task")?;
+    writeln!(md, "Made by `{command}`; run directories under `{}/`. Accuracy is the accuracy on the", shown_runs.display())?;
+    writeln!(md, "evaluation split (`train.eval_split`) at the last step, in percent: mean ± sample std over the")?;
+    writeln!(md, "seeds that completed (n); \"eval examples\" says how many examples that is (of how many the")?;
+    writeln!(md, "split's file holds), and the notes under the table what was dropped, truncated or skipped.")?;
+    writeln!(md, "\"paper\" is the paper's number for the same row and task")?;
     writeln!(md, "(`experiments/paper_results.toml`); Δ = ours − paper. Steps to target: first evaluated step")?;
     writeln!(md, "whose accuracy reached the cell's `train.target_accuracy` (paper Table 6), mean over seeds that")?;
     writeln!(md, "reached it.\n")?;
-    writeln!(md, "| task | cell group | n | accuracy % | paper % | Δ | steps to target | trainable params | time (s) |")?;
-    writeln!(md, "|---|---|---|---|---|---|---|---|---|")?;
+    writeln!(md, "| task | cell group | n | accuracy % | paper % | Δ | eval examples | steps to target | trainable params | time (s) |")?;
+    writeln!(md, "|---|---|---|---|---|---|---|---|---|---|")?;
+    let mut notes: Vec<(String, String)> = Vec::new();
     for key in &order {
         let cells = &groups[key];
         let done: Vec<(&Cell, Summary)> = cells
@@ -110,7 +204,20 @@ pub fn write(grid: &Grid, runs: &Path, results: &Path, paper: &toml::Table, comm
         let steps = if reached.is_empty() { "—".to_string() } else { format!("{:.0} ({}/{})", mean_std(&reached).0, reached.len(), done.len()) };
         let params = done.first().map(|(_, s)| s.trainable_params.to_string()).unwrap_or_else(|| "—".into());
         let time: f64 = done.iter().map(|(_, s)| s.total_time_s).sum::<f64>() / done.len().max(1) as f64;
-        writeln!(md, "| {} | {} | {}/{} | {acc} | {paper_s} | {delta} | {steps} | {params} | {time:.0} |", key.0, key.1, done.len(), cells.len())?;
+        let data = done.iter().find_map(|(_, s)| s.data.as_ref());
+        let evaluated = data.map(DataReport::eval_cell).unwrap_or_else(|| "—".into());
+        if let Some(note) = data.and_then(DataReport::note) {
+            if !notes.iter().any(|(t, n)| t == &key.0 && n == &note) {
+                notes.push((key.0.clone(), note));
+            }
+        }
+        writeln!(md, "| {} | {} | {}/{} | {acc} | {paper_s} | {delta} | {evaluated} | {steps} | {params} | {time:.0} |", key.0, key.1, done.len(), cells.len())?;
+    }
+    if !notes.is_empty() {
+        writeln!(md, "\nData (per task, from the runs' summary.json):\n")?;
+        for (task, note) in &notes {
+            writeln!(md, "- {task}: {note}")?;
+        }
     }
     let mut tasks: Vec<String> = order.iter().map(|k| k.0.clone()).collect();
     tasks.dedup();
@@ -214,5 +321,43 @@ mod tests {
         let (m, s) = mean_std(&[1.0, 2.0, 3.0]);
         assert!((m - 2.0).abs() < 1e-12 && (s - 1.0).abs() < 1e-12);
         assert_eq!(mean_curve(&[vec![(10, 0.5), (20, 1.0)], vec![(10, 0.7), (20, 0.8)]]), vec![(10, 0.6), (20, 0.9)]);
+    }
+
+    /// The examples each run evaluated, and what its data pipeline dropped, truncated or
+    /// skipped, reach the table (a column and notes), read from summary.json as fpt writes it;
+    /// a summary without the report still reads.
+    #[test]
+    fn data_counts_reach_the_table() {
+        let dir = std::env::temp_dir().join(format!("xtask-results-data-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let grid_text = "name = \"t\"\n[defaults.model]\nbackbone = \"gpt2\"\n[axes.task]\nlistops = { task = { name = \"listops\" } }\nhomology = { task = { name = \"remote-homology\" } }\nxor = { task = { name = \"bit-xor\" } }\n[axes.seed]\ns0 = { seed = 0 }\n";
+        let grid = crate::grid::parse(grid_text, Path::new("t.toml")).unwrap();
+        let summary = |data: &str| format!(
+            "{{\"status\": \"completed\", \"final_eval_acc\": 0.5, \"steps_to_target\": null, \"total_time_s\": 1.0, \"trainable_params\": 7{data}}}"
+        );
+        let listops = r#", "data": {"splits": [
+            {"split": "train", "source": 96000, "kept": 53592, "dropped": 42408, "truncated": 0, "over_limit": 0, "rule": "longer than 1024 tokens dropped"},
+            {"split": "val", "source": 2000, "kept": 1088, "dropped": 912, "truncated": 0, "over_limit": 0, "rule": "longer than 1024 tokens dropped"},
+            {"split": "test", "source": 2000, "kept": 1132, "dropped": 868, "truncated": 0, "over_limit": 0, "rule": "longer than 1024 tokens dropped"}],
+            "padding": "masked", "eval_split": "test", "eval_examples": 1132,
+            "eval_skipped": {"batches": 0, "examples": 0}, "train_skipped": {"batches": 0, "examples": 0}, "accuracy_scale": 1.0}"#;
+        let homology = r#", "data": {"splits": [
+            {"split": "val", "source": 736, "kept": 736, "dropped": 0, "truncated": 0, "over_limit": 2, "rule": "longer than 1024 tokens kept; batches holding one are skipped"}],
+            "padding": "batch", "eval_split": "val", "eval_examples": 672,
+            "eval_skipped": {"batches": 1, "examples": 64}, "train_skipped": {"batches": 5, "examples": 80}, "accuracy_scale": 0.9739}"#;
+        for (cell, data) in [("listops__s0", listops), ("homology__s0", homology), ("xor__s0", "")] {
+            std::fs::create_dir_all(dir.join("runs").join(cell)).unwrap();
+            std::fs::write(dir.join("runs").join(cell).join("summary.json"), summary(data)).unwrap();
+        }
+        let md = write(&grid, &dir.join("runs"), &dir.join("results"), &toml::Table::new(), "test").unwrap();
+        let text = std::fs::read_to_string(md).unwrap();
+        assert!(text.contains("| listops | listops | 1/1 | 50.0 | — | — | 1132 of 2000 (test) |"), "{text}");
+        assert!(text.contains("| remote-homology | homology | 1/1 | 50.0 | — | — | 672 of 736 (val) |"), "{text}");
+        assert!(text.contains("| bit-xor | xor | 1/1 | 50.0 | — | — | — |"), "{text}");
+        assert!(text.contains("- listops: evaluated on test, padding masked: train 53592 of 96000 kept, 42408 dropped (longer than 1024 tokens dropped); val 1088 of 2000 kept, 912 dropped"), "{text}");
+        assert!(text.contains("test 1132 of 2000 kept, 868 dropped"), "{text}");
+        assert!(text.contains("- remote-homology: evaluated on val, padding batch: val 736 of 736 kept, 2 kept over the limit"), "{text}");
+        assert!(text.contains("evaluation skipped 1 batches (64 examples)") && text.contains("accuracy reported × 0.9739"), "{text}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

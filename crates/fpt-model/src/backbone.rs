@@ -54,6 +54,62 @@ impl Rows {
     }
 }
 
+/// Which query positions a layer computes (the last layer needs only the read-out's).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Queries<'a> {
+    All,
+    /// The same positions for every example.
+    Rows(Rows),
+    /// `[batch, k]` int64 positions, per example (read-outs at each example's last real token).
+    At(&'a Tensor),
+}
+
+impl Queries<'_> {
+    /// The rows of `x` `[batch, seq, width]` at these positions.
+    pub(crate) fn select(&self, x: &Tensor) -> Tensor {
+        match self {
+            Queries::All => x.shallow_clone(),
+            Queries::Rows(r) => x.narrow(1, r.start, r.len),
+            Queries::At(pos) => gather_rows(x, pos),
+        }
+    }
+
+    /// How many positions, in a sequence of `seq`.
+    pub(crate) fn len(&self, seq: i64) -> i64 {
+        match self {
+            Queries::All => seq,
+            Queries::Rows(r) => r.len,
+            Queries::At(pos) => pos.size()[1],
+        }
+    }
+}
+
+/// `x[b, pos[b, j], :]` for `x` `[batch, seq, width]` and `pos` `[batch, k]`: `[batch, k, width]`.
+pub(crate) fn gather_rows(x: &Tensor, pos: &Tensor) -> Tensor {
+    let (b, _, w) = x.size3().expect("rows are gathered from [batch, seq, width]");
+    let k = pos.size()[1];
+    x.gather(1, &pos.unsqueeze(-1).expand([b, k, w], false), false)
+}
+
+/// Checks per-example read-out `positions`: int64 `[batch, k]` with k ≥ 1, each in `0..seq`
+/// (the range on the CPU only: reading it back from a GPU would stall the step).
+pub(crate) fn check_positions(positions: &Tensor, batch: i64, seq: i64) -> Result<()> {
+    let size = positions.size();
+    if size.len() != 2 || size[0] != batch || size[1] < 1 {
+        bail!("read-out positions must be [batch = {batch}, k ≥ 1], got shape {size:?}");
+    }
+    if positions.kind() != Kind::Int64 {
+        bail!("read-out positions must be int64, got {:?}", positions.kind());
+    }
+    if positions.device() == tch::Device::Cpu {
+        let (lo, hi) = (positions.min().int64_value(&[]), positions.max().int64_value(&[]));
+        if lo < 0 || hi >= seq {
+            bail!("read-out positions span {lo}..={hi}, outside the sequence 0..{seq}");
+        }
+    }
+    Ok(())
+}
+
 /// Checks that `inputs_embeds` is `[batch, seq, width]` with the model's `width` and
 /// 1..=`max_positions` tokens, naming the config fields (`width_field`, `positions_field`) in
 /// the errors; returns `[batch, seq, width]`.
@@ -221,6 +277,36 @@ impl Backbone {
                     Some(r) => h.narrow(1, r.start, r.len),
                     None => h,
                 })
+            }
+        }
+    }
+
+    /// Whether a position sees only itself and earlier ones (GPT-2, the LSTM): right padding
+    /// then cannot reach a read-out at or before the last real token, and needs no mask.
+    pub fn is_causal(&self) -> bool {
+        !matches!(self, Backbone::Bert(_))
+    }
+
+    /// `last_hidden_state` at per-example `positions` (`[batch, k]` int64): `[batch, k, width]`.
+    /// `attention_mask` (`[batch, seq]`, nonzero where a token may be attended to, Hugging
+    /// Face's `attention_mask`) keeps padding out of a bidirectional backbone's attention; a
+    /// causal one takes none (its right padding sits after every read-out it could reach). The
+    /// transformers compute the last layer at the read-out positions only.
+    pub fn forward_at(&self, inputs_embeds: &Tensor, train: bool, positions: &Tensor, attention_mask: Option<&Tensor>) -> Result<Tensor> {
+        if attention_mask.is_some() && self.is_causal() {
+            bail!(
+                "{} is causal: right-padded inputs need no attention mask (a read-out at the last real token never sees the padding after it)",
+                self.config().model_type()
+            );
+        }
+        match self {
+            Backbone::Gpt2(m) => m.forward_at(inputs_embeds, train, positions),
+            Backbone::Bert(m) => m.forward_at(inputs_embeds, attention_mask, train, positions),
+            Backbone::Lstm(m) => {
+                let h = m.forward_embeds(inputs_embeds, train)?;
+                let size = h.size();
+                check_positions(positions, size[0], size[1])?;
+                Ok(gather_rows(&h, positions))
             }
         }
     }

@@ -3,10 +3,12 @@
 //!
 //! As in `transformers`: embeddings = inputs_embeds + position_embeddings[0..T] +
 //! token_type_embeddings[0], then LayerNorm and dropout; then post-LN encoder layers
-//! (`LN(x + attn(x))`, `LN(h + ffn(h))`) with bidirectional attention. Linear weights keep
+//! (`LN(x + attn(x))`, `LN(h + ffn(h))`) with bidirectional attention, optionally masked by an
+//! `attention_mask` `[batch, seq]` as Hugging Face's (padding never attended to; the padded
+//! positions' own outputs are computed but meaningless). Linear weights keep
 //! PyTorch's `[out, in]` layout and Hugging Face's names, so checkpoints copy name for name.
 
-use crate::backbone::{check_inputs_embeds, Rows};
+use crate::backbone::{check_inputs_embeds, check_positions, Queries, Rows};
 use crate::config::Activation;
 use crate::freeze::FreezeSpec;
 use crate::gpt2::LayerNorm;
@@ -203,23 +205,59 @@ impl Bert {
     /// `last_hidden_state` for `inputs_embeds` `[batch, seq, hidden_size]`, token type 0,
     /// positions 0..seq, no padding mask.
     pub fn forward_embeds(&self, inputs_embeds: &Tensor, train: bool) -> Result<Tensor> {
-        Ok(self.run(inputs_embeds, train, false, None)?.0)
+        Ok(self.run(inputs_embeds, train, false, Queries::All, None)?.0)
+    }
+
+    /// The same with Hugging Face's `attention_mask` (`[batch, seq]`, nonzero where a token may
+    /// be attended to): `BertModel(inputs_embeds=…, attention_mask=…).last_hidden_state`.
+    pub fn forward_masked(&self, inputs_embeds: &Tensor, attention_mask: Option<&Tensor>, train: bool) -> Result<Tensor> {
+        Ok(self.run(inputs_embeds, train, false, Queries::All, attention_mask)?.0)
     }
 
     /// The same at the positions `rows` only: the last layer computes its queries, projections
     /// and feed-forward only there.
     pub fn forward_rows(&self, inputs_embeds: &Tensor, train: bool, rows: Option<Rows>) -> Result<Tensor> {
-        Ok(self.run(inputs_embeds, train, false, rows)?.0)
+        let t = inputs_embeds.size().get(1).copied().unwrap_or(0);
+        let queries = match Rows::restricting(rows, t)? {
+            Some(r) => Queries::Rows(r),
+            None => Queries::All,
+        };
+        Ok(self.run(inputs_embeds, train, false, queries, None)?.0)
+    }
+
+    /// `last_hidden_state` at per-example `positions` (`[batch, k]` int64), with an optional
+    /// `attention_mask` as [`Bert::forward_masked`]: `[batch, k, hidden_size]`.
+    pub fn forward_at(&self, inputs_embeds: &Tensor, attention_mask: Option<&Tensor>, train: bool, positions: &Tensor) -> Result<Tensor> {
+        let size = inputs_embeds.size();
+        if size.len() == 3 {
+            check_positions(positions, size[0], size[1])?;
+        }
+        Ok(self.run(inputs_embeds, train, false, Queries::At(positions), attention_mask)?.0)
     }
 
     /// Every layer's attention probabilities `[batch, heads, seq, seq]` (eval mode).
     pub fn attention_maps(&self, inputs_embeds: &Tensor) -> Result<Vec<Tensor>> {
-        Ok(self.run(inputs_embeds, false, true, None)?.1)
+        Ok(self.run(inputs_embeds, false, true, Queries::All, None)?.1)
     }
 
-    fn run(&self, inputs_embeds: &Tensor, train: bool, keep_maps: bool, rows: Option<Rows>) -> Result<(Tensor, Vec<Tensor>)> {
+    /// [`Bert::attention_maps`] with an `attention_mask` as [`Bert::forward_masked`] (masked
+    /// keys get probability 0).
+    pub fn attention_maps_masked(&self, inputs_embeds: &Tensor, attention_mask: Option<&Tensor>) -> Result<Vec<Tensor>> {
+        Ok(self.run(inputs_embeds, false, true, Queries::All, attention_mask)?.1)
+    }
+
+    /// `attention_mask` as a boolean `[batch, 1, 1, seq]` key mask, checked against the input.
+    fn key_mask(attention_mask: &Tensor, b: i64, t: i64) -> Result<Tensor> {
+        let size = attention_mask.size();
+        if size != [b, t] {
+            bail!("attention_mask must be [batch = {b}, seq = {t}] (nonzero where a token may be attended to), got shape {size:?}");
+        }
+        Ok(attention_mask.ne(0).view([b, 1, 1, t]))
+    }
+
+    fn run(&self, inputs_embeds: &Tensor, train: bool, keep_maps: bool, queries: Queries, attention_mask: Option<&Tensor>) -> Result<(Tensor, Vec<Tensor>)> {
         let [b, t, w] = check_inputs_embeds(inputs_embeds, self.cfg.hidden_size, "hidden_size", self.cfg.max_position_embeddings, "max_position_embeddings")?;
-        let rows = Rows::restricting(rows, t)?;
+        let allowed = attention_mask.map(|m| Self::key_mask(&m.to_device(inputs_embeds.device()), b, t)).transpose()?;
         let p_hidden = if train { self.cfg.hidden_dropout_prob } else { 0.0 };
         let p_attn = if train { self.cfg.attention_probs_dropout_prob } else { 0.0 };
         let emb = inputs_embeds + self.position_embeddings.narrow(0, 0, t) + self.token_type_embeddings.get(0);
@@ -232,17 +270,21 @@ impl Bert {
         for (i, layer) in self.layers.iter().enumerate() {
             // The residual stream `x` stays fp32; the matmuls and attention run in `kind`.
             let xc = x.to_kind(kind);
-            let (x_out, xq, len) = match rows.filter(|_| i == last) {
-                Some(r) => (x.narrow(1, r.start, r.len), xc.narrow(1, r.start, r.len), r.len),
-                None => (x.shallow_clone(), xc.shallow_clone(), t),
-            };
+            let q_at = if i == last { queries } else { Queries::All };
+            let (x_out, xq, len) = (q_at.select(&x), q_at.select(&xc), q_at.len(t));
             let split = |lin: &Linear, input: &Tensor, len: i64| lin.forward(input).reshape([b, len, heads, d]).transpose(1, 2);
             let (q, k, v) = (split(&layer.query, &xq, len), split(&layer.key, &xc, t), split(&layer.value, &xc, t));
             if keep_maps {
-                maps.push((q.matmul(&k.transpose(-2, -1)) / (d as f64).sqrt()).softmax(-1, Kind::Float));
+                let scores = q.matmul(&k.transpose(-2, -1)) / (d as f64).sqrt();
+                let scores = match &allowed {
+                    Some(a) => scores.masked_fill(&a.logical_not(), f64::NEG_INFINITY),
+                    None => scores,
+                };
+                maps.push(scores.softmax(-1, Kind::Float));
             }
-            // Bidirectional attention, scale 1/sqrt(d), dropout on the probabilities.
-            let ctx = attention(&q, &k, &v, None, false, p_attn, train);
+            // Bidirectional attention, scale 1/sqrt(d), dropout on the probabilities; padding
+            // masked out of the keys when a mask is given.
+            let ctx = attention(&q, &k, &v, allowed.as_ref(), false, p_attn, train);
             let ctx = ctx.transpose(1, 2).reshape([b, len, w]);
             let h = layer.attn_ln.forward(&(dropout(&layer.attn_out.forward(&ctx), p_hidden, train) + &x_out));
             let inter = self.cfg.hidden_act.apply(&layer.intermediate.forward(&h.to_kind(kind)));

@@ -45,19 +45,23 @@ pub struct FptConfig {
     pub readout_tokens: i64,
     #[serde(default)]
     pub readout: Readout,
-    /// Widths of an optional MLP (linear, ReLU, dropout) before the input projection.
+    /// Widths of an optional MLP (linear, ReLU, dropout) before the input projection; its
+    /// layers are initialised like the projection (`orth_gain`), as the reference does.
     #[serde(default)]
     pub input_hidden: Vec<i64>,
     /// Widths of an optional MLP (linear, ReLU, dropout) before the output projection.
     #[serde(default)]
     pub output_hidden: Vec<i64>,
     /// Dropout of the backbone (embeddings, attention, residuals; overrides the checkpoint's
-    /// config) and of the wrapper's MLP layers.
+    /// config), of the wrapper's MLP layers, and after the dense input projection (the
+    /// reference's `in_net` ends in `nn.Dropout`; its token embedding has none).
     #[serde(default = "defaults::dropout")]
     pub dropout: f64,
-    /// Gain of the orthogonal init of the dense input projection (the reference uses 1.41).
-    #[serde(default = "defaults::orth_gain")]
-    pub orth_gain: f64,
+    /// Gain of the orthogonal init (with zero bias) of the dense input layers, hidden ones
+    /// included (the reference uses 1.41). `None`, written `"none"`, keeps PyTorch's default
+    /// `nn.Linear` init, as the reference's `orth_gain=None` does.
+    #[serde(default = "defaults::orth_gain", with = "orth_gain_text")]
+    pub orth_gain: Option<f64>,
 }
 
 mod defaults {
@@ -67,8 +71,37 @@ mod defaults {
     pub fn dropout() -> f64 {
         0.1
     }
-    pub fn orth_gain() -> f64 {
-        1.41
+    pub fn orth_gain() -> Option<f64> {
+        Some(1.41)
+    }
+}
+
+/// `orth_gain` as TOML writes it: a number, or the string "none".
+pub mod orth_gain_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Text {
+        Gain(f64),
+        Word(String),
+    }
+
+    pub fn serialize<S: Serializer>(gain: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+        match gain {
+            Some(g) => s.serialize_f64(*g),
+            None => s.serialize_str("none"),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+        match Text::deserialize(d)? {
+            Text::Gain(g) => Ok(Some(g)),
+            Text::Word(w) if w == "none" => Ok(None),
+            Text::Word(w) => Err(serde::de::Error::custom(format!(
+                "orth_gain {w:?}: expected a number (the reference uses 1.41) or \"none\" (PyTorch's default init)"
+            ))),
+        }
     }
 }
 
@@ -105,8 +138,10 @@ impl FptConfig {
         if !(0.0..1.0).contains(&self.dropout) {
             bail!("dropout is {}; it must be in [0, 1)", self.dropout);
         }
-        if !(self.orth_gain.is_finite() && self.orth_gain > 0.0) {
-            bail!("orth_gain is {}; it must be a positive finite number (the reference uses 1.41)", self.orth_gain);
+        if let Some(gain) = self.orth_gain {
+            if !(gain.is_finite() && gain > 0.0) {
+                bail!("orth_gain is {gain}; it must be a positive finite number (the reference uses 1.41) or \"none\"");
+            }
         }
         Ok(())
     }
@@ -122,7 +157,7 @@ struct Linear {
 
 impl Linear {
     /// `orthogonal_gain`: an orthogonal weight with that gain instead of PyTorch's default, and a
-    /// zero bias, as the reference initialises its input projection.
+    /// zero bias, as the reference initialises its input layers.
     fn new(path: &nn::Path, n_in: i64, n_out: i64, orthogonal_gain: Option<f64>, freeze: &FreezeSpec) -> Result<Self> {
         let bound = 1.0 / (n_in as f64).sqrt();
         let (weight, bias) = match orthogonal_gain {
@@ -148,12 +183,20 @@ struct Mlp {
 }
 
 impl Mlp {
-    /// Returns the MLP and its output width.
-    fn new(path: &nn::Path, n_in: i64, widths: &[i64], dropout: f64, freeze: &FreezeSpec) -> Result<(Self, i64)> {
+    /// Returns the MLP and its output width. `orthogonal_gain` as for [`Linear::new`], for
+    /// every layer.
+    fn new(
+        path: &nn::Path,
+        n_in: i64,
+        widths: &[i64],
+        dropout: f64,
+        orthogonal_gain: Option<f64>,
+        freeze: &FreezeSpec,
+    ) -> Result<(Self, i64)> {
         let mut layers = Vec::new();
         let mut width = n_in;
         for (i, &w) in widths.iter().enumerate() {
-            layers.push(Linear::new(&(path / i), width, w, None, freeze)?);
+            layers.push(Linear::new(&(path / i), width, w, orthogonal_gain, freeze)?);
             width = w;
         }
         Ok((Mlp { layers, dropout }, width))
@@ -198,8 +241,9 @@ impl Fpt {
         let in_path = path / "input_layer";
         let input = match cfg.input {
             InputSpec::Dense { dim } => {
-                let (hidden, n_in) = Mlp::new(&(&in_path / "hidden"), dim, &cfg.input_hidden, cfg.dropout, freeze)?;
-                let proj = Linear::new(&(&in_path / "proj"), n_in, width, Some(cfg.orth_gain), freeze)?;
+                let (hidden, n_in) =
+                    Mlp::new(&(&in_path / "hidden"), dim, &cfg.input_hidden, cfg.dropout, cfg.orth_gain, freeze)?;
+                let proj = Linear::new(&(&in_path / "proj"), n_in, width, cfg.orth_gain, freeze)?;
                 InputLayer::Dense { hidden, proj }
             }
             InputSpec::Tokens { vocab } => {
@@ -213,7 +257,7 @@ impl Fpt {
         };
         let out_path = path / "output_layer";
         let (output_hidden, n_out_in) =
-            Mlp::new(&(&out_path / "hidden"), width, &cfg.output_hidden, cfg.dropout, freeze)?;
+            Mlp::new(&(&out_path / "hidden"), width, &cfg.output_hidden, cfg.dropout, None, freeze)?;
         let output_proj = Linear::new(&(&out_path / "proj"), n_out_in, cfg.classes, None, freeze)?;
         Ok(Fpt { cfg: cfg.clone(), backbone, input, output_hidden, output_proj })
     }
@@ -250,6 +294,44 @@ impl Fpt {
         Ok(if k == 1 { logits.squeeze_dim(1) } else { logits })
     }
 
+    /// [`Fpt::forward`] for right-padded inputs: `lengths` (`[batch]` int64) counts each
+    /// example's real tokens, the rest of its row being padding. The read-out is gathered per
+    /// example — `Readout::Last`: its last `readout_tokens` real tokens; `Readout::First`: its
+    /// first — and a bidirectional backbone (BERT) also gets the key-padding mask (Hugging
+    /// Face's `attention_mask`), so no token attends to the padding. A causal backbone (GPT-2,
+    /// the LSTM) needs no mask: nothing after the read-out reaches it. Either way an example's
+    /// logits are those of the example alone, unpadded (tested per backbone). `lengths = None`
+    /// is [`Fpt::forward`]: every position is input and the read-out is the final one.
+    pub fn forward_padded(&self, x: &Tensor, lengths: Option<&Tensor>, train: bool) -> Result<Tensor> {
+        let Some(lengths) = lengths else { return self.forward(x, train) };
+        let embeds = self.embed(x, train)?;
+        let size = embeds.size();
+        let (b, seq) = (size[0], size[1]);
+        let k = self.cfg.readout_tokens;
+        if lengths.size() != [b] || lengths.kind() != Kind::Int64 {
+            bail!("lengths must be int64 [batch = {b}], got {:?} {:?}", lengths.kind(), lengths.size());
+        }
+        let lengths = lengths.to_device(embeds.device());
+        // Checked on the CPU only (a GPU read-back would stall the step); task batches hold
+        // lengths in 1..=seq by construction.
+        if lengths.device() == tch::Device::Cpu && b > 0 {
+            let (lo, hi) = (lengths.min().int64_value(&[]), lengths.max().int64_value(&[]));
+            if lo < k || hi > seq {
+                bail!("lengths span {lo}..={hi}; expected each in {k}..={seq} (at least the {k} read-out tokens, at most the sequence)");
+            }
+        }
+        let offsets = Tensor::arange(k, (Kind::Int64, embeds.device())).unsqueeze(0);
+        let positions = match self.cfg.readout {
+            Readout::Last => lengths.unsqueeze(1) - k + offsets,
+            Readout::First => offsets.expand([b, k], false).contiguous(),
+        };
+        let mask = (!self.backbone.is_causal())
+            .then(|| Tensor::arange(seq, (Kind::Int64, embeds.device())).unsqueeze(0).lt_tensor(&lengths.unsqueeze(1)));
+        let read = self.backbone.forward_at(&embeds, train, &positions, mask.as_ref())?.to_kind(Kind::Float);
+        let logits = self.output_proj.forward(&self.output_hidden.forward(&read, train));
+        Ok(if k == 1 { logits.squeeze_dim(1) } else { logits })
+    }
+
     /// The backbone's attention probabilities per layer, `[batch, heads, seq, seq]` (eval).
     pub fn attention_maps(&self, x: &Tensor) -> Result<Vec<Tensor>> {
         self.backbone.attention_maps(&self.embed(x, false)?)
@@ -267,7 +349,8 @@ impl Fpt {
                 if !x.is_floating_point() {
                     bail!("dense input must be a float tensor, got {:?}", x.kind());
                 }
-                proj.forward(&hidden.forward(&x.to_kind(Kind::Float), train))
+                let projected = proj.forward(&hidden.forward(&x.to_kind(Kind::Float), train));
+                crate::ops::dropout(&projected, self.cfg.dropout, train)
             }
             InputLayer::Tokens { embedding, vocab } => {
                 if size.len() != 2 {
@@ -289,5 +372,109 @@ impl Fpt {
             }
         };
         Ok(embeds)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Gpt2Config;
+    use tch::Device;
+
+    fn tiny(cfg: &FptConfig) -> (nn::VarStore, Fpt) {
+        tch::manual_seed(0);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let mut backbone = Gpt2Config::custom(1, 32, 4);
+        backbone.n_positions = 16;
+        let model = Fpt::new(&vs.root(), &backbone.into(), cfg, &FreezeSpec::parse("paper").unwrap()).unwrap();
+        (vs, model)
+    }
+
+    fn var(vs: &nn::VarStore, name: &str) -> Tensor {
+        vs.variables().remove(name).unwrap_or_else(|| panic!("no variable {name}"))
+    }
+
+    /// The smaller Gram matrix of an orthogonal `[out, in]` weight is gain² · I.
+    fn assert_orthogonal(w: &Tensor, gain: f64, name: &str) {
+        let (out, inp) = (w.size()[0], w.size()[1]);
+        let gram = if out <= inp { w.matmul(&w.tr()) } else { w.tr().matmul(w) };
+        let eye = Tensor::eye(out.min(inp), (Kind::Float, Device::Cpu)) * (gain * gain);
+        let err = (gram - eye).abs().max().double_value(&[]);
+        // fp32 Gram of unit vectors of length ≤ 48: errors near 1e-6; 1e-4 still catches any
+        // non-orthogonal init (PyTorch's uniform default is off by O(0.1)).
+        assert!(err < 1e-4, "{name}: Gram matrix off gain² I by {err}");
+    }
+
+    #[test]
+    fn dense_input_layers_hidden_ones_included_are_orthogonal_with_zero_bias() {
+        let mut cfg = FptConfig::dense(6, 3);
+        cfg.input_hidden = vec![48, 8];
+        cfg.output_hidden = vec![5];
+        let (vs, _) = tiny(&cfg);
+        for (layer, gain) in [("input_layer.hidden.0", 1.41), ("input_layer.hidden.1", 1.41), ("input_layer.proj", 1.41)] {
+            assert_orthogonal(&var(&vs, &format!("{layer}.weight")), gain, layer);
+            assert_eq!(var(&vs, &format!("{layer}.bias")).abs().max().double_value(&[]), 0.0, "{layer}.bias");
+        }
+        // The output MLP keeps PyTorch's default init, as the reference's out_net does.
+        let bias = var(&vs, "output_layer.hidden.0.bias");
+        assert!(bias.abs().max().double_value(&[]) > 0.0);
+        assert!(bias.abs().max().double_value(&[]) <= 1.0 / 32f64.sqrt());
+    }
+
+    #[test]
+    fn orth_gain_none_keeps_pytorch_default_init() {
+        let mut cfg = FptConfig::dense(6, 3);
+        cfg.input_hidden = vec![8];
+        cfg.orth_gain = None;
+        let (vs, _) = tiny(&cfg);
+        for (layer, fan_in) in [("input_layer.hidden.0", 6f64), ("input_layer.proj", 8f64)] {
+            let bound = 1.0 / fan_in.sqrt();
+            for part in ["weight", "bias"] {
+                let t = var(&vs, &format!("{layer}.{part}"));
+                let max = t.abs().max().double_value(&[]);
+                assert!(max > 0.0 && max <= bound, "{layer}.{part}: max |x| {max}, bound {bound}");
+            }
+        }
+    }
+
+    #[test]
+    fn orth_gain_reads_a_number_or_none_from_toml() {
+        let parse = |text: &str| toml::from_str::<FptConfig>(&format!("input = {{ dense = {{ dim = 4 }} }}\nclasses = 2\n{text}"));
+        assert_eq!(parse("").unwrap().orth_gain, Some(1.41));
+        assert_eq!(parse("orth_gain = 2.0").unwrap().orth_gain, Some(2.0));
+        assert_eq!(parse("orth_gain = \"none\"").unwrap().orth_gain, None);
+        let err = parse("orth_gain = \"big\"").unwrap_err().to_string();
+        assert!(err.contains("orth_gain") && err.contains("none"), "{err}");
+        let round_trip: FptConfig = toml::from_str(&toml::to_string(&parse("orth_gain = \"none\"").unwrap()).unwrap()).unwrap();
+        assert_eq!(round_trip.orth_gain, None);
+    }
+
+    #[test]
+    fn dropout_follows_the_dense_input_projection_in_training_only() {
+        let mut cfg = FptConfig::dense(6, 3);
+        cfg.dropout = 0.5;
+        let (_vs, model) = tiny(&cfg);
+        let x = Tensor::randn([64, 8, 6], (Kind::Float, Device::Cpu));
+        let zeros = |t: &Tensor| t.eq(0.0).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
+        let eval = model.embed(&x, false).unwrap();
+        assert_eq!(zeros(&eval), 0.0, "no dropout in evaluation");
+        let train = model.embed(&x, true).unwrap();
+        // 16,384 Bernoulli(0.5) draws: the fraction lies within ±0.02 of 0.5 with
+        // overwhelming probability (its standard deviation is 0.004).
+        let dropped = zeros(&train);
+        assert!((dropped - 0.5).abs() < 0.02, "dropped fraction {dropped}");
+        let kept = train.ne(0.0);
+        let scaled = (eval * 2.0).masked_select(&kept);
+        assert!(train.masked_select(&kept).allclose(&scaled, 1e-6, 1e-6, false), "kept values are scaled by 1/(1-p)");
+    }
+
+    #[test]
+    fn token_embeddings_get_no_input_dropout_as_in_the_reference() {
+        let mut cfg = FptConfig::dense(1, 3);
+        cfg.input = InputSpec::Tokens { vocab: 10 };
+        cfg.dropout = 0.5;
+        let (_vs, model) = tiny(&cfg);
+        let ids = Tensor::randint(10, [16, 8], (Kind::Int64, Device::Cpu));
+        assert!(model.embed(&ids, true).unwrap().equal(&model.embed(&ids, false).unwrap()));
     }
 }

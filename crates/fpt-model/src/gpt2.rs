@@ -4,7 +4,7 @@
 //! Conv1D weights keep Hugging Face's `[in, out]` layout, so a checkpoint is copied tensor by
 //! tensor with no transposes (`y = b + x·W`, as `transformers`' Conv1D computes it).
 
-use crate::backbone::{check_inputs_embeds, Rows};
+use crate::backbone::{check_inputs_embeds, check_positions, Queries, Rows};
 use crate::config::{Activation, Gpt2Config};
 use crate::freeze::FreezeSpec;
 use crate::init::{new_param, Init};
@@ -106,14 +106,14 @@ impl Attention {
         scores.masked_fill(&mask, f64::NEG_INFINITY).softmax(-1, Kind::Float)
     }
 
-    /// Causal self-attention of `x` `[batch, seq, width]`; with `rows`, only those query
-    /// positions are computed (keys and values still cover every position).
-    fn forward(&self, x: &Tensor, train: bool, rows: Option<Rows>) -> Tensor {
+    /// Causal self-attention of `x` `[batch, seq, width]`; with `queries` other than all, only
+    /// those query positions are computed (keys and values still cover every position).
+    fn forward(&self, x: &Tensor, train: bool, queries: Queries) -> Tensor {
         let (b, t, w) = x.size3().expect("attention input is [batch, seq, width]");
         let head_dim = w / self.n_head;
         let heads = |y: &Tensor, len: i64| y.reshape([b, len, self.n_head, head_dim]).transpose(1, 2);
-        let (y, len) = match rows {
-            None => {
+        let (y, len) = match queries {
+            Queries::All => {
                 // [B, T, 3W] -> 3 × [B, H, T, D]. One split, not three narrows: its backward is
                 // one concatenation, where each narrow's is a zero-filled [B, T, 3W] gradient
                 // and the three are then summed.
@@ -121,21 +121,27 @@ impl Attention {
                 // Causal scaled-dot-product attention, scale 1/sqrt(D) (fused where it can be).
                 (attention(&q, &k, &v, None, true, self.attn_pdrop, train), t)
             }
-            Some(r) => {
+            Queries::Rows(_) | Queries::At(_) => {
+                let len = queries.len(t);
                 let kv = self.c_attn.forward_columns(x, w, 2 * w);
-                let q = heads(&self.c_attn.forward_columns(&x.narrow(1, r.start, r.len), 0, w), r.len);
+                let q = heads(&self.c_attn.forward_columns(&queries.select(x), 0, w), len);
                 let (k, v) = match &kv.split(w, -1)[..] {
                     [k, v] => (heads(k, t), heads(v, t)),
                     parts => unreachable!("a [.., 2w] tensor splits into 2 parts of w, not {}", parts.len()),
                 };
-                // Query i sits at position start + i and sees keys 0..=start + i; the last
-                // position alone sees every key and needs no mask.
-                let mask = (r.start + r.len < t || r.len > 1).then(|| {
-                    let keys = Tensor::arange(t, (Kind::Int64, x.device())).unsqueeze(0);
-                    let queries = Tensor::arange_start(r.start, r.start + r.len, (Kind::Int64, x.device())).unsqueeze(1);
-                    keys.le_tensor(&queries)
-                });
-                (attention(&q, &k, &v, mask.as_ref(), false, self.attn_pdrop, train), r.len)
+                let keys = Tensor::arange(t, (Kind::Int64, x.device()));
+                // Query i sits at position p_i and sees keys 0..=p_i; the last position alone
+                // sees every key and needs no mask.
+                let mask = match queries {
+                    Queries::Rows(r) => (r.start + r.len < t || r.len > 1).then(|| {
+                        let at = Tensor::arange_start(r.start, r.start + r.len, (Kind::Int64, x.device())).unsqueeze(1);
+                        keys.unsqueeze(0).le_tensor(&at)
+                    }),
+                    // [B, 1, k, T]: per example.
+                    Queries::At(pos) => Some(keys.view([1, 1, 1, t]).le_tensor(&pos.view([b, 1, len, 1]))),
+                    Queries::All => unreachable!("handled above"),
+                };
+                (attention(&q, &k, &v, mask.as_ref(), false, self.attn_pdrop, train), len)
             }
         };
         let y = y.transpose(1, 2).reshape([b, len, w]);
@@ -194,14 +200,11 @@ impl Block {
     }
 
     /// Pre-LN block. The residual stream keeps `x`'s dtype (fp32); the attention and the
-    /// feed-forward compute in `kind` (fp32, or bf16 in bf16 mode). With `rows`, only those
-    /// positions come out.
-    fn forward(&self, x: &Tensor, train: bool, kind: Kind, rows: Option<Rows>) -> Tensor {
-        let a = self.attn.forward(&self.ln_1.forward(x).to_kind(kind), train, rows);
-        let x = match rows {
-            Some(r) => x.narrow(1, r.start, r.len) + a,
-            None => x + a,
-        };
+    /// feed-forward compute in `kind` (fp32, or bf16 in bf16 mode). With `queries` other than
+    /// all, only those positions come out.
+    fn forward(&self, x: &Tensor, train: bool, kind: Kind, queries: Queries) -> Tensor {
+        let a = self.attn.forward(&self.ln_1.forward(x).to_kind(kind), train, queries);
+        let x = queries.select(x) + a;
         &x + self.mlp.forward(&self.ln_2.forward(&x).to_kind(kind), train)
     }
 }
@@ -254,7 +257,7 @@ impl Gpt2 {
         let mut maps = Vec::new();
         for block in &self.blocks {
             maps.push(block.attn.probs(&block.ln_1.forward(&h)));
-            h = block.forward(&h, false, self.compute_kind, None);
+            h = block.forward(&h, false, self.compute_kind, Queries::All);
         }
         Ok(maps)
     }
@@ -274,13 +277,31 @@ impl Gpt2 {
     pub fn forward_rows(&self, inputs_embeds: &Tensor, train: bool, rows: Option<Rows>) -> Result<Tensor> {
         self.check_input(inputs_embeds)?;
         let seq = inputs_embeds.size()[1];
-        let rows = Rows::restricting(rows, seq)?;
+        let queries = match Rows::restricting(rows, seq)? {
+            Some(r) => Queries::Rows(r),
+            None => Queries::All,
+        };
+        Ok(self.run(inputs_embeds, train, queries))
+    }
+
+    /// `last_hidden_state` at per-example `positions` (`[batch, k]` int64): `[batch, k,
+    /// n_embd]`. For right-padded inputs read out at each example's last real token: causal
+    /// attention keeps the padding after it out, so no mask is needed.
+    pub fn forward_at(&self, inputs_embeds: &Tensor, train: bool, positions: &Tensor) -> Result<Tensor> {
+        self.check_input(inputs_embeds)?;
+        let size = inputs_embeds.size();
+        check_positions(positions, size[0], size[1])?;
+        Ok(self.run(inputs_embeds, train, Queries::At(positions)))
+    }
+
+    fn run(&self, inputs_embeds: &Tensor, train: bool, queries: Queries) -> Tensor {
+        let seq = inputs_embeds.size()[1];
         let pos = self.wpe.narrow(0, 0, seq);
         let mut h = dropout(&(inputs_embeds + pos), self.cfg.embd_pdrop, train);
         let last = self.blocks.len().saturating_sub(1);
         for (i, block) in self.blocks.iter().enumerate() {
-            h = block.forward(&h, train, self.compute_kind, if i == last { rows } else { None });
+            h = block.forward(&h, train, self.compute_kind, if i == last { queries } else { Queries::All });
         }
-        Ok(self.ln_f.forward(&h))
+        self.ln_f.forward(&h)
     }
 }

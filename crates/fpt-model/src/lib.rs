@@ -19,7 +19,7 @@ pub mod tolerance;
 pub use config::{Activation, Gpt2Config, GPT2_PRESETS};
 pub use backbone::{load_backbone_dir, Backbone, BackboneConfig, Precision, Rows};
 pub use bert::{Bert, BertConfig};
-pub use fpt::{Fpt, FptConfig, InputSpec, Readout};
+pub use fpt::{orth_gain_text, Fpt, FptConfig, InputSpec, Readout};
 pub use freeze::{FreezeSpec, ParamGroup};
 pub use gpt2::Gpt2;
 pub use lstm::{Lstm, LstmConfig};

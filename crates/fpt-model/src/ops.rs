@@ -362,8 +362,9 @@ fn tanh_rational(x: f32) -> f32 {
 }
 
 /// Scaled-dot-product attention of `q` `[B, H, Tq, D]` over `k`, `v` `[B, H, Tk, D]`.
-/// `causal`: query i sees keys 0..=i (Tq == Tk). `allowed`: a boolean `[Tq, Tk]` mask, true where
-/// a query may attend. Dropout `p` acts on the probabilities in training.
+/// `causal`: query i sees keys 0..=i (Tq == Tk). `allowed`: a boolean mask, true where a query
+/// may attend, `[Tq, Tk]` or per example `[B, 1, Tq or 1, Tk]` (a key-padding mask); every query
+/// must be allowed at least one key. Dropout `p` acts on the probabilities in training.
 ///
 /// Without dropout (evaluation, or p = 0) and on CUDA this is libtorch's fused kernel. With
 /// dropout on the CPU it is written out: scores in the inputs' dtype (bf16 products of bf16
@@ -384,6 +385,10 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, allowed: Option<&Tensor>, c
     let mut bias = if causal { Tensor::full([tq, tk], f64::NEG_INFINITY, opts).triu(1) } else { Tensor::zeros([tq, tk], opts) };
     if let Some(allowed) = allowed {
         bias = bias.masked_fill(&allowed.logical_not(), f64::NEG_INFINITY);
+    }
+    if bias.dim() > 2 {
+        // A per-example mask: one [Tq, Tk] bias per (example, head), as the GEMM batches them.
+        bias = bias.expand([batch, heads, tq, tk], false).reshape([batch * heads, tq, tk]);
     }
     let q = q.reshape([batch * heads, tq, d]);
     let k = k.reshape([batch * heads, tk, d]);

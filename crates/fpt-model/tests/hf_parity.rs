@@ -5,13 +5,14 @@
 //! five shapes (odd head count, widths 30/96/120 that are not powers of two, custom n_inner,
 //! exact GELU and ReLU, other eps, a `transformer.`-prefixed file and a sharded one). BERT: three
 //! random shapes (odd heads, `bert.`-prefixed masked-LM file with its head, sharded, gelu /
-//! relu / gelu_new) and the real all-MiniLM-L6-v2.
+//! relu / gelu_new) and the real all-MiniLM-L6-v2; and BERT with Hugging Face's `attention_mask`
+//! (rows right-padded to different lengths, one left-padded, one unpadded).
 
 mod common;
 
-use common::{assert_parity, make_bert_fixtures, make_gpt2_fixtures, max_abs_diff, read_tensor};
+use common::{assert_parity, make_bert_fixtures, make_bert_mask_fixtures, make_gpt2_fixtures, max_abs_diff, read_f64, read_tensor};
 use std::path::Path;
-use fpt_model::load_backbone_dir;
+use fpt_model::{load_backbone_dir, Backbone};
 use tch::{Device, Kind, Tensor};
 
 const CASES: [&str; 5] = ["small4x64", "odd3x96_prefixed", "w120h5_sharded", "deep4x128", "single1x30"];
@@ -27,6 +28,40 @@ fn bert_and_minilm_match_transformers() {
     let cases = ["bert2x64", "bert3x96_mlm", "bert2x120_sharded", "minilm"];
     let fixtures = make_bert_fixtures(Path::new(env!("CARGO_TARGET_TMPDIR")), "parity", &cases);
     check_cases(&fixtures, &cases);
+}
+
+/// The key-padding mask FPT gives BERT for right-padded batches is Hugging Face's
+/// `attention_mask`: every position's hidden state, the input gradients and the attention maps
+/// equal `BertModel(inputs_embeds=…, attention_mask=…)`'s; the read-out gathered at each row's
+/// last real token is the full output's row there.
+#[test]
+fn bert_attention_mask_matches_transformers() {
+    let dir = make_bert_mask_fixtures(Path::new(env!("CARGO_TARGET_TMPDIR")), "mask").join("bert_mask");
+    let reference = dir.join("reference.safetensors");
+    let (_vs, model) = load_backbone_dir(&dir.join("model"), Device::Cpu).unwrap();
+    let Backbone::Bert(bert) = &model else { panic!("the fixture is a BERT checkpoint") };
+    let inputs = read_tensor(&reference, "inputs_embeds").set_requires_grad(true);
+    let mask = read_tensor(&reference, "attention_mask");
+    let hidden = bert.forward_masked(&inputs, Some(&mask), false).unwrap();
+    assert_parity("bert_mask", &hidden, &reference, "last_hidden_state");
+    (&hidden * read_tensor(&reference, "cotangent")).sum(Kind::Float).backward();
+    assert_parity("bert_mask", &inputs.grad(), &reference, "grad_inputs");
+    let maps = Tensor::stack(&bert.attention_maps_masked(&inputs.detach(), Some(&mask)).unwrap(), 0);
+    assert_parity("bert_mask", &maps, &reference, "attentions");
+    // Without the mask the padded rows differ: the mask is what makes them match.
+    let unmasked = bert.forward_embeds(&inputs.detach(), false).unwrap();
+    assert!(max_abs_diff(&unmasked.get(0), &hidden.detach().get(0)) > 1e-3, "row 0 is padded: the mask must matter");
+    // The per-row read-out (the last real token of the three right-padded rows, and of the
+    // unpadded one), as Backbone::forward_at computes it with the same mask.
+    let rows = Tensor::from_slice(&[2i64, 10, 6]).reshape([3, 1]);
+    let first3 = |t: &Tensor| t.narrow(0, 0, 3);
+    let at = model.forward_at(&first3(&inputs.detach()), false, &rows, Some(&first3(&mask))).unwrap();
+    let truth = read_f64(&reference, "last_hidden_state_f64");
+    let noise = read_f64(&reference, "last_hidden_state_noise").double_value(&[]);
+    for (i, p) in [2i64, 10, 6].into_iter().enumerate() {
+        let (ours, row) = (at.get(i as i64).get(0), truth.get(i as i64).get(p));
+        fpt_model::tolerance::check_parity(&format!("bert_mask read-out row {i}"), &ours, &row, noise).unwrap_or_else(|e| panic!("{e}"));
+    }
 }
 
 fn check_cases(fixtures: &Path, cases: &[&str]) {

@@ -6,7 +6,7 @@
 //! its own stream, so evaluation is a whole-split pass like every other task.
 
 use crate::rng::{purpose, stream, TaskRng};
-use crate::{InputKind, InputSlot, Split, Task, TaskSpec};
+use crate::{InputKind, InputSlot, Padding, Split, Task, TaskSpec};
 use anyhow::{bail, Result};
 use rand::Rng;
 
@@ -61,6 +61,7 @@ impl BitMemory {
             predictions: n,
             classes: 2,
             readout_tokens: n / patch,
+            padding: Padding::None,
         };
         Ok(BitMemory { spec, n, patterns, mask_prob, eval_examples, seed })
     }
@@ -118,6 +119,7 @@ impl BitXor {
             predictions: n,
             classes: 2,
             readout_tokens: n,
+            padding: Padding::None,
         };
         Ok(BitXor { spec, n, patterns, eval_examples, seed })
     }

@@ -11,7 +11,7 @@
 use crate::augment::cifar_train;
 use crate::patch::patchify;
 use crate::rng::TaskRng;
-use crate::{InputKind, InputSlot, Split, Task, TaskSpec};
+use crate::{InputKind, InputSlot, Padding, Split, Task, TaskSpec};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -104,7 +104,7 @@ impl Cifar10 {
             }
             Variant::Lra => ("cifar10-lra", InputKind::Dense { dim: 1 }, SIDE * SIDE),
         };
-        let spec = TaskSpec { name: name.into(), input, seq_len, predictions: 1, classes: CLASSES, readout_tokens: 1 };
+        let spec = TaskSpec { name: name.into(), input, seq_len, predictions: 1, classes: CLASSES, readout_tokens: 1, padding: Padding::None };
         Ok(Cifar10 { spec, variant, train, test, max_degrees: 20.0, dir })
     }
 

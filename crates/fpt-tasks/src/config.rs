@@ -1,11 +1,13 @@
 //! Tasks as configuration data, and where their files are looked for.
 
+use crate::arrays::ArraysTask;
 use crate::bits::{BitMemory, BitXor};
 use crate::cifar::{Cifar10, Variant};
-use crate::homology::{RemoteHomology, TestSet};
-use crate::listops::{GeneratorConfig, ListOps, Overflow};
+use crate::homology::{Long, RemoteHomology, TestSet};
+use crate::image_folder::{Color, Fit, ImageFolder, ImageSettings, ImageSize};
+use crate::listops::{GeneratorConfig, ListOps, Overflow, Preprocessing, Tokenizer};
 use crate::mnist::Mnist;
-use crate::Task;
+use crate::{Padding, Task};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -46,6 +48,14 @@ pub enum TaskConfig {
         max_len: usize,
         #[serde(default)]
         overflow: Overflow,
+        /// "full" (digits, operators and `]`) or "alphanumeric" (the reference's tokenizer,
+        /// which loses every `]`).
+        #[serde(default)]
+        tokenizer: Tokenizer,
+        /// "masked" (right padding, lengths to the model), "fixed" (the reference's: every
+        /// example padded to `max_len`, the padding read as input) or "batch".
+        #[serde(default = "d::masked")]
+        padding: Padding,
         /// Generate the data in memory instead of reading files (LRA's algorithm).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         generate: Option<GeneratorConfig>,
@@ -79,6 +89,46 @@ pub enum TaskConfig {
         max_len: usize,
         #[serde(default)]
         test_set: TestSet,
+        /// Sequences over `max_len`: "drop" (at loading, counted) or "skip_batch" (the
+        /// reference's: batches formed by length as TAPE's loader, batches holding one skipped
+        /// and counted, accuracy × 0.9739).
+        #[serde(default)]
+        long: Long,
+        /// "masked" (right padding, lengths to the model) or "batch" (the reference's, TAPE's
+        /// `collate_fn`: padded to the batch's longest sequence, the padding read as input).
+        #[serde(default = "d::masked")]
+        padding: Padding,
+    },
+    /// Your own arrays: `train`/`val`/`test` as .npz, .safetensors or folders of .npy files
+    /// (`crate::arrays`).
+    Arrays {
+        #[serde(default)]
+        path: Option<PathBuf>,
+        /// Integer token inputs: ids are below this (required for them).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        vocab: Option<usize>,
+        /// Classes per prediction; by default the largest label + 1.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        classes: Option<usize>,
+    },
+    /// Your own images in torchvision's ImageFolder layout (`crate::image_folder`).
+    ImageFolder {
+        #[serde(default)]
+        path: Option<PathBuf>,
+        /// `size = 32` or `size = [height, width]`; by default the images' own (one) size.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        size: Option<ImageSize>,
+        /// "crop" (cover the size, cut the centre) or "resize" (stretch).
+        #[serde(default)]
+        fit: Fit,
+        /// "rgb" or "grey".
+        #[serde(default)]
+        color: Color,
+        #[serde(default = "d::patch")]
+        patch: usize,
+        /// The class ids' names in order; by default train/'s class folders, sorted.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        classes: Option<Vec<String>>,
     },
 }
 
@@ -92,29 +142,49 @@ mod d {
     pub fn xor_patterns() -> usize { 2 }
     pub fn max_len() -> usize { 1024 }
     pub fn patch() -> usize { 4 }
+    pub fn masked() -> crate::Padding { crate::Padding::Masked }
 }
 
-pub const TASK_NAMES: [&str; 8] =
-    ["bit-memory", "bit-xor", "listops", "mnist", "fashion-mnist", "cifar10", "cifar10-lra", "remote-homology"];
+pub const TASK_NAMES: [&str; 10] = [
+    "bit-memory",
+    "bit-xor",
+    "listops",
+    "mnist",
+    "fashion-mnist",
+    "cifar10",
+    "cifar10-lra",
+    "remote-homology",
+    "arrays",
+    "image-folder",
+];
 
 impl TaskConfig {
     /// The paper's settings for a task name, reading from `path` (or the default folder).
     pub fn named(name: &str, path: Option<PathBuf>) -> Result<TaskConfig> {
         let mut table = toml_like(name)?;
         if let Some(p) = path {
-            match &mut table {
-                TaskConfig::Listops { path, .. }
-                | TaskConfig::Mnist { path, .. }
-                | TaskConfig::FashionMnist { path, .. }
-                | TaskConfig::Cifar10 { path, .. }
-                | TaskConfig::Cifar10Lra { path }
-                | TaskConfig::RemoteHomology { path, .. } => *path = Some(p),
-                TaskConfig::BitMemory { .. } | TaskConfig::BitXor { .. } => {
-                    bail!("task {name} is generated from the seed; it reads no files (drop --path)")
-                }
-            }
+            table.set_path(p)?;
         }
         Ok(table)
+    }
+
+    /// Points the task at another data folder; refused for the generated tasks.
+    pub fn set_path(&mut self, p: PathBuf) -> Result<()> {
+        let name = self.name();
+        match self {
+            TaskConfig::Listops { path, .. }
+            | TaskConfig::Mnist { path, .. }
+            | TaskConfig::FashionMnist { path, .. }
+            | TaskConfig::Cifar10 { path, .. }
+            | TaskConfig::Cifar10Lra { path }
+            | TaskConfig::RemoteHomology { path, .. }
+            | TaskConfig::Arrays { path, .. }
+            | TaskConfig::ImageFolder { path, .. } => *path = Some(p),
+            TaskConfig::BitMemory { .. } | TaskConfig::BitXor { .. } => {
+                bail!("task {name} is generated from the seed; it reads no files (drop --path)")
+            }
+        }
+        Ok(())
     }
 
     pub fn name(&self) -> &'static str {
@@ -127,6 +197,8 @@ impl TaskConfig {
             TaskConfig::Cifar10 { .. } => "cifar10",
             TaskConfig::Cifar10Lra { .. } => "cifar10-lra",
             TaskConfig::RemoteHomology { .. } => "remote-homology",
+            TaskConfig::Arrays { .. } => "arrays",
+            TaskConfig::ImageFolder { .. } => "image-folder",
         }
     }
 }
@@ -170,9 +242,14 @@ pub fn load_task(cfg: &TaskConfig, seed: u64) -> Result<Arc<dyn Task>> {
             Arc::new(BitMemory::new(*n, *patterns, *patch, *mask_prob, *eval_examples, seed)?)
         }
         TaskConfig::BitXor { n, patterns, eval_examples } => Arc::new(BitXor::new(*n, *patterns, *eval_examples, seed)?),
-        TaskConfig::Listops { generate: Some(spec), path: None, max_len, overflow } => Arc::new(ListOps::generated(spec, *max_len, *overflow)?),
         TaskConfig::Listops { generate: Some(_), path: Some(_), .. } => bail!("listops: give either path or generate, not both"),
-        TaskConfig::Listops { path, max_len, overflow, generate: None } => Arc::new(ListOps::load(&folder(name, path)?, *max_len, *overflow)?),
+        TaskConfig::Listops { path, max_len, overflow, tokenizer, padding, generate } => {
+            let pre = Preprocessing { max_len: *max_len, overflow: *overflow, tokenizer: *tokenizer, padding: *padding };
+            match generate {
+                Some(spec) => Arc::new(ListOps::generated_with(spec, &pre)?),
+                None => Arc::new(ListOps::load_with(&folder(name, path)?, &pre)?),
+            }
+        }
         TaskConfig::Mnist { path, patch } | TaskConfig::FashionMnist { path, patch } => {
             Arc::new(Mnist::load(name, &folder(name, path)?, *patch)?)
         }
@@ -181,8 +258,13 @@ pub fn load_task(cfg: &TaskConfig, seed: u64) -> Result<Arc<dyn Task>> {
         }
         // Same files as CIFAR-10.
         TaskConfig::Cifar10Lra { path } => Arc::new(Cifar10::load(&folder("cifar10", path)?, Variant::Lra)?),
-        TaskConfig::RemoteHomology { path, max_len, test_set } => {
-            Arc::new(RemoteHomology::load(&folder(name, path)?, *max_len, *test_set)?)
+        TaskConfig::RemoteHomology { path, max_len, test_set, long, padding } => {
+            Arc::new(RemoteHomology::load_with(&folder(name, path)?, *max_len, *test_set, *long, *padding)?)
+        }
+        TaskConfig::Arrays { path, vocab, classes } => Arc::new(ArraysTask::load(&folder(name, path)?, *vocab, *classes)?),
+        TaskConfig::ImageFolder { path, size, fit, color, patch, classes } => {
+            let settings = ImageSettings { size: size.map(ImageSize::height_width), fit: *fit, color: *color, patch: *patch };
+            Arc::new(ImageFolder::load(&folder(name, path)?, &settings, classes.as_deref())?)
         }
     };
     Ok(task)

@@ -6,6 +6,7 @@
 //! training epochs from a seed, and walks a whole split for evaluation. This crate knows nothing
 //! of models.
 
+pub mod arrays;
 pub mod augment;
 pub mod batch;
 pub mod bits;
@@ -13,13 +14,15 @@ pub mod cifar;
 pub mod config;
 pub mod homology;
 pub mod idx;
+pub mod image_folder;
 pub mod listops;
 pub mod mnist;
 pub mod patch;
+pub mod pinned;
 pub mod rng;
 pub mod stats;
 
-pub use batch::{loss_and_correct, Batch, EvalBatches, TrainStream};
+pub use batch::{loss_and_correct, Batch, EvalBatches, Skipped, TrainStream};
 pub use config::{load_task, TaskConfig};
 
 use serde::{Deserialize, Serialize};
@@ -61,6 +64,89 @@ pub struct TaskSpec {
     pub classes: usize,
     /// Final tokens the model reads out; `predictions` is a multiple of it.
     pub readout_tokens: usize,
+    /// How examples shorter than `seq_len` are padded, and what the model makes of the padding.
+    #[serde(default)]
+    pub padding: Padding,
+}
+
+/// How a task whose examples differ in length pads them, and what the model is to make of the
+/// padding. Every padded layout pads on the right: an example's tokens sit at positions
+/// `0..len`, so positions never shift with an example's length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Padding {
+    /// Every example is exactly `seq_len` tokens: nothing is padded (images, bits).
+    #[default]
+    None,
+    /// The project's layout for variable-length token tasks: the padding id after the real
+    /// tokens, each batch cut to its longest example, and the batch carries every example's
+    /// length ([`Batch::lengths`]), so the model keeps the padding out of what it reads (a
+    /// causal backbone reads out at the last real token; a bidirectional one also masks the
+    /// padding out of attention: `fpt_model::Fpt::forward_padded`).
+    Masked,
+    /// The reference's ListOps (`padded_batch` to `max_length`): every example right-padded to
+    /// `seq_len`; the padding is input like any other token, and the read-out is the final
+    /// position (`x[:, -1]`), a pad whenever the example is shorter.
+    Fixed,
+    /// The reference's remote homology (TAPE's `collate_fn`): right-padded to the batch's
+    /// longest example; the padding is input like any other token, and the read-out is the
+    /// batch's final position.
+    Batch,
+}
+
+impl Padding {
+    /// Whether batches carry per-example lengths for the model.
+    pub fn has_lengths(self) -> bool {
+        self == Padding::Masked
+    }
+
+    /// Whether a batch is as wide as its longest example (else `seq_len`).
+    pub fn trims_batches(self) -> bool {
+        matches!(self, Padding::Masked | Padding::Batch)
+    }
+}
+
+impl fmt::Display for Padding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Padding::None => "none",
+            Padding::Masked => "masked",
+            Padding::Fixed => "fixed",
+            Padding::Batch => "batch",
+        })
+    }
+}
+
+/// What loading did to one split: examples in the source, kept, dropped, truncated, and kept
+/// over the length limit (only batches that hold none of those are used: [`LengthBatching`]).
+/// The run's `summary.json` and the results table report these.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SplitCounts {
+    pub split: Split,
+    /// Examples in the file (or drawn by the generator).
+    pub source: usize,
+    /// Examples the split holds after loading.
+    pub kept: usize,
+    /// Left out at loading (`rule` says why).
+    pub dropped: usize,
+    /// Kept, cut to the length limit.
+    pub truncated: usize,
+    /// Kept whole although over the length limit: every batch holding one is skipped.
+    #[serde(default)]
+    pub over_limit: usize,
+    /// The rule applied, e.g. "longer than 1024 tokens dropped".
+    pub rule: String,
+}
+
+/// Batches formed by example length, as TAPE's data loader forms them (the reference's remote
+/// homology): see [`TrainStream`] and [`EvalBatches`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LengthBatching {
+    /// Training buckets hold this many batches (TAPE's `bucket_size_multiplier`, 100).
+    pub bucket_batches: usize,
+    /// Batches holding an example longer than this many tokens are skipped and counted (the
+    /// reference's `while seq_len > self.max_seq_len` loop).
+    pub skip_longer_than: Option<usize>,
 }
 
 impl TaskSpec {
@@ -120,8 +206,10 @@ pub trait Task: Send + Sync {
     /// stream), `Some(0)` for a split the data set does not have.
     fn len(&self, split: Split) -> Option<usize>;
 
-    /// Writes example `index` of `split` into `input` (`spec().input_len()` values) and
-    /// `targets` (`spec().predictions` class ids). `rng` drives augmentation and generation;
+    /// Writes example `index` of `split` into `input` and `targets` (`spec().predictions` class
+    /// ids). `input` holds `spec().input_len()` values, or, for a task with
+    /// [`Padding::Masked`] or [`Padding::Batch`], the batch's width (at least this example's
+    /// length, capped at `seq_len`): real tokens first, then the padding id. `rng` drives augmentation and generation;
     /// callers seed it per example so results do not depend on thread scheduling.
     fn write_example(
         &self,
@@ -143,4 +231,39 @@ pub trait Task: Send + Sync {
     fn notes(&self) -> Vec<String> {
         Vec::new()
     }
+
+    /// Per-split counts of what loading changed (dropped, truncated, kept over the limit); empty
+    /// for tasks that keep every example as it is.
+    fn counts(&self) -> Vec<SplitCounts> {
+        Vec::new()
+    }
+
+    /// Batches formed by example length instead of in order (the reference's remote homology).
+    fn length_batching(&self) -> Option<LengthBatching> {
+        None
+    }
+
+    /// The factor reported accuracy is multiplied by (1 but for the reference's remote
+    /// homology, which scales by the fraction of examples its loader skipped: 0.9739).
+    fn accuracy_scale(&self) -> f64 {
+        1.0
+    }
+
+    /// What a trained run keeps about its data ([`DataFacts`]); empty for the paper's tasks.
+    fn facts(&self) -> DataFacts {
+        DataFacts::default()
+    }
+}
+
+/// What a trained run keeps about the data it was trained on, so that evaluating or predicting
+/// on other data maps classes by name and prepares inputs the same way
+/// ([`TaskConfig::pin_to_run`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataFacts {
+    /// The class ids' names in order (`image-folder`: the class folders).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_names: Option<Vec<String>>,
+    /// `[height, width]` of the prepared images (`image-folder`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_size: Option<[usize; 2]>,
 }

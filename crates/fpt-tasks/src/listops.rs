@@ -3,9 +3,12 @@
 //!
 //! Vocabulary (fixed, 15 token ids + 1 padding id): digits `0`–`9` → 0–9, `[MIN` → 10,
 //! `[MAX` → 11, `[MED` → 12, `[SM` → 13, `]` → 14, padding → 15. The parentheses `(` `)` that
-//! LRA writes around every node carry no information beyond the brackets and are dropped.
-//! Sequences are left-padded, so the last token — the one the model reads out — is always the
-//! expression's final `]`.
+//! LRA writes around every node carry no information beyond the brackets and are dropped. With
+//! [`Tokenizer::Alphanumeric`] (the reference's tokenizer, which keeps alphanumeric tokens only)
+//! `]` is dropped too and padding is 14 (vocabulary 15, the reference's `input_dim`).
+//! Sequences are right-padded ([`Padding`]): the model is told each example's length
+//! ([`Padding::Masked`], the default) or, as the reference, reads the padding as input
+//! ([`Padding::Fixed`]: every example padded to `max_len`).
 //!
 //! Loading checks every line ([`parse_source`]): balanced brackets and parentheses, known
 //! operators with at least one argument, one expression a line, Targets 0–9, no blank line
@@ -13,7 +16,7 @@
 //! loader's notes.
 
 use crate::rng::{stream, TaskRng};
-use crate::{InputKind, InputSlot, Split, Task, TaskSpec};
+use crate::{InputKind, InputSlot, Padding, Split, SplitCounts, Task, TaskSpec};
 use anyhow::{bail, Context, Result};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -21,8 +24,12 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 pub const TOKENS: [&str; 15] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "[MIN", "[MAX", "[MED", "[SM", "]"];
+/// The padding id of the full vocabulary ([`Tokenizer::Full`]).
 pub const PAD: u8 = 15;
+/// Token ids of the full vocabulary, padding included.
 pub const VOCAB: usize = 16;
+/// The id of `]`, the one token [`Tokenizer::Alphanumeric`] drops.
+pub const CLOSE: u8 = 14;
 pub const CLASSES: usize = 10;
 pub const HEADER: &str = "Source\tTarget";
 
@@ -35,6 +42,29 @@ pub enum Overflow {
     Drop,
     /// Keep its first `max_len` tokens, as the reference did (counted and reported).
     Truncate,
+}
+
+/// Which tokens of a `Source` become ids.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Tokenizer {
+    /// Digits, operators and `]` (15 ids, padding 15): every expression is unambiguous.
+    #[default]
+    Full,
+    /// The reference's: `tfds.deprecated.text.Tokenizer()` keeps alphanumeric tokens only, so
+    /// `[MAX` becomes `MAX` and every `]` is lost (14 ids, padding 14; the reference's
+    /// `input_dim = 15`). Nested expressions become ambiguous (LRA issue #14).
+    Alphanumeric,
+}
+
+impl Tokenizer {
+    /// The padding id and the vocabulary size (padding included).
+    pub fn pad_and_vocab(self) -> (u8, usize) {
+        match self {
+            Tokenizer::Full => (PAD, VOCAB),
+            Tokenizer::Alphanumeric => (CLOSE, VOCAB - 1),
+        }
+    }
 }
 
 pub fn token_id(token: &str) -> Option<u8> {
@@ -192,16 +222,46 @@ fn truncate_for_message(s: &str) -> String {
 pub const SPLIT_FILES: [(Split, &str); 3] =
     [(Split::Train, "basic_train.tsv"), (Split::Val, "basic_val.tsv"), (Split::Test, "basic_test.tsv")];
 
+/// How ListOps examples are tokenized, limited and padded (the `listops` task's settings).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Preprocessing {
+    pub max_len: usize,
+    pub overflow: Overflow,
+    pub tokenizer: Tokenizer,
+    pub padding: Padding,
+}
+
+impl Preprocessing {
+    /// The project's defaults for a length limit: drop longer examples, full vocabulary,
+    /// masked padding.
+    pub fn new(max_len: usize, overflow: Overflow) -> Self {
+        Preprocessing { max_len, overflow, tokenizer: Tokenizer::Full, padding: Padding::Masked }
+    }
+
+    /// The reference's (`datasets/helpers/listops.py`): its tokenizer, the first 512 tokens,
+    /// every example right-padded to 512, the padding read as input.
+    pub fn reference() -> Self {
+        Preprocessing { max_len: 512, overflow: Overflow::Truncate, tokenizer: Tokenizer::Alphanumeric, padding: Padding::Fixed }
+    }
+}
+
 pub struct ListOps {
     spec: TaskSpec,
     splits: Vec<(Split, ListOpsFile)>,
     notes: Vec<String>,
+    counts: Vec<SplitCounts>,
+    pad: u8,
 }
 
 impl ListOps {
     /// Loads `basic_{train,val,test}.tsv` from `dir`; examples longer than `max_len` are
     /// dropped or truncated per `overflow`, and counted.
     pub fn load(dir: &Path, max_len: usize, overflow: Overflow) -> Result<Self> {
+        Self::load_with(dir, &Preprocessing::new(max_len, overflow))
+    }
+
+    /// [`ListOps::load`] with every preprocessing setting.
+    pub fn load_with(dir: &Path, pre: &Preprocessing) -> Result<Self> {
         let mut files = Vec::new();
         for (split, name) in SPLIT_FILES {
             let path: PathBuf = dir.join(name);
@@ -211,11 +271,16 @@ impl ListOps {
             let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
             files.push((split, parse_tsv(&bytes, &path.display().to_string())?, path.display().to_string()));
         }
-        Self::from_files(files, max_len, overflow)
+        Self::from_files(files, pre)
     }
 
     /// Generates the splits in memory with LRA's algorithm (see [`generate`]).
     pub fn generated(cfg: &GeneratorConfig, max_len: usize, overflow: Overflow) -> Result<Self> {
+        Self::generated_with(cfg, &Preprocessing::new(max_len, overflow))
+    }
+
+    /// [`ListOps::generated`] with every preprocessing setting.
+    pub fn generated_with(cfg: &GeneratorConfig, pre: &Preprocessing) -> Result<Self> {
         let generated = generate(cfg)?;
         let to_file = |rows: &[(String, u8)]| -> Result<ListOpsFile> {
             let mut f = ListOpsFile::default();
@@ -233,17 +298,26 @@ impl ListOps {
             (Split::Val, to_file(&generated.val)?, origin.clone()),
             (Split::Test, to_file(&generated.test)?, origin),
         ];
-        Self::from_files(files, max_len, overflow)
+        Self::from_files(files, pre)
     }
 
-    fn from_files(files: Vec<(Split, ListOpsFile, String)>, max_len: usize, overflow: Overflow) -> Result<Self> {
+    fn from_files(files: Vec<(Split, ListOpsFile, String)>, pre: &Preprocessing) -> Result<Self> {
+        let Preprocessing { max_len, overflow, tokenizer, padding } = *pre;
         if max_len == 0 {
-            bail!("listops: max_len must be positive");
+            bail!("listops: max_len is 0; expected a positive number of tokens (1024 is GPT-2's context, 512 the reference's)");
         }
+        if padding == Padding::None {
+            bail!("listops: padding \"none\" does not fit examples of different lengths; expected \"masked\", \"fixed\" or \"batch\"");
+        }
+        let (pad, vocab) = tokenizer.pad_and_vocab();
         let mut splits = Vec::new();
         let mut notes = Vec::new();
+        let mut counts = Vec::new();
         let mut longest = 0;
         for (split, mut file, origin) in files {
+            if tokenizer == Tokenizer::Alphanumeric {
+                file.examples.iter_mut().for_each(|e| e.retain(|&t| t != CLOSE));
+            }
             let total = file.examples.len();
             let over = file.examples.iter().filter(|e| e.len() > max_len).count();
             match overflow {
@@ -263,27 +337,55 @@ impl ListOps {
                 0 => String::new(),
                 m => format!("; {m} Targets differ from their expression's value (kept as given)"),
             };
-            notes.push(format!(
-                "{split}: {total} examples in {origin}; {over} longer than {max_len} tokens {}{mismatches}",
-                if overflow == Overflow::Drop { "dropped" } else { "truncated" }
-            ));
+            let action = if overflow == Overflow::Drop { "dropped" } else { "truncated" };
+            notes.push(format!("{split}: {total} examples in {origin}; {over} longer than {max_len} tokens {action}{mismatches}"));
+            counts.push(SplitCounts {
+                split,
+                source: total,
+                kept: file.examples.len(),
+                dropped: if overflow == Overflow::Drop { over } else { 0 },
+                truncated: if overflow == Overflow::Truncate { over } else { 0 },
+                over_limit: 0,
+                rule: format!("longer than {max_len} tokens {action}"),
+            });
             longest = longest.max(file.examples.iter().map(Vec::len).max().unwrap_or(0));
             splits.push((split, file));
         }
+        let tokens = match tokenizer {
+            Tokenizer::Full => "digits, operators and `]`",
+            Tokenizer::Alphanumeric => "alphanumeric tokens only (the reference's tokenizer: every `]` dropped)",
+        };
+        let layout = match padding {
+            Padding::Fixed => format!("every example right-padded with id {pad} to {max_len} tokens, the padding read as input"),
+            Padding::Batch => format!("right-padded with id {pad} to each batch's longest example, the padding read as input"),
+            _ => format!("right-padded with id {pad} to each batch's longest example, lengths passed to the model"),
+        };
+        notes.push(format!("tokens: {tokens}; {layout}"));
         let spec = TaskSpec {
             name: "listops".into(),
-            input: InputKind::Tokens { vocab: VOCAB },
-            seq_len: longest,
+            input: InputKind::Tokens { vocab },
+            seq_len: if padding == Padding::Fixed { max_len } else { longest },
             predictions: 1,
             classes: CLASSES,
             readout_tokens: 1,
+            padding,
         };
-        Ok(ListOps { spec, splits, notes })
+        Ok(ListOps { spec, splits, notes, counts, pad })
     }
 
     fn file(&self, split: Split) -> Option<&ListOpsFile> {
         self.splits.iter().find(|(s, _)| *s == split).map(|(_, f)| f)
     }
+}
+
+/// Writes `tokens` into `x` from position 0 and fills the rest with `pad` (right padding);
+/// tokens past the end of `x` are cut (never the case for a batch built by `assemble`).
+pub(crate) fn write_right_padded(x: &mut [i64], tokens: &[u8], pad: u8) {
+    let n = tokens.len().min(x.len());
+    for (out, &t) in x[..n].iter_mut().zip(tokens) {
+        *out = t as i64;
+    }
+    x[n..].fill(pad as i64);
 }
 
 impl Task for ListOps {
@@ -298,12 +400,7 @@ impl Task for ListOps {
     fn write_example(&self, split: Split, index: usize, _augment: bool, _rng: &mut TaskRng, input: InputSlot<'_>, targets: &mut [i64]) {
         let InputSlot::Tokens(x) = input else { unreachable!("ListOps has token input") };
         let file = self.file(split).expect("index within a present split");
-        let tokens = &file.examples[index];
-        let pad = x.len() - tokens.len();
-        x[..pad].fill(PAD as i64);
-        for (out, &t) in x[pad..].iter_mut().zip(tokens) {
-            *out = t as i64;
-        }
+        write_right_padded(x, &file.examples[index], self.pad);
         targets[0] = file.labels[index] as i64;
     }
 
@@ -313,6 +410,10 @@ impl Task for ListOps {
 
     fn notes(&self) -> Vec<String> {
         self.notes.clone()
+    }
+
+    fn counts(&self) -> Vec<SplitCounts> {
+        self.counts.clone()
     }
 }
 

@@ -4,7 +4,7 @@
 use crate::idx::read_idx;
 use crate::patch::patchify;
 use crate::rng::TaskRng;
-use crate::{InputKind, InputSlot, Split, Task, TaskSpec};
+use crate::{InputKind, InputSlot, Padding, Split, Task, TaskSpec};
 use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
 
@@ -97,6 +97,7 @@ impl Mnist {
             predictions: 1,
             classes: CLASSES,
             readout_tokens: 1,
+            padding: Padding::None,
         };
         Ok(Mnist { spec, height, width, patch, train, test, files })
     }

@@ -13,6 +13,7 @@ pub mod purpose {
     pub const GENERATE_TRAIN: u64 = 3;
     pub const GENERATE_VAL: u64 = 4;
     pub const GENERATE_TEST: u64 = 5;
+    pub const BUCKET_ORDER: u64 = 6;
 }
 
 fn splitmix64(mut z: u64) -> u64 {

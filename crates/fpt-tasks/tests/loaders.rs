@@ -242,22 +242,35 @@ fn write_listops(dir: &Path, lengths: &[usize]) {
 fn listops_reports_and_applies_the_length_policy() {
     let dir = scratch("listops");
     write_listops(&dir, &[5, 12, 30, 8]);
-    let drop = TaskConfig::Listops { path: Some(dir.clone()), max_len: 12, overflow: Default::default(), generate: None };
+    let drop = TaskConfig::Listops { path: Some(dir.clone()), max_len: 12, overflow: Default::default(), tokenizer: Default::default(), padding: fpt_tasks::Padding::Masked, generate: None };
     let task = load_task(&drop, 0).unwrap();
     assert_eq!(task.len(Split::Train), Some(3));
     assert_eq!(task.spec().seq_len, 12);
     assert!(task.notes()[0].contains("4 examples") && task.notes()[0].contains("1 longer than 12 tokens dropped"), "{:?}", task.notes());
-    // Left padding: the last token is the closing bracket (id 14); padding id 15 in front.
-    let b = assemble(task.as_ref(), Split::Train, &[0], false, 0, 0, Device::Cpu);
-    assert_eq!(b.x.int64_value(&[0, 11]), 14);
-    assert_eq!(b.x.int64_value(&[0, 6]), 15);
-    assert_eq!(b.x.int64_value(&[0, 7]), 13);
+    // Right padding (masked): the tokens from position 0, padding id 15 after them, the batch
+    // as wide as its longest example, and each example's length.
+    let b = assemble(task.as_ref(), Split::Train, &[0, 1], false, 0, 0, Device::Cpu);
+    assert_eq!(b.x.size(), vec![2, 12]);
+    let row: Vec<i64> = Vec::try_from(&b.x.get(0)).unwrap();
+    assert_eq!(row, vec![13, 1, 1, 1, 14, 15, 15, 15, 15, 15, 15, 15]); // [SM 1 1 1 ] pads
+    assert_eq!(Vec::<i64>::try_from(b.lengths.as_ref().expect("masked batches carry lengths")).unwrap(), vec![5, 12]);
     assert_eq!(b.y.int64_value(&[0, 0]), 3);
+    let alone = assemble(task.as_ref(), Split::Train, &[0], false, 0, 0, Device::Cpu);
+    assert_eq!(alone.x.size(), vec![1, 5], "a batch is cut to its longest example");
+    // What loading did, per split, for the run's summary.
+    let counts = task.counts();
+    assert_eq!(counts.len(), 3);
+    for c in &counts {
+        assert_eq!((c.source, c.kept, c.dropped, c.truncated, c.over_limit), (4, 3, 1, 0, 0), "{c:?}");
+        assert_eq!(c.rule, "longer than 12 tokens dropped");
+    }
 
-    let truncate = TaskConfig::Listops { path: Some(dir.clone()), max_len: 12, overflow: fpt_tasks::listops::Overflow::Truncate, generate: None };
+    let truncate = TaskConfig::Listops { path: Some(dir.clone()), max_len: 12, overflow: fpt_tasks::listops::Overflow::Truncate, tokenizer: Default::default(), padding: fpt_tasks::Padding::Masked, generate: None };
     let task = load_task(&truncate, 0).unwrap();
     assert_eq!(task.len(Split::Train), Some(4));
     assert!(task.notes()[0].contains("1 longer than 12 tokens truncated"));
+    let c = &task.counts()[2];
+    assert_eq!((c.split, c.source, c.kept, c.dropped, c.truncated), (Split::Test, 4, 4, 0, 1));
 
     std::fs::remove_file(dir.join("basic_val.tsv")).unwrap();
     let err = load_err(&drop);
@@ -285,7 +298,7 @@ fn listops_rejects_malformed_files_naming_file_and_line() {
         let dir = scratch(&format!("listops-bad-{name}"));
         write_listops(&dir, &[5, 6]);
         std::fs::write(dir.join(file), bytes).unwrap();
-        let cfg = TaskConfig::Listops { path: Some(dir.clone()), max_len: 64, overflow: Default::default(), generate: None };
+        let cfg = TaskConfig::Listops { path: Some(dir.clone()), max_len: 64, overflow: Default::default(), tokenizer: Default::default(), padding: fpt_tasks::Padding::Masked, generate: None };
         let err = load_err(&cfg);
         assert!(err.contains(file) && err.contains(needle), "{name}: {err}");
     }
@@ -294,7 +307,7 @@ fn listops_rejects_malformed_files_naming_file_and_line() {
     write_listops(&dir, &[5]);
     std::fs::remove_file(dir.join("basic_val.tsv")).unwrap();
     std::fs::create_dir(dir.join("basic_val.tsv")).unwrap();
-    let err = load_err(&TaskConfig::Listops { path: Some(dir.clone()), max_len: 64, overflow: Default::default(), generate: None });
+    let err = load_err(&TaskConfig::Listops { path: Some(dir.clone()), max_len: 64, overflow: Default::default(), tokenizer: Default::default(), padding: fpt_tasks::Padding::Masked, generate: None });
     assert!(err.contains("basic_val.tsv: is a directory"), "{err}");
 }
 
@@ -305,7 +318,7 @@ fn listops_accepts_crlf_and_reports_wrong_targets() {
     let dir = scratch("listops-crlf");
     write_listops(&dir, &[5, 6]);
     std::fs::write(dir.join("basic_train.tsv"), "\u{feff}Source\tTarget\r\n( [SM 1 1 ] )\t2\r\n[MAX 3 [MIN 4 5 ] ]\t7\r\n\r\n").unwrap();
-    let cfg = TaskConfig::Listops { path: Some(dir.clone()), max_len: 64, overflow: Default::default(), generate: None };
+    let cfg = TaskConfig::Listops { path: Some(dir.clone()), max_len: 64, overflow: Default::default(), tokenizer: Default::default(), padding: fpt_tasks::Padding::Masked, generate: None };
     let task = load_task(&cfg, 0).unwrap();
     assert_eq!(task.len(Split::Train), Some(2));
     assert!(task.notes()[0].contains("1 Targets differ from their expression's value"), "{:?}", task.notes());
@@ -315,7 +328,7 @@ fn listops_accepts_crlf_and_reports_wrong_targets() {
 #[test]
 fn listops_can_be_generated_in_memory() {
     let spec = fpt_tasks::listops::GeneratorConfig { seed: 1, train: 50, val: 10, test: 10, min_len: 10, max_len: 40, ..Default::default() };
-    let cfg = TaskConfig::Listops { path: None, max_len: 1024, overflow: Default::default(), generate: Some(spec.clone()) };
+    let cfg = TaskConfig::Listops { path: None, max_len: 1024, overflow: Default::default(), tokenizer: Default::default(), padding: fpt_tasks::Padding::Masked, generate: Some(spec.clone()) };
     let task = load_task(&cfg, 0).unwrap();
     assert_eq!((task.len(Split::Train), task.len(Split::Val), task.len(Split::Test)), (Some(50), Some(10), Some(10)));
     assert!(task.spec().seq_len < 40);
@@ -323,7 +336,7 @@ fn listops_can_be_generated_in_memory() {
     let a = assemble(task.as_ref(), Split::Test, &[0, 1, 2], false, 0, 0, Device::Cpu);
     let b = assemble(again.as_ref(), Split::Test, &[0, 1, 2], false, 0, 0, Device::Cpu);
     assert!(a.x.equal(&b.x) && a.y.equal(&b.y));
-    let both = TaskConfig::Listops { path: Some("x".into()), max_len: 1024, overflow: Default::default(), generate: Some(spec) };
+    let both = TaskConfig::Listops { path: Some("x".into()), max_len: 1024, overflow: Default::default(), tokenizer: Default::default(), padding: fpt_tasks::Padding::Masked, generate: Some(spec) };
     assert!(load_err(&both).contains("either path or generate"));
 }
 
@@ -340,15 +353,19 @@ fn write_homology(dir: &Path) {
 fn remote_homology_encodes_drops_and_rejects() {
     let dir = scratch("homology");
     write_homology(&dir);
-    let cfg = TaskConfig::RemoteHomology { path: Some(dir.clone()), max_len: 20, test_set: fpt_tasks::homology::TestSet::Superfamily };
+    let cfg = TaskConfig::RemoteHomology { path: Some(dir.clone()), max_len: 20, test_set: fpt_tasks::homology::TestSet::Superfamily, long: Default::default(), padding: fpt_tasks::Padding::Masked };
     let task = load_task(&cfg, 0).unwrap();
     assert_eq!(task.len(Split::Train), Some(2), "the 42-token sequence is dropped");
     assert_eq!(task.spec().seq_len, 12);
     assert!(task.notes()[2].contains("superfamily") && task.notes()[2].contains("1 longer than 20 tokens dropped"), "{:?}", task.notes());
-    let b = assemble(task.as_ref(), Split::Test, &[0], false, 0, 0, Device::Cpu);
-    let ids: Vec<i64> = (0..12).map(|i| b.x.int64_value(&[0, i])).collect();
-    assert_eq!(ids, vec![0, 0, 0, 0, 0, 0, 2, 16, 14, 25, 15, 3]); // <pad>… <cls> M K V L <sep>
+    let b = assemble(task.as_ref(), Split::Test, &[0, 1], false, 0, 0, Device::Cpu);
+    let ids: Vec<i64> = Vec::try_from(&b.x.get(0)).unwrap();
+    assert_eq!(ids, vec![2, 16, 14, 25, 15, 3, 0, 0, 0, 0, 0, 0]); // <cls> M K V L <sep> <pad>…
+    assert_eq!(Vec::<i64>::try_from(b.lengths.as_ref().unwrap()).unwrap(), vec![6, 12]);
     assert_eq!(b.y.int64_value(&[0, 0]), 3);
+    assert!(task.counts().iter().all(|c| (c.source, c.kept, c.dropped) == (3, 2, 1)), "{:?}", task.counts());
+    assert_eq!(task.accuracy_scale(), 1.0);
+    assert!(task.length_batching().is_none());
 
     std::fs::remove_file(dir.join("remote_homology_valid.json")).unwrap();
     let err = load_err(&cfg);
@@ -429,7 +446,7 @@ fn training_epochs_are_seeded_permutations_and_resume_exactly() {
 #[test]
 fn batch_sizes_are_checked_against_the_split() {
     let spec = fpt_tasks::listops::GeneratorConfig { seed: 1, train: 50, val: 5, test: 5, min_len: 5, max_len: 30, ..Default::default() };
-    let task = load_task(&TaskConfig::Listops { path: None, max_len: 64, overflow: Default::default(), generate: Some(spec) }, 0).unwrap();
+    let task = load_task(&TaskConfig::Listops { path: None, max_len: 64, overflow: Default::default(), tokenizer: Default::default(), padding: fpt_tasks::Padding::Masked, generate: Some(spec) }, 0).unwrap();
     let err = TrainStream::new(task.clone(), 64, 0, false).err().expect("batch 64 > 50 examples").to_string();
     assert_eq!(err, "train.batch_size 64 is larger than the training split of task listops (50 examples)");
     let mut whole = TrainStream::new(task.clone(), 50, 0, false).unwrap();
@@ -479,4 +496,127 @@ fn real_fashion_mnist_loads() {
     let b = EvalBatches::new(task, Split::Test, 256, Device::Cpu).unwrap().next().unwrap();
     let mean = b.x.mean(Kind::Float).double_value(&[]);
     assert!(mean > 0.2 && mean < 0.4, "mean pixel {mean}"); // Fashion-MNIST's mean is ~0.286
+}
+
+/// The reference's ListOps preprocessing (experiments/paper.toml): its tokenizer keeps
+/// alphanumeric tokens only (every `]` lost: 14 ids, padding 14, vocabulary 15 as the
+/// reference's `input_dim`), the first `max_len` tokens are kept (counted as truncated), every
+/// example is right-padded to `max_len`, and the padding is input (no lengths).
+#[test]
+fn listops_reference_mode_tokenizes_truncates_and_pads_as_the_reference() {
+    let dir = scratch("listops-reference");
+    write_listops(&dir, &[5, 12, 30, 8]); // 4, 11, 29 and 7 tokens without `]`
+    let cfg: TaskConfig = serde_json::from_value(serde_json::json!({
+        "name": "listops", "path": dir, "max_len": 10, "overflow": "truncate", "tokenizer": "alphanumeric", "padding": "fixed"
+    }))
+    .unwrap();
+    let task = load_task(&cfg, 0).unwrap();
+    let spec = task.spec();
+    assert_eq!((spec.seq_len, spec.input, spec.padding), (10, fpt_tasks::InputKind::Tokens { vocab: 15 }, fpt_tasks::Padding::Fixed));
+    assert_eq!(task.len(Split::Val), Some(4), "truncation keeps every example");
+    let b = assemble(task.as_ref(), Split::Val, &[0, 2], false, 0, 0, Device::Cpu);
+    assert_eq!(b.x.size(), vec![2, 10], "padded to max_len whatever the batch");
+    assert!(b.lengths.is_none(), "the padding is input: no lengths");
+    assert_eq!(Vec::<i64>::try_from(&b.x.get(0)).unwrap(), vec![13, 1, 1, 1, 14, 14, 14, 14, 14, 14]); // SM 1 1 1, pads
+    assert_eq!(Vec::<i64>::try_from(&b.x.get(1)).unwrap(), vec![13, 1, 1, 1, 1, 1, 1, 1, 1, 1], "the first 10 tokens");
+    for c in task.counts() {
+        assert_eq!((c.source, c.kept, c.dropped, c.truncated), (4, 4, 0, 2), "{c:?}");
+    }
+    assert!(task.notes().iter().any(|n| n.contains("alphanumeric tokens only")), "{:?}", task.notes());
+    // The project's defaults: `]` kept, masked padding.
+    let default: TaskConfig = serde_json::from_value(serde_json::json!({ "name": "listops", "path": dir })).unwrap();
+    let task = load_task(&default, 0).unwrap();
+    assert_eq!((task.spec().input, task.spec().padding), (fpt_tasks::InputKind::Tokens { vocab: 16 }, fpt_tasks::Padding::Masked));
+    // Bad values name the field's choices.
+    let bad = serde_json::from_value::<TaskConfig>(serde_json::json!({ "name": "listops", "padding": "left" })).unwrap_err().to_string();
+    assert!(bad.contains("unknown variant `left`") && bad.contains("masked"), "{bad}");
+    let none: TaskConfig = serde_json::from_value(serde_json::json!({ "name": "listops", "path": dir, "padding": "none" })).unwrap();
+    assert!(load_err(&none).contains("padding \"none\" does not fit"), "{}", load_err(&none));
+}
+
+/// TAPE-style JSON: one record per length, fold label = length % 1195.
+fn write_homology_lengths(dir: &Path, split_lengths: &[(&str, Vec<usize>)]) {
+    for (file, lengths) in split_lengths {
+        let body: Vec<String> = lengths.iter().map(|&n| format!("{{\"primary\": \"{}\", \"fold_label\": {}}}", "M".repeat(n), n % 1195)).collect();
+        std::fs::write(dir.join(format!("remote_homology_{file}.json")), format!("[{}]", body.join(","))).unwrap();
+    }
+}
+
+/// The reference's remote homology (experiments/paper.toml): over-long sequences are kept,
+/// evaluation batches are formed from the split sorted by length, every batch holding a
+/// sequence over `max_len` is skipped and counted, the padding (to each batch's longest) is
+/// input, and accuracy is scaled by the reference's 0.9739.
+#[test]
+fn remote_homology_reference_mode_skips_batches_with_long_sequences() {
+    let dir = scratch("homology-reference");
+    write_homology(&dir); // 6, 12 and 42 tokens per split
+    let cfg: TaskConfig = serde_json::from_value(serde_json::json!({
+        "name": "remote-homology", "path": dir, "max_len": 20, "long": "skip_batch", "padding": "batch"
+    }))
+    .unwrap();
+    let task = load_task(&cfg, 0).unwrap();
+    assert_eq!(task.len(Split::Val), Some(3), "nothing dropped at loading");
+    assert_eq!(task.spec().seq_len, 12, "the longest sequence a kept batch can hold");
+    assert_eq!(task.accuracy_scale(), 0.9739);
+    for c in task.counts() {
+        assert_eq!((c.source, c.kept, c.dropped, c.over_limit), (3, 3, 0, 1), "{c:?}");
+    }
+    let evals = EvalBatches::new(task.clone(), Split::Val, 2, Device::Cpu).unwrap();
+    assert_eq!(evals.skipped(), fpt_tasks::Skipped { batches: 1, examples: 1 });
+    assert_eq!(evals.len(), 2);
+    let batches: Vec<_> = evals.collect();
+    assert_eq!(batches.len(), 1);
+    assert_eq!(batches[0].x.size(), vec![2, 12], "padded to the batch's longest");
+    assert!(batches[0].lengths.is_none());
+    assert_eq!(Vec::<i64>::try_from(&batches[0].x.get(0)).unwrap(), vec![2, 16, 14, 25, 15, 3, 0, 0, 0, 0, 0, 0]);
+    // Sorted by length first: a batch of 1 skips only the long sequence, wherever it is.
+    let evals = EvalBatches::new(task.clone(), Split::Val, 1, Device::Cpu).unwrap();
+    assert_eq!((evals.len(), evals.skipped().batches), (2, 1));
+    // Training never yields the long sequence; skipped batches are counted.
+    let mut stream = TrainStream::new(task.clone(), 1, 3, false).unwrap();
+    let seen: Vec<usize> = (0..20).flat_map(|_| stream.next_indices()).collect();
+    assert!(seen.iter().all(|&i| i != 2) && seen.contains(&0) && seen.contains(&1), "{seen:?}");
+    assert_eq!(stream.skipped().batches, stream.epoch() + 1, "one skipped batch per epoch walked");
+    // Too many long sequences for the batch size: every batch could be skipped.
+    let err = TrainStream::new(task, 2, 0, false).err().expect("1 long sequence, 1 batch per epoch").to_string();
+    assert!(err.contains("1 training examples are longer than 20 tokens") && err.contains("lower train.batch_size"), "{err}");
+}
+
+/// Length-formed training batches (TAPE's BucketBatchSampler): each epoch uses every example
+/// of its full batches once, a batch holds neighbours in length order, epochs differ, and a
+/// stream resumed at any step continues exactly.
+#[test]
+fn length_formed_training_batches_are_sorted_buckets_and_resume_exactly() {
+    let dir = scratch("homology-buckets");
+    let lengths: Vec<usize> = (0..41).map(|i| 1 + (i * 17) % 40).collect(); // 1..=40, one 1 twice
+    write_homology_lengths(&dir, &[("train", lengths.clone()), ("valid", vec![3, 4]), ("test_fold_holdout", vec![5])]);
+    let cfg: TaskConfig = serde_json::from_value(serde_json::json!({
+        "name": "remote-homology", "path": dir, "max_len": 1000, "long": "skip_batch", "padding": "batch"
+    }))
+    .unwrap();
+    let task = load_task(&cfg, 0).unwrap();
+    let mut stream = TrainStream::new(task.clone(), 4, 9, false).unwrap();
+    let epoch0: Vec<Vec<usize>> = (0..10).map(|_| stream.next_indices()).collect(); // 41 / 4 = 10 full batches
+    assert_eq!(stream.epoch(), 1);
+    let mut all: Vec<usize> = epoch0.concat();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 40, "one example (41 mod 4) left out of the epoch, none repeated");
+    // One bucket (41 < 4 × 100): batches are consecutive runs of the length order.
+    let mut spans: Vec<(usize, usize)> = epoch0.iter().map(|b| {
+        let l: Vec<usize> = b.iter().map(|&i| task.example_len(Split::Train, i)).collect();
+        (*l.iter().min().unwrap(), *l.iter().max().unwrap())
+    }).collect();
+    spans.sort();
+    assert!(spans.windows(2).all(|w| w[0].1 <= w[1].0), "batches do not interleave in length: {spans:?}");
+    let sorted_by_step = epoch0.windows(2).all(|w| task.example_len(Split::Train, w[0][0]) <= task.example_len(Split::Train, w[1][0]));
+    assert!(!sorted_by_step, "batch order is shuffled within the bucket");
+    let epoch1: Vec<Vec<usize>> = (0..10).map(|_| stream.next_indices()).collect();
+    assert_ne!(epoch0, epoch1);
+    for at in [0u64, 3, 10, 17] {
+        let mut resumed = TrainStream::new(task.clone(), 4, 9, false).unwrap().at_step(at);
+        let expected = [&epoch0[..], &epoch1[..]].concat()[at as usize].clone();
+        assert_eq!(resumed.next_indices(), expected, "resumed at step {at}");
+    }
+    assert_eq!(stream.skipped(), fpt_tasks::Skipped::default());
 }

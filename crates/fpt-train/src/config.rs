@@ -87,8 +87,9 @@ pub struct ModelConfig {
     pub freeze: String,
     #[serde(default = "d::dropout")]
     pub dropout: f64,
-    #[serde(default = "d::orth_gain")]
-    pub orth_gain: f64,
+    /// Orthogonal-init gain of the dense input layers, or "none" for PyTorch's default init.
+    #[serde(default = "d::orth_gain", with = "fpt_model::orth_gain_text")]
+    pub orth_gain: Option<f64>,
     /// Which tokens the output layer reads: "last" (default) or "first" (bidirectional
     /// backbones only make the first token see the whole input).
     #[serde(default)]
@@ -165,7 +166,7 @@ mod d {
     pub fn init() -> Init { Init::Pretrained }
     pub fn freeze() -> String { "paper".into() }
     pub fn dropout() -> f64 { 0.1 }
-    pub fn orth_gain() -> f64 { 1.41 }
+    pub fn orth_gain() -> Option<f64> { Some(1.41) }
     pub fn steps() -> u64 { 1000 }
     pub fn batch_size() -> usize { 16 }
     pub fn lr() -> f64 { 1e-3 }

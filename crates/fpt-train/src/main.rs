@@ -22,6 +22,10 @@ enum Command {
     Pretrain(commands::pretrain::Args),
     /// Draw every layer's and head's attention for one evaluation example of a trained run.
     Attention(commands::attention::Args),
+    /// Evaluate a trained run on a split of its task or on other data: accuracy, loss, confusion matrix.
+    Eval(commands::eval::Args),
+    /// Predict with a trained run: class and probabilities per example of images or arrays.
+    Predict(commands::predict::Args),
     /// Time the FPT train step of a frozen GPT-2 (or the matmul peak) and print JSON.
     Bench(commands::bench::Args),
     /// Check data sets, generate ListOps.
@@ -48,6 +52,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Train(args) => commands::train::run_cli(args),
         Command::Pretrain(args) => commands::pretrain::run_cli(args),
         Command::Attention(args) => commands::attention::run_cli(args),
+        Command::Eval(args) => commands::eval::run_cli(args),
+        Command::Predict(args) => commands::predict::run_cli(args),
         Command::Bench(args) => commands::bench::run(args),
     }
 }

@@ -11,7 +11,7 @@ use crate::run_checkpoint::{self, CheckpointMeta};
 use crate::tensorboard::EventWriter;
 use anyhow::{bail, Context, Result};
 use fpt_model::{checkpoint::{build_checked, load_weights}, Fpt, FptConfig, FreezeSpec, InputSpec};
-use fpt_tasks::{load_task, loss_and_correct, EvalBatches, InputKind, Task, TrainStream};
+use fpt_tasks::{load_task, loss_and_correct, EvalBatches, InputKind, Padding, Skipped, Split, SplitCounts, Task, TrainStream};
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -117,7 +117,12 @@ pub struct MetricsLine {
     pub train_loss: f64,
     pub train_acc: f64,
     pub eval_loss: Option<f64>,
+    /// Evaluation accuracy as reported: on the examples evaluated, times the task's accuracy
+    /// scale (1 but for the reference's remote homology, 0.9739).
     pub eval_acc: Option<f64>,
+    /// The accuracy on the examples evaluated, before the scale; only where the scale is not 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_acc_unscaled: Option<f64>,
     pub samples_per_s: f64,
     pub wall_s: f64,
 }
@@ -148,6 +153,43 @@ pub struct Summary {
     pub total_time_s: f64,
     pub trainable_params: i64,
     pub error: Option<String>,
+    /// What the data pipeline left out or changed, so no example is lost silently.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<DataReport>,
+}
+
+/// The data a run trained and evaluated on: per split what loading dropped or truncated, and
+/// what batching skipped.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DataReport {
+    /// Per split: examples in the source, kept, dropped, truncated, kept over the length limit,
+    /// and the rule (empty for tasks that keep every example as it is).
+    pub splits: Vec<SplitCounts>,
+    /// How examples are padded (`none`, `masked`, `fixed`, `batch`: fpt_tasks::Padding).
+    pub padding: Padding,
+    pub eval_split: Split,
+    /// Examples each evaluation visits.
+    pub eval_examples: usize,
+    /// Evaluation batches skipped (and their examples) for holding an example over the limit.
+    pub eval_skipped: Skipped,
+    /// Training batches skipped so far, for the same reason.
+    pub train_skipped: Skipped,
+    /// Reported accuracy = accuracy on the evaluated examples × this.
+    pub accuracy_scale: f64,
+}
+
+impl DataReport {
+    fn new(task: &dyn Task, eval_split: Split, evals: &EvalBatches) -> Self {
+        DataReport {
+            splits: task.counts(),
+            padding: task.spec().padding,
+            eval_split,
+            eval_examples: evals.len(),
+            eval_skipped: evals.skipped(),
+            train_skipped: Skipped::default(),
+            accuracy_scale: task.accuracy_scale(),
+        }
+    }
 }
 
 pub struct RunOptions {
@@ -186,7 +228,8 @@ fn write_atomic(path: &Path, text: &str) -> Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("renaming {} into place", tmp.display()))
 }
 
-fn summarise(cfg: &RunConfig, lines: &[MetricsLine], status: Status, steps_done: u64, wall_s: f64, trainable: i64, error: Option<String>) -> Summary {
+#[allow(clippy::too_many_arguments)]
+fn summarise(cfg: &RunConfig, lines: &[MetricsLine], status: Status, steps_done: u64, wall_s: f64, trainable: i64, error: Option<String>, data: Option<DataReport>) -> Summary {
     let evals: Vec<&MetricsLine> = lines.iter().filter(|l| l.eval_acc.is_some()).collect();
     let best = evals.iter().copied().fold(None::<&MetricsLine>, |b, l| match b {
         Some(b) if b.eval_acc >= l.eval_acc => Some(b),
@@ -206,6 +249,7 @@ fn summarise(cfg: &RunConfig, lines: &[MetricsLine], status: Status, steps_done:
         total_time_s: wall_s,
         trainable_params: trainable,
         error,
+        data,
     }
 }
 
@@ -293,15 +337,32 @@ fn step_seed(seed: u64, step: u64) -> i64 {
     ((z ^ (z >> 29)) >> 1) as i64
 }
 
-/// Mean loss and accuracy over a whole split (eval mode, no gradients).
-pub fn evaluate(model: &Fpt, task: &Arc<dyn Task>, cfg: &RunConfig, device: Device) -> Result<(f64, f64)> {
+/// One evaluation pass.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Evaluation {
+    /// Mean loss over the examples evaluated.
+    pub loss: f64,
+    /// Accuracy as reported: `unscaled × task.accuracy_scale()`.
+    pub acc: f64,
+    /// Accuracy on the examples evaluated.
+    pub unscaled: f64,
+    pub examples: usize,
+    /// Batches left out for holding an example over the length limit.
+    pub skipped: Skipped,
+}
+
+/// Mean loss and accuracy over a whole split (eval mode, no gradients), less the batches the
+/// task's length batching skips (counted in the result).
+pub fn evaluate(model: &Fpt, task: &Arc<dyn Task>, cfg: &RunConfig, device: Device) -> Result<Evaluation> {
     let spec = task.spec().clone();
     let mut loss_sum = Tensor::zeros([], (Kind::Float, device));
     let mut correct = Tensor::zeros([], (Kind::Int64, device));
     let mut examples = 0usize;
-    for batch in EvalBatches::new(task.clone(), cfg.train.eval_split, cfg.train.eval_batch_size, device)? {
+    let batches = EvalBatches::new(task.clone(), cfg.train.eval_split, cfg.train.eval_batch_size, device)?;
+    let skipped = batches.skipped();
+    for batch in batches {
         let (loss, c) = tch::no_grad(|| -> Result<(Tensor, Tensor)> {
-            let logits = model.forward(&batch.x, false)?;
+            let logits = model.forward_padded(&batch.x, batch.lengths.as_ref(), false)?;
             loss_and_correct(&spec, &logits, &batch.y)
         })?;
         loss_sum += loss * batch.len as f64;
@@ -309,11 +370,16 @@ pub fn evaluate(model: &Fpt, task: &Arc<dyn Task>, cfg: &RunConfig, device: Devi
         examples += batch.len;
     }
     if examples == 0 {
-        bail!("evaluation split {} of task {} is empty (set train.eval_split)", cfg.train.eval_split, spec.name);
+        let why = if skipped.batches > 0 {
+            format!("all {} of its batches hold an example over the length limit and were skipped", skipped.batches)
+        } else {
+            "it is empty".to_string()
+        };
+        bail!("evaluation split {} of task {}: {why} (set train.eval_split)", cfg.train.eval_split, spec.name);
     }
     let loss = loss_sum.double_value(&[]) / examples as f64;
-    let acc = correct.int64_value(&[]) as f64 / (examples * spec.predictions) as f64;
-    Ok((loss, acc))
+    let unscaled = correct.int64_value(&[]) as f64 / (examples * spec.predictions) as f64;
+    Ok(Evaluation { loss, acc: unscaled * task.accuracy_scale(), unscaled, examples, skipped })
 }
 
 /// Trains (or resumes, or recognises as already done) the run in `opts.out`, holding the run
@@ -365,6 +431,8 @@ fn train(cfg_in: &RunConfig, opts: &RunOptions, stop_after: Option<u64>, started
     let device = opts.device;
     let task = load_task(&cfg.task, cfg.seed)?;
     let (_vs, model, trainable) = build_model(&cfg, task.as_ref(), device)?;
+    // Which frozen backbone, task shape and class names the run has (fpt eval / predict check them).
+    crate::run_info::record(dir, &cfg, task.as_ref(), device)?;
     let n_trainable: i64 = trainable.iter().map(|(_, t)| t.numel() as i64).sum();
     let [beta1, beta2] = cfg.train.betas;
     let mut adam = Adam::new(AdamConfig { lr: cfg.train.lr, beta1, beta2, eps: cfg.train.eps }, trainable);
@@ -407,6 +475,8 @@ fn train(cfg_in: &RunConfig, opts: &RunOptions, stop_after: Option<u64>, started
     let accum = batch_size / micro;
     let spec = task.spec().clone();
     let mut stream = TrainStream::new(task.clone(), batch_size, cfg.seed, cfg.train.augment)?.at_step(step);
+    let mut data = DataReport::new(task.as_ref(), cfg.train.eval_split, &EvalBatches::new(task.clone(), cfg.train.eval_split, cfg.train.eval_batch_size, device)?);
+    data.train_skipped = stream.skipped();
     let bar = progress_bar(steps, step);
     let start = Instant::now();
     let mut window_loss = Tensor::zeros([], (Kind::Float, device));
@@ -416,12 +486,12 @@ fn train(cfg_in: &RunConfig, opts: &RunOptions, stop_after: Option<u64>, started
     // Filled on the device (a host scalar copied over every step would make CUDA wait).
     let mut first_bad = Tensor::full([], -1, (Kind::Int64, device));
 
-    let write_summary = |status: Status, done: u64, lines: &[MetricsLine], error: Option<String>| -> Result<Summary> {
-        let s = summarise(&cfg, lines, status, done, wall0 + start.elapsed().as_secs_f64(), n_trainable, error);
+    let write_summary = |status: Status, done: u64, lines: &[MetricsLine], error: Option<String>, data: &DataReport| -> Result<Summary> {
+        let s = summarise(&cfg, lines, status, done, wall0 + start.elapsed().as_secs_f64(), n_trainable, error, Some(data.clone()));
         write_atomic(&dir.join(SUMMARY), &serde_json::to_string_pretty(&s)?)?;
         Ok(s)
     };
-    write_summary(Status::Running, step, &lines, None)?;
+    write_summary(Status::Running, step, &lines, None, &data)?;
     *started_summary = true;
 
     while step < steps {
@@ -431,13 +501,10 @@ fn train(cfg_in: &RunConfig, opts: &RunOptions, stop_after: Option<u64>, started
         let batch = stream.next_batch(device);
         adam.zero_grad();
         for i in 0..accum {
-            let (x, y) = if accum == 1 {
-                (batch.x.shallow_clone(), batch.y.shallow_clone())
-            } else {
-                (batch.x.narrow(0, (i * micro) as i64, micro as i64), batch.y.narrow(0, (i * micro) as i64, micro as i64))
-            };
-            let logits = model.forward(&x, true)?;
-            let (loss, correct) = loss_and_correct(&spec, &logits, &y)?;
+            let part = if accum == 1 { None } else { Some(batch.narrow(i * micro, micro)) };
+            let b = part.as_ref().unwrap_or(&batch);
+            let logits = model.forward_padded(&b.x, b.lengths.as_ref(), true)?;
+            let (loss, correct) = loss_and_correct(&spec, &logits, &b.y)?;
             (&loss / accum as f64).backward();
             let loss = loss.detach();
             // Remember the first step with a non-finite loss without a host sync; read when logging.
@@ -466,19 +533,26 @@ fn train(cfg_in: &RunConfig, opts: &RunOptions, stop_after: Option<u64>, started
         if bad >= 0 {
             let msg = format!("non-finite training loss at step {bad}; the run is marked failed");
             bar.abandon();
-            write_summary(Status::Failed, step, &lines, Some(msg.clone()))?;
+            write_summary(Status::Failed, step, &lines, Some(msg.clone()), &data)?;
             bail!(msg);
         }
         let train_loss = window_loss.double_value(&[]) / window_batches as f64;
         let train_acc = window_correct.int64_value(&[]) as f64 / (window_batches as usize * batch_size * spec.predictions) as f64;
         let samples_per_s = (window_batches as usize * batch_size) as f64 / window_time.max(1e-9);
-        let (eval_loss, eval_acc) = if is_eval {
-            let (l, a) = evaluate(&model, &task, &cfg, device)?;
-            (Some(l), Some(a))
-        } else {
-            (None, None)
+        let evaluation = if is_eval { Some(evaluate(&model, &task, &cfg, device)?) } else { None };
+        let (eval_loss, eval_acc) = (evaluation.map(|e| e.loss), evaluation.map(|e| e.acc));
+        let eval_acc_unscaled = evaluation.filter(|_| task.accuracy_scale() != 1.0).map(|e| e.unscaled);
+        data.train_skipped = stream.skipped();
+        let line = MetricsLine {
+            step,
+            train_loss,
+            train_acc,
+            eval_loss,
+            eval_acc,
+            eval_acc_unscaled,
+            samples_per_s,
+            wall_s: wall0 + start.elapsed().as_secs_f64(),
         };
-        let line = MetricsLine { step, train_loss, train_acc, eval_loss, eval_acc, samples_per_s, wall_s: wall0 + start.elapsed().as_secs_f64() };
         writeln!(metrics, "{}", serde_json::to_string(&line)?).context("appending to metrics.jsonl")?;
         metrics.flush()?;
         tb.scalar("train/loss", step as i64, train_loss as f32)?;
@@ -499,14 +573,15 @@ fn train(cfg_in: &RunConfig, opts: &RunOptions, stop_after: Option<u64>, started
             run_checkpoint::save(dir, &adam, CheckpointMeta { step, wall_s: wall0 + start.elapsed().as_secs_f64() })?;
             if let Some(signal) = signal.filter(|_| step < steps) {
                 bar.abandon();
-                write_summary(Status::Interrupted, step, &lines, None)?;
+                write_summary(Status::Interrupted, step, &lines, None, &data)?;
                 return Err(Interrupted { signal, step, dir: dir.clone() }.into());
             }
-            write_summary(Status::Running, step, &lines, None)?;
+            write_summary(Status::Running, step, &lines, None, &data)?;
         }
     }
     bar.finish_and_clear();
-    write_summary(Status::Completed, step, &lines, None)
+    data.train_skipped = stream.skipped();
+    write_summary(Status::Completed, step, &lines, None, &data)
 }
 
 fn progress_bar(steps: u64, at: u64) -> indicatif::ProgressBar {

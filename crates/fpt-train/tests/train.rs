@@ -346,3 +346,101 @@ fn attention_maps_render_for_a_trained_run() {
     assert_eq!(res.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&res.stderr).contains("outside the test split"));
 }
+
+const TINY_TOKENS: &str = r#"
+[model]
+backbone = "gpt2"
+init = "random"
+freeze = "paper"
+[model.shape]
+n_layer = 1
+n_embd = 16
+n_head = 2
+n_positions = 64
+[train]
+steps = 4
+batch_size = 2
+log_every = 2
+eval_every = 2
+eval_batch_size = 2
+checkpoint_every = 4
+"#;
+
+/// ListOps files whose every split holds "[SM 1 … ]" expressions of `lengths` tokens.
+fn write_listops(dir: &Path, lengths: &[usize]) {
+    let line = |n: usize| format!("( [SM {} ] )\t{}\n", vec!["1"; n - 2].join(" "), (n - 2) % 10);
+    let body: String = lengths.iter().map(|&n| line(n)).collect();
+    for name in ["basic_train.tsv", "basic_val.tsv", "basic_test.tsv"] {
+        std::fs::write(dir.join(name), format!("Source\tTarget\n{body}")).unwrap();
+    }
+}
+
+/// No run drops evaluation examples silently: what loading dropped or truncated per split,
+/// the padding, the evaluation split and its size reach summary.json, for the project's ListOps
+/// settings and the reference's (paper.toml's).
+#[test]
+fn listops_counts_reach_the_summary_in_both_modes() {
+    let dir = tmp("listops-counts");
+    let data = dir.join("listops");
+    std::fs::create_dir_all(&data).unwrap();
+    write_listops(&data, &[5, 12, 30, 8, 6]);
+    let task = format!("seed = 1\n[task]\nname = \"listops\"\npath = \"{}\"\nmax_len = 12\n", data.display());
+    let config = write_config(&dir, &format!("{task}{TINY_TOKENS}"));
+    ok(&train(&config, &dir.join("project"), &[], &[]));
+    let summary = read_summary(&dir.join("project")).unwrap();
+    let report = summary.data.expect("summary.json reports the data");
+    assert_eq!(report.padding, fpt_tasks::Padding::Masked);
+    assert_eq!((report.eval_split, report.eval_examples), (fpt_tasks::Split::Test, 4));
+    assert_eq!(report.splits.len(), 3);
+    for c in &report.splits {
+        assert_eq!((c.source, c.kept, c.dropped, c.truncated), (5, 4, 1, 0), "{c:?}");
+        assert_eq!(c.rule, "longer than 12 tokens dropped");
+    }
+    let text = std::fs::read_to_string(dir.join("project/summary.json")).unwrap();
+    assert!(text.contains("\"dropped\": 1") && text.contains("\"eval_examples\": 4"), "{text}");
+
+    // The reference's preprocessing, evaluated on val as the reference does.
+    let reference = format!("{task}overflow = \"truncate\"\ntokenizer = \"alphanumeric\"\npadding = \"fixed\"\n{TINY_TOKENS}eval_split = \"val\"\n");
+    let config = write_config(&dir, &reference.replace("max_len = 12", "max_len = 10"));
+    ok(&train(&config, &dir.join("reference"), &[], &[]));
+    let report = read_summary(&dir.join("reference")).unwrap().data.unwrap();
+    assert_eq!((report.padding, report.eval_split, report.eval_examples), (fpt_tasks::Padding::Fixed, fpt_tasks::Split::Val, 5));
+    for c in &report.splits {
+        assert_eq!((c.source, c.kept, c.dropped, c.truncated), (5, 5, 0, 2), "{c:?}"); // 11 and 29 tokens without `]`
+    }
+}
+
+/// The reference's remote homology: evaluated on valid, batches holding a sequence over
+/// max_len skipped and counted, reported accuracy = accuracy on the rest × 0.9739.
+#[test]
+fn homology_reference_mode_skips_counts_and_scales() {
+    let dir = tmp("homology-reference");
+    let data = dir.join("homology");
+    std::fs::create_dir_all(&data).unwrap();
+    let record = |n: usize, fold: usize| format!("{{\"primary\": \"{}\", \"fold_label\": {fold}}}", "MK".repeat(n));
+    for (f, n) in [("train", 7), ("valid", 5), ("test_fold_holdout", 3)] {
+        // One sequence of 42 tokens (over max_len 20), the rest short.
+        let mut body: Vec<String> = (0..n).map(|i| record(2 + i % 4, i % 3)).collect();
+        body.push(record(20, 1));
+        std::fs::write(data.join(format!("remote_homology_{f}.json")), format!("[{}]", body.join(","))).unwrap();
+    }
+    let task = format!("seed = 1\n[task]\nname = \"remote-homology\"\npath = \"{}\"\nmax_len = 20\nlong = \"skip_batch\"\npadding = \"batch\"\n", data.display());
+    let config = write_config(&dir, &format!("{task}{TINY_TOKENS}eval_split = \"val\"\n"));
+    let run = dir.join("run");
+    ok(&train(&config, &run, &[], &[]));
+    let summary = read_summary(&run).unwrap();
+    let report = summary.data.clone().unwrap();
+    assert_eq!(report.accuracy_scale, 0.9739);
+    assert_eq!(report.eval_split, fpt_tasks::Split::Val);
+    // valid: 6 sequences sorted by length in batches of 2; the last holds the long one.
+    assert_eq!((report.eval_examples, report.eval_skipped), (4, fpt_tasks::Skipped { batches: 1, examples: 2 }));
+    assert!(report.splits.iter().all(|c| c.over_limit == 1 && c.dropped == 0), "{:?}", report.splits);
+    // train: 8 sequences, 4 batches an epoch (the long one sorts into the last), one skipped
+    // each epoch: 4 steps walk into the second epoch.
+    assert_eq!(report.train_skipped, fpt_tasks::Skipped { batches: 2, examples: 4 }, "{report:?}");
+    let lines = read_metrics(&run).unwrap();
+    let last = lines.iter().rev().find(|l| l.eval_acc.is_some()).unwrap();
+    let unscaled = last.eval_acc_unscaled.expect("the unscaled accuracy is kept");
+    assert!((last.eval_acc.unwrap() - unscaled * 0.9739).abs() < 1e-12);
+    assert_eq!(summary.final_eval_acc, last.eval_acc);
+}

@@ -1,5 +1,6 @@
 pub mod bench;
 pub mod data;
+pub mod fidelity;
 pub mod regress;
 pub mod reproduce;
 pub mod setup;

@@ -34,6 +34,11 @@ pub fn make_bert_fixtures(tmp: &Path, tag: &str, cases: &[&str]) -> PathBuf {
     make_fixtures("make_bert_fixtures.py", tmp, tag, cases)
 }
 
+/// `make_bert_mask_fixtures.py`: one BERT case (`bert_mask`) with a padding mask.
+pub fn make_bert_mask_fixtures(tmp: &Path, tag: &str) -> PathBuf {
+    make_fixtures("make_bert_mask_fixtures.py", tmp, tag, &[])
+}
+
 fn make_fixtures(script: &str, tmp: &Path, tag: &str, cases: &[&str]) -> PathBuf {
     let out = tmp.join(format!("{}-{tag}-{}", script.trim_end_matches(".py"), std::process::id()));
     let _ = std::fs::remove_dir_all(&out);

@@ -6,7 +6,7 @@ import copy
 import torch
 
 
-def float64_outputs(model, x, r, attentions: bool) -> dict:
+def float64_outputs(model, x, r, attentions: bool, attention_mask=None) -> dict:
     """The truth and the rounding noise that `fpt_model::tolerance` measures our fp32 against.
 
     `*_f64`: last_hidden_state, grad_inputs (and attentions) of a float64 copy of `model` on
@@ -15,17 +15,19 @@ def float64_outputs(model, x, r, attentions: bool) -> dict:
     perturbed by one unit of fp32 roundoff (relative 2^-24, random), which is what rounding the
     same values in another order does. A single fp32 result's max error is a noisy statistic
     (real weights amplify some elements: MiniLM's varies 10x between such draws); the
-    ensemble's max is its upper tail on this machine's kernels."""
+    ensemble's max is its upper tail on this machine's kernels. `attention_mask`, when given,
+    is passed to every call (Hugging Face's [batch, seq] padding mask)."""
     m64 = copy.deepcopy(model).double().eval()
 
     def evaluate(m, xin, dtype):
         xx = xin.detach().to(dtype).requires_grad_(True)
-        y = m(inputs_embeds=xx).last_hidden_state
+        kwargs = {} if attention_mask is None else {"attention_mask": attention_mask}
+        y = m(inputs_embeds=xx, **kwargs).last_hidden_state
         (y * r.to(dtype)).sum().backward()
         out = {"last_hidden_state": y.detach(), "grad_inputs": xx.grad}
         if attentions:
             with torch.no_grad():
-                out["attentions"] = torch.stack(m(inputs_embeds=xx.detach(), output_attentions=True).attentions)
+                out["attentions"] = torch.stack(m(inputs_embeds=xx.detach(), output_attentions=True, **kwargs).attentions)
         return {k: v.double().contiguous() for k, v in out.items()}
 
     truth = evaluate(m64, x, torch.float64)

@@ -49,7 +49,7 @@ pub fn run_cli(args: &Args) -> Result<()> {
     let mut adam = Adam::new(Default::default(), trainable);
     run_checkpoint::load(&args.run, &mut adam, cfg.train.steps).with_context(|| format!("{} has no usable checkpoint", args.run.display()))?;
     let batch = assemble(task.as_ref(), split, &[args.example], false, cfg.seed, 0, device);
-    let (maps, logits) = tch::no_grad(|| -> Result<(Vec<Tensor>, Tensor)> { Ok((model.attention_maps(&batch.x)?, model.forward(&batch.x, false)?)) })?;
+    let (maps, logits) = tch::no_grad(|| -> Result<(Vec<Tensor>, Tensor)> { Ok((model.attention_maps(&batch.x)?, model.forward_padded(&batch.x, batch.lengths.as_ref(), false)?)) })?;
     let spec = task.spec();
     let pred = logits.reshape([-1, spec.classes as i64]).argmax(-1, false);
     let target = batch.y.reshape([-1]);
@@ -68,11 +68,22 @@ pub fn run_cli(args: &Args) -> Result<()> {
     Ok(())
 }
 
-fn render(maps: &[Tensor], title: &str, out: &Path) -> Result<()> {
-    use plotters::prelude::*;
+/// Registers DejaVu Sans as plotters' "sans-serif" (once per process).
+pub fn register_font() -> Result<()> {
+    static DONE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    if DONE.get().is_some() {
+        return Ok(());
+    }
     let font = FONTS.iter().find_map(|p| std::fs::read(p).ok()).context("no DejaVuSans.ttf font found (Debian: fonts-dejavu-core)")?;
     let font: &'static [u8] = Box::leak(font.into_boxed_slice());
-    plotters::style::register_font("sans-serif", FontStyle::Normal, font).map_err(|_| anyhow::anyhow!("registering the font"))?;
+    plotters::style::register_font("sans-serif", plotters::style::FontStyle::Normal, font).map_err(|_| anyhow::anyhow!("registering the font"))?;
+    let _ = DONE.set(());
+    Ok(())
+}
+
+fn render(maps: &[Tensor], title: &str, out: &Path) -> Result<()> {
+    use plotters::prelude::*;
+    register_font()?;
     let layers = maps.len();
     let heads = maps[0].size()[1] as usize;
     let t = maps[0].size()[2] as usize;

@@ -1,7 +1,7 @@
 //! `fpt data check` (load and validate a data set, print its statistics) and
 //! `fpt data generate-listops` (LRA's ListOps generator; `cargo xtask data listops` drives it).
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use fpt_tasks::listops::{self, GeneratorConfig, Overflow};
 use fpt_tasks::stats::{histogram, split_stats};
 use fpt_tasks::{load_task, InputKind, Split, TaskConfig};
@@ -17,7 +17,8 @@ pub enum DataCommand {
 
 #[derive(clap::Args, Debug)]
 pub struct CheckArgs {
-    /// bit-memory, bit-xor, listops, mnist, fashion-mnist, cifar10, cifar10-lra, remote-homology
+    /// bit-memory, bit-xor, listops, mnist, fashion-mnist, cifar10, cifar10-lra, remote-homology,
+    /// arrays, image-folder
     #[arg(long)]
     pub task: String,
     /// Data folder (default: $FPT_DATA_DIR/<task>, FPT_DATA_DIR defaulting to ./datasets).
@@ -29,6 +30,9 @@ pub struct CheckArgs {
     /// ListOps: drop or truncate sequences longer than --max-len.
     #[arg(long, value_parser = ["drop", "truncate"])]
     pub overflow: Option<String>,
+    /// A task setting, as in a run config's [task] table (e.g. color=grey, size=32, vocab=100).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -72,6 +76,11 @@ fn check(args: &CheckArgs) -> Result<()> {
         (TaskConfig::RemoteHomology { max_len, .. }, Some(m), None) => *max_len = m,
         (_, None, None) => {}
         _ => bail!("--max-len/--overflow apply to listops (both) and remote-homology (--max-len) only"),
+    }
+    if !args.set.is_empty() {
+        let mut table = toml::Table::try_from(&cfg).context("the task's settings as a table")?;
+        crate::config::apply_overrides(&mut table, &args.set)?;
+        cfg = toml::Value::Table(table).try_into().with_context(|| format!("--set {}: not valid settings of task {}", args.set.join(" "), args.task))?;
     }
     let task = load_task(&cfg, 0)?;
     let spec = task.spec();

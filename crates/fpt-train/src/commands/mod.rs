@@ -1,7 +1,9 @@
 pub mod attention;
 pub mod bench;
 pub mod data;
+pub mod eval;
 pub mod forward;
 pub mod params;
+pub mod predict;
 pub mod pretrain;
 pub mod train;

@@ -1,27 +1,35 @@
 //! `fpt params`: parameter counts per group, total and trainable, for a model and task shape.
 
+use crate::config::RunConfig;
 use crate::device::parse_device;
-use anyhow::{bail, Result};
+use crate::trainer::{backbone_for, fpt_config};
+use anyhow::{bail, Context, Result};
 use fpt_model::{params::count_by_group, BackboneSource, Fpt, FptConfig, FreezeSpec, InputSpec, ParamGroup};
 use tch::nn;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
+    /// A run config (TOML): model, freeze spec and task shapes from it (the task's data are read).
+    #[arg(long, conflicts_with_all = ["model", "input_dim", "vocab", "tokens", "classes", "readout", "freeze"])]
+    pub config: Option<std::path::PathBuf>,
+    /// With --config: override a value (dotted key = TOML value).
+    #[arg(long = "set", value_name = "KEY=VALUE", requires = "config")]
+    pub set: Vec<String>,
     /// A GPT-2 preset (gpt2, gpt2-medium, gpt2-large, gpt2-xl) or a Hugging Face GPT-2/BERT directory.
-    #[arg(long)]
-    pub model: String,
+    #[arg(long, required_unless_present = "config")]
+    pub model: Option<String>,
     /// Features per token (dense input: patches, bits).
-    #[arg(long, conflicts_with = "vocab", required_unless_present = "vocab")]
+    #[arg(long, conflicts_with = "vocab", required_unless_present_any = ["vocab", "config"])]
     pub input_dim: Option<i64>,
     /// Vocabulary size (token-id input: ListOps, amino acids).
     #[arg(long)]
     pub vocab: Option<i64>,
     /// Sequence length.
-    #[arg(long)]
-    pub tokens: i64,
+    #[arg(long, required_unless_present = "config")]
+    pub tokens: Option<i64>,
     /// Outputs per read-out token.
-    #[arg(long)]
-    pub classes: i64,
+    #[arg(long, required_unless_present = "config")]
+    pub classes: Option<i64>,
     /// Read-out tokens (1 for classification).
     #[arg(long, default_value_t = 1)]
     pub readout: i64,
@@ -45,20 +53,57 @@ fn thousands(n: i64) -> String {
     out
 }
 
-pub fn run(args: &Args) -> Result<()> {
-    let device = parse_device(&args.device)?;
-    let source = BackboneSource::parse(&args.model)?;
-    let backbone = source.config()?;
-    let freeze = FreezeSpec::parse(&args.freeze)?;
-    if args.tokens <= 0 || args.tokens > backbone.max_positions() {
-        bail!("--tokens {} is outside 1..={} (the model's positions, n_positions)", args.tokens, backbone.max_positions());
-    }
+/// What is counted: the backbone, its name, the wrapper, the freeze spec and the tokens.
+struct Shape {
+    backbone: fpt_model::BackboneConfig,
+    model: String,
+    cfg: FptConfig,
+    freeze: FreezeSpec,
+    tokens: i64,
+}
+
+/// The shape from the command line's numbers.
+fn from_flags(args: &Args) -> Result<Shape> {
+    let (Some(model), Some(tokens), Some(classes)) = (&args.model, args.tokens, args.classes) else {
+        bail!("give --config, or --model, --tokens and --classes");
+    };
+    let backbone = BackboneSource::parse(model)?.config()?;
     let input = match (args.input_dim, args.vocab) {
         (Some(dim), None) => InputSpec::Dense { dim },
         (None, Some(vocab)) => InputSpec::Tokens { vocab },
         _ => bail!("give exactly one of --input-dim and --vocab"),
     };
-    let cfg = FptConfig { input, readout_tokens: args.readout, ..FptConfig::dense(1, args.classes) };
+    let cfg = FptConfig { input, readout_tokens: args.readout, ..FptConfig::dense(1, classes) };
+    Ok(Shape { backbone, model: model.clone(), cfg, freeze: FreezeSpec::parse(&args.freeze)?, tokens })
+}
+
+/// The shape of a run config: its backbone (with model.shape), its task's shapes (the task is
+/// loaded), its freeze spec.
+fn from_config(path: &std::path::Path, set: &[String]) -> Result<Shape> {
+    let run = RunConfig::load(path, set)?;
+    let task = fpt_tasks::load_task(&run.task, run.seed).with_context(|| format!("loading the task of {}", path.display()))?;
+    let backbone = backbone_for(&run)?;
+    let cfg = fpt_config(&run, task.as_ref());
+    Ok(Shape {
+        backbone: backbone.config,
+        model: format!("{} ({})", run.model.backbone, backbone.source),
+        cfg,
+        freeze: FreezeSpec::parse(&run.model.freeze).context("model.freeze")?,
+        tokens: task.spec().seq_len as i64,
+    })
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    let device = parse_device(&args.device)?;
+    let shape = match &args.config {
+        Some(path) => from_config(path, &args.set)?,
+        None => from_flags(args)?,
+    };
+    let Shape { backbone, model, cfg, freeze, tokens } = shape;
+    if tokens <= 0 || tokens > backbone.max_positions() {
+        bail!("{tokens} tokens is outside 1..={} (the model's positions, n_positions)", backbone.max_positions());
+    }
+    let input = cfg.input;
     let vs = nn::VarStore::new(device);
     Fpt::new(&vs.root(), &backbone, &cfg, &freeze)?;
     let counts = count_by_group(&vs)?;
@@ -69,7 +114,7 @@ pub fn run(args: &Args) -> Result<()> {
     };
     println!(
         "model {} ({} layers, width {}, {} heads); {} tokens of {input_text}; {} outputs x {} read-out; freeze {}",
-        args.model, backbone.layers(), backbone.width(), backbone.heads(), args.tokens, args.classes, args.readout, freeze
+        model, backbone.layers(), backbone.width(), backbone.heads(), tokens, cfg.classes, cfg.readout_tokens, freeze
     );
     println!("{:<16} {:>15} {:>15}", "group", "total", "trainable");
     let (mut total, mut trainable) = (0, 0);
@@ -81,10 +126,10 @@ pub fn run(args: &Args) -> Result<()> {
     println!("{:<16} {:>15} {:>15}", "total", thousands(total), thousands(trainable));
     if !freeze.is_frozen(ParamGroup::Positions) {
         // Only the first `tokens` rows of wpe ever receive a gradient.
-        let unused = (backbone.max_positions() - args.tokens) * backbone.width();
+        let unused = (backbone.max_positions() - tokens) * backbone.width();
         println!(
             "trainable counting only the {} position rows used: {}",
-            args.tokens,
+            tokens,
             thousands(trainable - unused)
         );
     }

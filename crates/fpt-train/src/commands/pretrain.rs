@@ -48,7 +48,7 @@ pub fn run_cli(args: &Args) -> Result<()> {
             init: Init::Random,
             freeze: "full".into(),
             dropout: 0.1,
-            orth_gain: 1.41,
+            orth_gain: Some(1.41),
             readout: Default::default(),
             input_hidden: vec![],
             output_hidden: vec![],
