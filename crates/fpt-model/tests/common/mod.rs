@@ -72,6 +72,8 @@ pub fn read_f64(path: &Path, name: &str) -> tch::Tensor {
     read_tensor_as(path, name, tch::Kind::Double)
 }
 
+// Shared by test binaries that include this module; not every one of them uses it.
+#[allow(unused_imports)]
 pub use fpt_model::tolerance::max_abs_diff;
 
 /// Asserts the parity rule of `fpt_model::tolerance` for output `name` of a fixture file:
