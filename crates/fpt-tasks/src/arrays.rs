@@ -507,9 +507,9 @@ impl ArraysTask {
             let Values::Int(label_values) = labels.values else {
                 bail!("{lo}: labels are {}; expected integer class ids", labels.describe());
             };
-            let k = match labels.shape.as_slice() {
-                &[_] => 1,
-                &[_, k] if k > 0 => k,
+            let k = match *labels.shape.as_slice() {
+                [_] => 1,
+                [_, k] if k > 0 => k,
                 _ => bail!("{lo}: labels have shape {:?}; expected [N] (one class per example) or [N, K] (K read-out tokens)", labels.shape),
             };
             let (input_desc, length_desc) = (inputs.describe(), lengths.as_ref().map(Array::describe));
@@ -641,12 +641,14 @@ impl ArraysTask {
     }
 }
 
+/// The names, sorted: an .npz archive's member order is not guaranteed, and messages must not vary.
 fn list(names: &[String]) -> String {
     if names.is_empty() {
-        "nothing".into()
-    } else {
-        names.join(", ")
+        return "nothing".into();
     }
+    let mut sorted = names.to_vec();
+    sorted.sort();
+    sorted.join(", ")
 }
 
 fn kind_text(kind: Kind) -> String {

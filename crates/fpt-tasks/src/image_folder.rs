@@ -66,6 +66,9 @@ pub enum Color {
     Grey,
 }
 
+/// An image ready for patching: `(height, width)` and its `[C, H, W]` bytes.
+pub type Prepared = ((usize, usize), Vec<u8>);
+
 /// How images become tokens.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ImageSettings {
@@ -101,7 +104,7 @@ impl ImageSettings {
 
     /// Decodes one image file and brings it to the configured size and colour: `[C, H, W]`
     /// bytes with `(H, W)`.
-    pub fn prepare(&self, path: &Path) -> Result<((usize, usize), Vec<u8>)> {
+    pub fn prepare(&self, path: &Path) -> Result<Prepared> {
         let reader = image::ImageReader::open(path)
             .with_context(|| format!("{}: cannot open the image", path.display()))?
             .with_guessed_format()
@@ -202,8 +205,8 @@ fn image_files(dir: &Path, depth: usize, files: &mut Vec<PathBuf>, skipped: &mut
 
 /// Decodes `files` in parallel; the first failure in file order is the error. With no size
 /// set, every image must have the first one's size.
-fn decode_all(files: &[PathBuf], settings: &ImageSettings) -> Result<((usize, usize), Vec<u8>)> {
-    let decoded: Vec<Result<((usize, usize), Vec<u8>)>> = files.par_iter().map(|p| settings.prepare(p)).collect();
+fn decode_all(files: &[PathBuf], settings: &ImageSettings) -> Result<Prepared> {
+    let decoded: Vec<Result<Prepared>> = files.par_iter().map(|p| settings.prepare(p)).collect();
     let mut size = None;
     let mut pixels = Vec::new();
     for (path, result) in files.iter().zip(decoded) {
