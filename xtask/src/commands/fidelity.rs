@@ -12,7 +12,7 @@
 //! standard deviations over seeds). A group passes when every evaluation step passes and both
 //! sides train the same number of parameters.
 
-use crate::commands::reproduce::{run_cells, stop_on_signals, GridRun, Stop};
+use crate::commands::reproduce::{run_cells, stop_on_signals, terminate, GridRun, Stop};
 use crate::commands::setup;
 use crate::grid::{self, Cell, Grid};
 use crate::results::{read_eval_curve, read_summary};
@@ -374,8 +374,7 @@ fn run_reference(root: &Path, runs: &Path, cell: &Cell, stop: &Stop) -> Result<b
         }
         if stop.load(Ordering::SeqCst) != 0 {
             // The reference keeps no checkpoint: it reruns from the start next time.
-            // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            terminate(&child)?;
             let _ = child.wait();
             return Ok(false);
         }

@@ -184,7 +184,7 @@ fn classify(status: ExitStatus) -> Option<CellEnd> {
 }
 
 /// Sends SIGTERM to a child that has not been reaped yet.
-fn terminate(child: &std::process::Child) -> Result<()> {
+pub fn terminate(child: &std::process::Child) -> Result<()> {
     let pid = libc::pid_t::try_from(child.id()).with_context(|| format!("child pid {} does not fit pid_t", child.id()))?;
     // The pid is still this child's: it is not reaped (so not reusable) until try_wait reports it.
     // SAFETY: kill(2) has no memory-safety preconditions.
