@@ -205,7 +205,7 @@ impl GroupResult {
     }
 
     fn complete(&self) -> bool {
-        self.ours.len() == self.expected_seeds && self.theirs.len() == self.expected_seeds
+        self.ours.len() >= self.expected_seeds && self.theirs.len() >= self.expected_seeds
     }
 
     fn same_params(&self) -> bool {
@@ -220,7 +220,7 @@ impl GroupResult {
             && self.same_params()
             && self.steps().iter().all(|&s| {
                 let (a, b) = (self.at(&self.ours, s), self.at(&self.theirs, s));
-                a.len() == self.expected_seeds && b.len() == self.expected_seeds && compare(&a, &b).2
+                a.len() >= self.expected_seeds && b.len() >= self.expected_seeds && compare(&a, &b).2
             })
     }
 
@@ -241,7 +241,9 @@ fn reference_path(runs: &Path, cell: &Cell) -> PathBuf {
     runs.join("reference").join(format!("{}.json", cell.name))
 }
 
-/// Reads what the runs directory holds for `cells`, grouped.
+/// Reads what the runs directory holds for `cells`, grouped. The first `seeds` seeds are the
+/// ones a group needs; a later seed counts only where both sides finished it (runs made with a
+/// larger `--seeds`), so the two sides are always compared on the same seeds.
 pub fn collect(cells: &[Cell], runs: &Path, seeds: usize) -> Vec<GroupResult> {
     let mut groups: Vec<GroupResult> = Vec::new();
     for cell in cells {
@@ -253,16 +255,24 @@ pub fn collect(cells: &[Cell], runs: &Path, seeds: usize) -> Vec<GroupResult> {
                 groups.len() - 1
             }
         };
-        let group = &mut groups[index];
         let dir = ours_dir(runs, cell);
-        if let Some(summary) = read_summary(&dir).filter(|s| s.status == "completed") {
-            let acc = read_eval_curve(&dir).into_iter().collect();
-            group.ours.push(SideRun { acc, params: summary.trainable_params, seconds: summary.total_time_s });
+        let ours = read_summary(&dir).filter(|s| s.status == "completed").map(|summary| SideRun {
+            acc: read_eval_curve(&dir).into_iter().collect(),
+            params: summary.trainable_params,
+            seconds: summary.total_time_s,
+        });
+        let theirs = read_reference(&reference_path(runs, cell)).map(|r| SideRun {
+            acc: r.evals.iter().map(|e| (e.step, e.eval_acc)).collect(),
+            params: r.trainable_params,
+            seconds: r.wall_s,
+        });
+        let required = (seed_of(cell) as usize) < seeds;
+        if !required && (ours.is_none() || theirs.is_none()) {
+            continue;
         }
-        if let Some(r) = read_reference(&reference_path(runs, cell)) {
-            let acc = r.evals.iter().map(|e| (e.step, e.eval_acc)).collect();
-            group.theirs.push(SideRun { acc, params: r.trainable_params, seconds: r.wall_s });
-        }
+        let group = &mut groups[index];
+        group.ours.extend(ours);
+        group.theirs.extend(theirs);
     }
     groups
 }
@@ -304,7 +314,7 @@ pub fn table(groups: &[GroupResult]) -> String {
                 ("—".into(), "—".into(), "incomplete".to_string())
             } else {
                 let (d, se, ok) = compare(&a, &b);
-                let complete = a.len() == g.expected_seeds && b.len() == g.expected_seeds;
+                let complete = a.len() >= g.expected_seeds && b.len() >= g.expected_seeds;
                 let verdict = match (ok, complete) {
                     (_, false) => format!("incomplete ({}/{} seeds)", a.len().min(b.len()), g.expected_seeds),
                     (true, true) => "pass".into(),
@@ -445,7 +455,10 @@ pub fn run(args: &Args) -> Result<()> {
             }
         }
     }
-    let groups = collect(&cells, &runs, args.seeds);
+    // The table covers the whole grid, whatever `--only` trained, so one results file holds
+    // every cell's latest state.
+    let everything: Vec<Cell> = grid.cells.iter().filter(|c| seed_of(c) >= 0).cloned().collect();
+    let groups = collect(&everything, &runs, args.seeds);
     let elapsed = (!args.table_only).then(|| start.elapsed().as_secs_f64());
     write_results(&results, &groups, &command, elapsed)?;
     print!("{}", table(&groups));
@@ -515,6 +528,42 @@ mod tests {
         assert!(compare(&[0.85, 0.90, 0.95], &[0.88, 0.93, 0.98]).2);
         let (m, s) = mean_std(&[1.0, 2.0, 3.0]);
         assert!((m - 2.0).abs() < 1e-12 && (s - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn seeds_past_the_required_count_join_only_when_both_sides_finished_them() {
+        let runs = std::env::temp_dir().join(format!("fpt-fidelity-collect-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&runs);
+        let cells: Vec<Cell> = grid().cells.into_iter().filter(|c| c.group == "mnist-minilm-random").collect();
+        assert!(cells.len() >= 4, "the grid lists at least 4 seeds");
+        let write_ours = |cell: &Cell, acc: f64| {
+            let dir = ours_dir(&runs, cell);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("summary.json"), r#"{"status": "completed", "total_time_s": 1.0, "trainable_params": 7, "final_eval_acc": null, "steps_to_target": null}"#).unwrap();
+            std::fs::write(dir.join("metrics.jsonl"), format!("{{\"step\": 1000, \"eval_acc\": {acc}}}\n")).unwrap();
+        };
+        let write_theirs = |cell: &Cell, acc: f64| {
+            let path = reference_path(&runs, cell);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, format!(r#"{{"trainable_params": 7, "evals": [{{"step": 1000, "eval_acc": {acc}}}], "wall_s": 1.0}}"#)).unwrap();
+        };
+        let by_seed = |s: i64| cells.iter().find(|c| seed_of(c) == s).unwrap();
+        for s in 0..2 {
+            write_ours(by_seed(s), 0.8);
+            write_theirs(by_seed(s), 0.8);
+        }
+        // Seed 2 finished on both sides; seed 3 on ours only: seed 3 must not join.
+        write_ours(by_seed(2), 0.5);
+        write_theirs(by_seed(2), 0.5);
+        write_ours(by_seed(3), 0.1);
+        let groups = collect(&cells, &runs, 2);
+        assert_eq!((groups[0].ours.len(), groups[0].theirs.len()), (3, 3));
+        assert!(groups[0].passed());
+        // Required seeds count even when one side lacks them: the group is then incomplete.
+        let groups = collect(&cells, &runs, 4);
+        assert_eq!((groups[0].ours.len(), groups[0].theirs.len()), (4, 3));
+        assert!(!groups[0].passed());
+        let _ = std::fs::remove_dir_all(&runs);
     }
 
     #[test]
