@@ -17,7 +17,8 @@ fn block(precision: Precision) -> (nn::VarStore, Backbone) {
     cfg.resid_pdrop = 0.0;
     cfg.embd_pdrop = 0.0;
     let vs = nn::VarStore::new(Device::Cpu);
-    let mut model = Backbone::new(&vs.root(), &BackboneConfig::Gpt2(cfg), &FreezeSpec::parse("paper").expect("valid spec")).expect("builds");
+    let mut model = Backbone::new(&vs.root(), &BackboneConfig::Gpt2(cfg)).expect("builds");
+    FreezeSpec::parse("paper").expect("valid spec").apply(&vs, &model).expect("freezes");
     model.set_precision(&vs, precision).expect("gpt2 supports both precisions");
     (vs, model)
 }

@@ -8,12 +8,10 @@
 //! positions' own outputs are computed but meaningless). Linear weights keep
 //! PyTorch's `[out, in]` layout and Hugging Face's names, so checkpoints copy name for name.
 
-use crate::backbone::{check_inputs_embeds, check_positions, Queries, Rows};
-use crate::config::Activation;
-use crate::freeze::FreezeSpec;
-use crate::gpt2::LayerNorm;
-use crate::init::{new_param, Init};
-use crate::ops::{attention, dropout};
+use crate::freeze::{ParamGroup, ParamGroups};
+use crate::kernels::{attention, dropout};
+use crate::layers::init::{new_param, Init};
+use crate::layers::{check_inputs_embeds, check_positions, Activation, LayerNorm, Linear, Queries, Rows};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
@@ -56,7 +54,7 @@ pub struct BertConfig {
 }
 
 mod d {
-    use crate::config::Activation;
+    use crate::layers::Activation;
     pub fn vocab_size() -> i64 { 30522 }
     pub fn hidden_size() -> i64 { 768 }
     pub fn num_hidden_layers() -> i64 { 12 }
@@ -100,7 +98,7 @@ impl BertConfig {
         if self.is_decoder || self.add_cross_attention {
             bail!("decoder BERT configurations (is_decoder / add_cross_attention) are not supported");
         }
-        crate::init::check_eps_and_range("layer_norm_eps", self.layer_norm_eps, self.initializer_range)?;
+        crate::layers::init::check_eps_and_range("layer_norm_eps", self.layer_norm_eps, self.initializer_range)?;
         for (field, p) in [("hidden_dropout_prob", self.hidden_dropout_prob), ("attention_probs_dropout_prob", self.attention_probs_dropout_prob)] {
             if !(0.0..1.0).contains(&p) {
                 bail!("{field} is {p}; a dropout probability must be in [0, 1)");
@@ -116,24 +114,25 @@ impl BertConfig {
     }
 }
 
-/// PyTorch-layout linear (`[out, in]`), Hugging Face's BERT init (normal weights, zero bias).
-#[derive(Debug)]
-struct Linear {
-    weight: Tensor,
-    bias: Tensor,
-}
-
-impl Linear {
-    fn new(path: &nn::Path, n_in: i64, n_out: i64, std: f64, freeze: &FreezeSpec) -> Result<Self> {
-        Ok(Linear {
-            weight: new_param(path, "weight", &[n_out, n_in], Init::Normal { std }, freeze)?,
-            bias: new_param(path, "bias", &[n_out], Init::Zeros, freeze)?,
+/// BERT's parameter groups, by `BertModel`'s names: `position_embeddings` the positions,
+/// `word_embeddings` and the `token_type_embeddings` table (one constant row added to every
+/// token) the token embedding, every `LayerNorm` the layer norms, `attention.self.*` and
+/// `attention.output.dense` the attention, `intermediate.dense` and `output.dense` the
+/// feed-forward.
+impl ParamGroups for Bert {
+    fn param_group(&self, name: &str) -> Option<ParamGroup> {
+        let parts: Vec<&str> = name.split('.').collect();
+        Some(match parts.as_slice() {
+            ["embeddings", "word_embeddings" | "token_type_embeddings", "weight"] => ParamGroup::TokenEmbedding,
+            ["embeddings", "position_embeddings", "weight"] => ParamGroup::Positions,
+            ["embeddings", "LayerNorm", _]
+            | ["encoder", "layer", _, "attention", "output", "LayerNorm", _]
+            | ["encoder", "layer", _, "output", "LayerNorm", _] => ParamGroup::LayerNorms,
+            ["encoder", "layer", _, "attention", "self", "query" | "key" | "value", _]
+            | ["encoder", "layer", _, "attention", "output", "dense", _] => ParamGroup::Attention,
+            ["encoder", "layer", _, "intermediate" | "output", "dense", _] => ParamGroup::FeedForward,
+            _ => return None,
         })
-    }
-
-    /// Computes in `x`'s dtype (see `gpt2::Conv1D::forward`).
-    fn forward(&self, x: &Tensor) -> Tensor {
-        x.linear(&self.weight.to_kind(x.kind()), Some(&self.bias.to_kind(x.kind())))
     }
 }
 
@@ -166,28 +165,28 @@ impl Bert {
     /// Variables under `path` with Hugging Face's `BertModel` names (`embeddings.*`,
     /// `encoder.layer.{i}.*`), initialised as `BertPreTrainedModel._init_weights`: normal(0,
     /// initializer_range) weights and embeddings, zero biases, layer norms 1 and 0.
-    pub fn new(path: &nn::Path, cfg: &BertConfig, freeze: &FreezeSpec) -> Result<Self> {
+    pub fn new(path: &nn::Path, cfg: &BertConfig) -> Result<Self> {
         cfg.validate()?;
         let (h, std, eps) = (cfg.hidden_size, cfg.initializer_range, cfg.layer_norm_eps);
         let emb = path / "embeddings";
-        let word_embeddings = new_param(&(&emb / "word_embeddings"), "weight", &[cfg.vocab_size, h], Init::Normal { std }, freeze)?;
-        let position_embeddings = new_param(&(&emb / "position_embeddings"), "weight", &[cfg.max_position_embeddings, h], Init::Normal { std }, freeze)?;
-        let token_type_embeddings = new_param(&(&emb / "token_type_embeddings"), "weight", &[cfg.type_vocab_size, h], Init::Normal { std }, freeze)?;
-        let embeddings_ln = LayerNorm::new(&(&emb / "LayerNorm"), h, eps, freeze)?;
+        let word_embeddings = new_param(&(&emb / "word_embeddings"), "weight", &[cfg.vocab_size, h], Init::Normal { std })?;
+        let position_embeddings = new_param(&(&emb / "position_embeddings"), "weight", &[cfg.max_position_embeddings, h], Init::Normal { std })?;
+        let token_type_embeddings = new_param(&(&emb / "token_type_embeddings"), "weight", &[cfg.type_vocab_size, h], Init::Normal { std })?;
+        let embeddings_ln = LayerNorm::new(&(&emb / "LayerNorm"), h, eps)?;
         let enc = path / "encoder" / "layer";
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| {
                 let l = &enc / i;
                 let attn = &l / "attention";
                 Ok(Layer {
-                    query: Linear::new(&(&attn / "self" / "query"), h, h, std, freeze)?,
-                    key: Linear::new(&(&attn / "self" / "key"), h, h, std, freeze)?,
-                    value: Linear::new(&(&attn / "self" / "value"), h, h, std, freeze)?,
-                    attn_out: Linear::new(&(&attn / "output" / "dense"), h, h, std, freeze)?,
-                    attn_ln: LayerNorm::new(&(&attn / "output" / "LayerNorm"), h, eps, freeze)?,
-                    intermediate: Linear::new(&(&l / "intermediate" / "dense"), h, cfg.intermediate_size, std, freeze)?,
-                    output: Linear::new(&(&l / "output" / "dense"), cfg.intermediate_size, h, std, freeze)?,
-                    output_ln: LayerNorm::new(&(&l / "output" / "LayerNorm"), h, eps, freeze)?,
+                    query: Linear::normal(&(&attn / "self" / "query"), h, h, std)?,
+                    key: Linear::normal(&(&attn / "self" / "key"), h, h, std)?,
+                    value: Linear::normal(&(&attn / "self" / "value"), h, h, std)?,
+                    attn_out: Linear::normal(&(&attn / "output" / "dense"), h, h, std)?,
+                    attn_ln: LayerNorm::new(&(&attn / "output" / "LayerNorm"), h, eps)?,
+                    intermediate: Linear::normal(&(&l / "intermediate" / "dense"), h, cfg.intermediate_size, std)?,
+                    output: Linear::normal(&(&l / "output" / "dense"), cfg.intermediate_size, h, std)?,
+                    output_ln: LayerNorm::new(&(&l / "output" / "LayerNorm"), h, eps)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -291,5 +290,39 @@ impl Bert {
             x = layer.output_ln.forward(&(dropout(&layer.output.forward(&inter), p_hidden, train) + h));
         }
         Ok((x, maps))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_variable_has_a_group() {
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let cfg: BertConfig = serde_json::from_str(
+            r#"{"vocab_size": 10, "hidden_size": 8, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 16, "max_position_embeddings": 4}"#,
+        )
+        .unwrap();
+        let model = Bert::new(&vs.root(), &cfg).unwrap();
+        let cases = [
+            ("embeddings.word_embeddings.weight", ParamGroup::TokenEmbedding),
+            ("embeddings.token_type_embeddings.weight", ParamGroup::TokenEmbedding),
+            ("embeddings.position_embeddings.weight", ParamGroup::Positions),
+            ("embeddings.LayerNorm.weight", ParamGroup::LayerNorms),
+            ("encoder.layer.1.attention.self.query.weight", ParamGroup::Attention),
+            ("encoder.layer.1.attention.output.dense.bias", ParamGroup::Attention),
+            ("encoder.layer.1.attention.output.LayerNorm.weight", ParamGroup::LayerNorms),
+            ("encoder.layer.0.intermediate.dense.weight", ParamGroup::FeedForward),
+            ("encoder.layer.0.output.dense.weight", ParamGroup::FeedForward),
+            ("encoder.layer.0.output.LayerNorm.bias", ParamGroup::LayerNorms),
+        ];
+        for (name, group) in cases {
+            assert_eq!(model.param_group(name), Some(group), "{name}");
+        }
+        assert_eq!(model.param_group("pooler.dense.weight"), None);
+        for name in vs.variables().keys() {
+            assert!(model.param_group(name).is_some(), "{name} has no group");
+        }
     }
 }

@@ -1,9 +1,11 @@
 //! The Frozen Pretrained Transformer: a new input layer, a (mostly frozen) backbone, and a new
 //! output layer reading the last `k` tokens.
 
-use crate::backbone::{Backbone, BackboneConfig, Precision, Rows};
-use crate::freeze::FreezeSpec;
-use crate::init::{new_param, Init};
+use crate::backbone::{Backbone, BackboneConfig, Precision};
+use crate::freeze::{FreezeSpec, ParamGroup, ParamGroups};
+use crate::kernels::dropout;
+use crate::layers::init::{new_param, Init};
+use crate::layers::{Linear, Rows};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
@@ -147,31 +149,12 @@ impl FptConfig {
     }
 }
 
-/// A PyTorch-style linear layer (weight `[out, in]`), PyTorch's default init
-/// (uniform ±1/sqrt(in) for weight and bias) unless a weight is given.
-#[derive(Debug)]
-struct Linear {
-    weight: Tensor,
-    bias: Tensor,
-}
-
-impl Linear {
-    /// `orthogonal_gain`: an orthogonal weight with that gain instead of PyTorch's default, and a
-    /// zero bias, as the reference initialises its input layers.
-    fn new(path: &nn::Path, n_in: i64, n_out: i64, orthogonal_gain: Option<f64>, freeze: &FreezeSpec) -> Result<Self> {
-        let bound = 1.0 / (n_in as f64).sqrt();
-        let (weight, bias) = match orthogonal_gain {
-            Some(gain) => (Init::Orthogonal { gain }, Init::Zeros),
-            None => (Init::Uniform { bound }, Init::Uniform { bound }),
-        };
-        Ok(Linear {
-            weight: new_param(path, "weight", &[n_out, n_in], weight, freeze)?,
-            bias: new_param(path, "bias", &[n_out], bias, freeze)?,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> Tensor {
-        x.linear(&self.weight.to_kind(x.kind()), Some(&self.bias.to_kind(x.kind())))
+/// A wrapper linear layer: orthogonal with `gain` and a zero bias (the reference's input
+/// layers), or PyTorch's default init when `orthogonal_gain` is `None`.
+fn linear(path: &nn::Path, n_in: i64, n_out: i64, orthogonal_gain: Option<f64>) -> Result<Linear> {
+    match orthogonal_gain {
+        Some(gain) => Linear::orthogonal(path, n_in, n_out, gain),
+        None => Linear::pytorch_default(path, n_in, n_out),
     }
 }
 
@@ -183,7 +166,7 @@ struct Mlp {
 }
 
 impl Mlp {
-    /// Returns the MLP and its output width. `orthogonal_gain` as for [`Linear::new`], for
+    /// Returns the MLP and its output width. `orthogonal_gain` as for [`linear`], for
     /// every layer.
     fn new(
         path: &nn::Path,
@@ -191,12 +174,11 @@ impl Mlp {
         widths: &[i64],
         dropout: f64,
         orthogonal_gain: Option<f64>,
-        freeze: &FreezeSpec,
     ) -> Result<(Self, i64)> {
         let mut layers = Vec::new();
         let mut width = n_in;
         for (i, &w) in widths.iter().enumerate() {
-            layers.push(Linear::new(&(path / i), width, w, orthogonal_gain, freeze)?);
+            layers.push(linear(&(path / i), width, w, orthogonal_gain)?);
             width = w;
         }
         Ok((Mlp { layers, dropout }, width))
@@ -205,7 +187,7 @@ impl Mlp {
     fn forward(&self, x: &Tensor, train: bool) -> Tensor {
         let mut h = x.shallow_clone();
         for layer in &self.layers {
-            h = crate::ops::dropout(&layer.forward(&h).relu(), self.dropout, train);
+            h = dropout(&layer.forward(&h).relu(), self.dropout, train);
         }
         h
     }
@@ -232,18 +214,19 @@ pub struct Fpt {
 }
 
 impl Fpt {
-    /// Builds the model with Hugging Face's random backbone init; load pretrained weights after
-    /// with [`crate::checkpoint::load_weights`]. `backbone.*pdrop` are replaced by `cfg.dropout`.
-    pub fn new(path: &nn::Path, backbone: &BackboneConfig, cfg: &FptConfig, freeze: &FreezeSpec) -> Result<Self> {
+    /// Builds the model with Hugging Face's random backbone init, every tensor trainable; freeze
+    /// after with [`Fpt::freeze`], and load pretrained weights with
+    /// [`crate::checkpoint::load_weights`]. `backbone.*pdrop` are replaced by `cfg.dropout`.
+    pub fn new(path: &nn::Path, backbone: &BackboneConfig, cfg: &FptConfig) -> Result<Self> {
         cfg.validate()?;
         let width = backbone.width();
-        let backbone = Backbone::new(path, &backbone.clone().with_dropout(cfg.dropout), freeze)?;
+        let backbone = Backbone::new(path, &backbone.clone().with_dropout(cfg.dropout))?;
         let in_path = path / "input_layer";
         let input = match cfg.input {
             InputSpec::Dense { dim } => {
                 let (hidden, n_in) =
-                    Mlp::new(&(&in_path / "hidden"), dim, &cfg.input_hidden, cfg.dropout, cfg.orth_gain, freeze)?;
-                let proj = Linear::new(&(&in_path / "proj"), n_in, width, cfg.orth_gain, freeze)?;
+                    Mlp::new(&(&in_path / "hidden"), dim, &cfg.input_hidden, cfg.dropout, cfg.orth_gain)?;
+                let proj = linear(&(&in_path / "proj"), n_in, width, cfg.orth_gain)?;
                 InputLayer::Dense { hidden, proj }
             }
             InputSpec::Tokens { vocab } => {
@@ -251,19 +234,25 @@ impl Fpt {
                     bail!("input_hidden needs dense inputs; token inputs use an embedding table");
                 }
                 // PyTorch's nn.Embedding default init, as the reference: normal(0, 1).
-                let embedding = new_param(&(&in_path / "embedding"), "weight", &[vocab, width], Init::Normal { std: 1.0 }, freeze)?;
+                let embedding = new_param(&(&in_path / "embedding"), "weight", &[vocab, width], Init::Normal { std: 1.0 })?;
                 InputLayer::Tokens { embedding, vocab }
             }
         };
         let out_path = path / "output_layer";
         let (output_hidden, n_out_in) =
-            Mlp::new(&(&out_path / "hidden"), width, &cfg.output_hidden, cfg.dropout, None, freeze)?;
-        let output_proj = Linear::new(&(&out_path / "proj"), n_out_in, cfg.classes, None, freeze)?;
+            Mlp::new(&(&out_path / "hidden"), width, &cfg.output_hidden, cfg.dropout, None)?;
+        let output_proj = linear(&(&out_path / "proj"), n_out_in, cfg.classes, None)?;
         Ok(Fpt { cfg: cfg.clone(), backbone, input, output_hidden, output_proj })
     }
 
     pub fn config(&self) -> &FptConfig {
         &self.cfg
+    }
+
+    /// Applies `spec` to the model's variables in `vs` (the VarStore it was built in), once,
+    /// from the groups the model declares ([`ParamGroups`]).
+    pub fn freeze(&self, vs: &nn::VarStore, spec: &FreezeSpec) -> Result<()> {
+        spec.apply(vs, self)
     }
 
     pub fn backbone(&self) -> &Backbone {
@@ -350,7 +339,7 @@ impl Fpt {
                     bail!("dense input must be a float tensor, got {:?}", x.kind());
                 }
                 let projected = proj.forward(&hidden.forward(&x.to_kind(Kind::Float), train));
-                crate::ops::dropout(&projected, self.cfg.dropout, train)
+                dropout(&projected, self.cfg.dropout, train)
             }
             InputLayer::Tokens { embedding, vocab } => {
                 if size.len() != 2 {
@@ -375,10 +364,22 @@ impl Fpt {
     }
 }
 
+/// The wrapper's own layers are `input` and `output`; every other variable is the backbone's,
+/// grouped as the backbone declares.
+impl ParamGroups for Fpt {
+    fn param_group(&self, name: &str) -> Option<ParamGroup> {
+        match name.split('.').next() {
+            Some("input_layer") => Some(ParamGroup::Input),
+            Some("output_layer") => Some(ParamGroup::Output),
+            _ => self.backbone.param_group(name),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Gpt2Config;
+    use crate::gpt2::Gpt2Config;
     use tch::Device;
 
     fn tiny(cfg: &FptConfig) -> (nn::VarStore, Fpt) {
@@ -386,7 +387,8 @@ mod tests {
         let vs = nn::VarStore::new(Device::Cpu);
         let mut backbone = Gpt2Config::custom(1, 32, 4);
         backbone.n_positions = 16;
-        let model = Fpt::new(&vs.root(), &backbone.into(), cfg, &FreezeSpec::parse("paper").unwrap()).unwrap();
+        let model = Fpt::new(&vs.root(), &backbone.into(), cfg).unwrap();
+        model.freeze(&vs, &FreezeSpec::parse("paper").unwrap()).unwrap();
         (vs, model)
     }
 

@@ -1,13 +1,16 @@
 //! Parameter groups and which of them are frozen.
 //!
-//! Every tensor of a model belongs to exactly one [`ParamGroup`], decided from its name alone
-//! (see [`ParamGroup::of`]). A [`FreezeSpec`] says which groups train. Frozen tensors are created
-//! as non-trainable VarStore entries: `requires_grad` is false and they never reach
-//! `VarStore::trainable_variables`, so an optimizer built from the store never sees them.
+//! Every tensor of a model belongs to exactly one [`ParamGroup`], which the model declares
+//! ([`ParamGroups`]: each backbone maps its own variable names, the FPT wrapper its input and
+//! output layers). A [`FreezeSpec`] says which groups train. Models are built with every tensor
+//! trainable; [`FreezeSpec::apply`] then freezes, once, after construction: frozen tensors get
+//! `requires_grad = false` and leave `VarStore::trainable_variables`, so an optimizer built from
+//! the store never sees them.
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Result};
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use tch::nn;
 
 /// The groups the paper freezes or trains (its reference code's freeze_in/pos/ln/attn/ff/out,
 /// plus the token embedding that FPT never uses).
@@ -69,37 +72,13 @@ impl ParamGroup {
             ),
         })
     }
+}
 
-    /// The group of a variable, from its VarStore path. Backbone names are Hugging Face's —
-    /// GPT-2: `wte`, `wpe`, `h.{i}.ln_1`, `h.{i}.attn.*`, `h.{i}.mlp.*`, `ln_f`; BERT:
-    /// `embeddings.{word,position,token_type}_embeddings`, every `LayerNorm`,
-    /// `encoder.layer.{i}.attention.*`, `encoder.layer.{i}.{intermediate,output}.dense`. BERT's
-    /// token-type table (one constant row added to every token) goes with the token embedding.
-    /// LSTM (`lstm.{l}.*`): the input and recurrent weights `i2h`, `h2h` count as feed-forward,
-    /// the `ln_*` layer norms as layer norms.
-    /// The FPT wrapper's own layers live under `input_layer.` and `output_layer.`.
-    pub fn of(name: &str) -> Result<ParamGroup> {
-        let parts: Vec<&str> = name.split('.').collect();
-        let has = |p: &str| parts.iter().any(|x| *x == p);
-        let group = if parts[0] == "input_layer" {
-            ParamGroup::Input
-        } else if parts[0] == "output_layer" {
-            ParamGroup::Output
-        } else if parts[0] == "wpe" || has("position_embeddings") {
-            ParamGroup::Positions
-        } else if parts[0] == "wte" || has("word_embeddings") || has("token_type_embeddings") {
-            ParamGroup::TokenEmbedding
-        } else if parts.iter().any(|p| p.starts_with("ln_")) || has("LayerNorm") {
-            ParamGroup::LayerNorms
-        } else if has("attn") || has("attention") {
-            ParamGroup::Attention
-        } else if has("mlp") || has("intermediate") || (parts.first() == Some(&"encoder") && has("output")) || has("i2h") || has("h2h") {
-            ParamGroup::FeedForward
-        } else {
-            bail!("variable {name:?} belongs to no known parameter group")
-        };
-        Ok(group)
-    }
+/// A model that declares the group of each of its variables.
+pub trait ParamGroups {
+    /// The group of the variable `name` (its VarStore path); `None` for a name the model does
+    /// not create.
+    fn param_group(&self, name: &str) -> Option<ParamGroup>;
 }
 
 impl fmt::Display for ParamGroup {
@@ -252,6 +231,33 @@ impl FreezeSpec {
         Ok(spec)
     }
 
+    /// Freezes the variables of `vs` whose group (as `model` declares it) this spec freezes
+    /// and makes the others trainable: `requires_grad` per variable, and
+    /// `VarStore::trainable_variables` (what a tch optimizer is built from) left holding the
+    /// trainable ones only, in creation order. Every variable must have a group. Once per
+    /// model: a frozen tensor cannot be made trainable again.
+    pub fn apply(&self, vs: &nn::VarStore, model: &dyn ParamGroups) -> Result<()> {
+        let mut variables = vs.variables_.lock().map_err(|_| anyhow!("the model's VarStore lock is poisoned"))?;
+        let mut unknown: Vec<&str> = variables.named_variables.keys().filter(|n| model.param_group(n).is_none()).map(String::as_str).collect();
+        if !unknown.is_empty() {
+            unknown.sort();
+            bail!("variables {unknown:?} belong to no parameter group the model declares");
+        }
+        // Models create every variable trainable, so tch lists each one (with requires_grad
+        // set); a tensor already frozen cannot rejoin that list (tch builds it only at creation).
+        if let Some((name, _)) = variables.named_variables.iter().find(|(name, t)| {
+            !t.requires_grad() && !self.is_frozen(model.param_group(name).expect("checked above"))
+        }) {
+            bail!("variable {name} is already frozen: a freeze spec is applied once, after the model is built");
+        }
+        for (name, tensor) in &variables.named_variables {
+            let train = !self.is_frozen(model.param_group(name).expect("checked above"));
+            let _ = tensor.set_requires_grad(train);
+        }
+        variables.trainable_variables.retain(|v| v.tensor.requires_grad());
+        Ok(())
+    }
+
     pub fn trained_groups(&self) -> Vec<ParamGroup> {
         ParamGroup::ALL.into_iter().filter(|g| !self.is_frozen(*g)).collect()
     }
@@ -319,39 +325,5 @@ mod tests {
             assert_eq!(FreezeSpec::parse(&spec.to_string()).unwrap(), spec, "{text}");
         }
         assert_eq!(FreezeSpec::paper().to_string(), "paper");
-    }
-
-    #[test]
-    fn groups_from_hugging_face_names() {
-        let cases = [
-            ("wte.weight", ParamGroup::TokenEmbedding),
-            ("wpe.weight", ParamGroup::Positions),
-            ("h.0.ln_1.weight", ParamGroup::LayerNorms),
-            ("h.11.ln_2.bias", ParamGroup::LayerNorms),
-            ("ln_f.weight", ParamGroup::LayerNorms),
-            ("h.3.attn.c_attn.weight", ParamGroup::Attention),
-            ("h.3.attn.c_proj.bias", ParamGroup::Attention),
-            ("h.3.mlp.c_fc.weight", ParamGroup::FeedForward),
-            ("h.3.mlp.c_proj.weight", ParamGroup::FeedForward),
-            ("input_layer.proj.weight", ParamGroup::Input),
-            ("output_layer.hidden.0.bias", ParamGroup::Output),
-            ("embeddings.word_embeddings.weight", ParamGroup::TokenEmbedding),
-            ("embeddings.token_type_embeddings.weight", ParamGroup::TokenEmbedding),
-            ("embeddings.position_embeddings.weight", ParamGroup::Positions),
-            ("embeddings.LayerNorm.weight", ParamGroup::LayerNorms),
-            ("encoder.layer.2.attention.self.query.weight", ParamGroup::Attention),
-            ("encoder.layer.2.attention.output.dense.bias", ParamGroup::Attention),
-            ("encoder.layer.2.attention.output.LayerNorm.weight", ParamGroup::LayerNorms),
-            ("encoder.layer.2.intermediate.dense.weight", ParamGroup::FeedForward),
-            ("encoder.layer.2.output.dense.weight", ParamGroup::FeedForward),
-            ("encoder.layer.2.output.LayerNorm.bias", ParamGroup::LayerNorms),
-            ("lstm.1.i2h.weight", ParamGroup::FeedForward),
-            ("lstm.1.h2h.bias", ParamGroup::FeedForward),
-            ("lstm.1.ln_cell.weight", ParamGroup::LayerNorms),
-        ];
-        for (name, group) in cases {
-            assert_eq!(ParamGroup::of(name).unwrap(), group, "{name}");
-        }
-        assert!(ParamGroup::of("h.0.something.weight").is_err());
     }
 }

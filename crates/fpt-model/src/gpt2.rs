@@ -1,16 +1,219 @@
-//! GPT-2 (Hugging Face's `GPT2Model`) fed with `inputs_embeds`.
+//! GPT-2 (Hugging Face's `GPT2Model`) fed with `inputs_embeds`, and its config (`GPT2Config`).
 //!
 //! VarStore paths are Hugging Face's names (`wte.weight`, `h.0.attn.c_attn.weight`, …) and
 //! Conv1D weights keep Hugging Face's `[in, out]` layout, so a checkpoint is copied tensor by
 //! tensor with no transposes (`y = b + x·W`, as `transformers`' Conv1D computes it).
 
-use crate::backbone::{check_inputs_embeds, check_positions, Queries, Rows};
-use crate::config::{Activation, Gpt2Config};
-use crate::freeze::FreezeSpec;
-use crate::init::{new_param, Init};
-use crate::ops::{attention, dropout};
-use anyhow::Result;
+use crate::freeze::{ParamGroup, ParamGroups};
+use crate::kernels::{attention, dropout};
+use crate::layers::init::{new_param, Init};
+use crate::layers::{check_inputs_embeds, check_positions, Activation, LayerNorm, Queries, Rows};
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
 use tch::{nn, Kind, Tensor};
+
+/// The fields of Hugging Face's `GPT2Config` that shape the backbone. Unknown fields of a
+/// `config.json` (tokenizer ids, task heads, …) are ignored; the ones that would change the
+/// computation and that we do not implement are rejected in [`Gpt2Config::validate`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Gpt2Config {
+    #[serde(default = "defaults::vocab_size")]
+    pub vocab_size: i64,
+    #[serde(default = "defaults::n_positions")]
+    pub n_positions: i64,
+    #[serde(default = "defaults::n_embd")]
+    pub n_embd: i64,
+    #[serde(default = "defaults::n_layer")]
+    pub n_layer: i64,
+    #[serde(default = "defaults::n_head")]
+    pub n_head: i64,
+    /// Feed-forward width; `None` means 4 · n_embd.
+    #[serde(default)]
+    pub n_inner: Option<i64>,
+    #[serde(default = "defaults::activation")]
+    pub activation_function: Activation,
+    #[serde(default = "defaults::pdrop")]
+    pub resid_pdrop: f64,
+    #[serde(default = "defaults::pdrop")]
+    pub embd_pdrop: f64,
+    #[serde(default = "defaults::pdrop")]
+    pub attn_pdrop: f64,
+    #[serde(default = "defaults::eps")]
+    pub layer_norm_epsilon: f64,
+    #[serde(default = "defaults::initializer_range")]
+    pub initializer_range: f64,
+    #[serde(default = "defaults::yes")]
+    pub scale_attn_weights: bool,
+    #[serde(default)]
+    pub scale_attn_by_inverse_layer_idx: bool,
+    #[serde(default)]
+    pub reorder_and_upcast_attn: bool,
+    #[serde(default)]
+    pub add_cross_attention: bool,
+    #[serde(default)]
+    pub model_type: Option<String>,
+}
+
+mod defaults {
+    use super::Activation;
+    pub fn vocab_size() -> i64 {
+        50257
+    }
+    pub fn n_positions() -> i64 {
+        1024
+    }
+    pub fn n_embd() -> i64 {
+        768
+    }
+    pub fn n_layer() -> i64 {
+        12
+    }
+    pub fn n_head() -> i64 {
+        12
+    }
+    pub fn activation() -> Activation {
+        Activation::GeluTanh
+    }
+    pub fn pdrop() -> f64 {
+        0.1
+    }
+    pub fn eps() -> f64 {
+        1e-5
+    }
+    pub fn initializer_range() -> f64 {
+        0.02
+    }
+    pub fn yes() -> bool {
+        true
+    }
+}
+
+/// The four released GPT-2 sizes: (name, layers, width, heads).
+pub const GPT2_PRESETS: [(&str, i64, i64, i64); 4] = [
+    ("gpt2", 12, 768, 12),
+    ("gpt2-medium", 24, 1024, 16),
+    ("gpt2-large", 36, 1280, 20),
+    ("gpt2-xl", 48, 1600, 25),
+];
+
+impl Default for Gpt2Config {
+    /// GPT-2 small, as `GPT2Config()` in `transformers`.
+    fn default() -> Self {
+        Gpt2Config::custom(12, 768, 12)
+    }
+}
+
+impl Gpt2Config {
+    /// Any shape, with every other field at GPT-2's values.
+    pub fn custom(n_layer: i64, n_embd: i64, n_head: i64) -> Self {
+        Gpt2Config {
+            vocab_size: defaults::vocab_size(),
+            n_positions: defaults::n_positions(),
+            n_embd,
+            n_layer,
+            n_head,
+            n_inner: None,
+            activation_function: Activation::GeluTanh,
+            resid_pdrop: 0.1,
+            embd_pdrop: 0.1,
+            attn_pdrop: 0.1,
+            layer_norm_epsilon: 1e-5,
+            initializer_range: 0.02,
+            scale_attn_weights: true,
+            scale_attn_by_inverse_layer_idx: false,
+            reorder_and_upcast_attn: false,
+            add_cross_attention: false,
+            model_type: Some("gpt2".into()),
+        }
+    }
+
+    /// `gpt2`, `gpt2-medium`, `gpt2-large` or `gpt2-xl`.
+    pub fn preset(name: &str) -> Result<Self> {
+        match GPT2_PRESETS.iter().find(|(n, ..)| *n == name) {
+            Some(&(_, layers, width, heads)) => Ok(Gpt2Config::custom(layers, width, heads)),
+            None => {
+                let names: Vec<&str> = GPT2_PRESETS.iter().map(|p| p.0).collect();
+                bail!("unknown GPT-2 preset {name:?}; expected one of {}", names.join(", "))
+            }
+        }
+    }
+
+    /// Reads a Hugging Face `config.json` and checks it describes a GPT-2 we implement.
+    pub fn from_json_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading model config {}", path.display()))?;
+        let cfg: Gpt2Config = serde_json::from_str(&text).with_context(|| {
+            format!("{}: not a valid GPT-2 config.json (expected GPT2Config's fields)", path.display())
+        })?;
+        cfg.validate().with_context(|| format!("model config {}", path.display()))?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if let Some(mt) = &self.model_type {
+            if mt != "gpt2" {
+                bail!("model_type is {mt:?}, but this backbone is GPT-2 (model_type \"gpt2\")");
+            }
+        }
+        for (field, value) in [
+            ("n_embd", self.n_embd),
+            ("n_layer", self.n_layer),
+            ("n_head", self.n_head),
+            ("n_positions", self.n_positions),
+            ("vocab_size", self.vocab_size),
+        ] {
+            if value <= 0 {
+                bail!("{field} is {value}; it must be positive");
+            }
+        }
+        if self.n_embd % self.n_head != 0 {
+            bail!("n_embd {} is not divisible by n_head {}", self.n_embd, self.n_head);
+        }
+        if let Some(inner) = self.n_inner {
+            if inner <= 0 {
+                bail!("n_inner is {inner}; it must be positive (or null for 4·n_embd)");
+            }
+        }
+        for (field, p) in
+            [("resid_pdrop", self.resid_pdrop), ("embd_pdrop", self.embd_pdrop), ("attn_pdrop", self.attn_pdrop)]
+        {
+            if !(0.0..1.0).contains(&p) {
+                bail!("{field} is {p}; a dropout probability must be in [0, 1)");
+            }
+        }
+        for (field, set) in [
+            ("scale_attn_by_inverse_layer_idx", self.scale_attn_by_inverse_layer_idx),
+            ("reorder_and_upcast_attn", self.reorder_and_upcast_attn),
+            ("add_cross_attention", self.add_cross_attention),
+        ] {
+            if set {
+                bail!("{field} = true is not supported (GPT-2's released checkpoints use false)");
+            }
+        }
+        crate::layers::init::check_eps_and_range("layer_norm_epsilon", self.layer_norm_epsilon, self.initializer_range)?;
+        if !self.scale_attn_weights {
+            bail!("scale_attn_weights = false is not supported (GPT-2 scales by 1/sqrt(head_dim))");
+        }
+        Ok(())
+    }
+
+    pub fn inner_dim(&self) -> i64 {
+        self.n_inner.unwrap_or(4 * self.n_embd)
+    }
+
+    pub fn head_dim(&self) -> i64 {
+        self.n_embd / self.n_head
+    }
+
+    /// Sets every dropout probability (embeddings, attention, residual) to `p`.
+    pub fn with_dropout(mut self, p: f64) -> Self {
+        self.resid_pdrop = p;
+        self.embd_pdrop = p;
+        self.attn_pdrop = p;
+        self
+    }
+}
 
 /// Hugging Face's `Conv1D`: weight `[in, out]`, `y = bias + x · weight`.
 #[derive(Debug)]
@@ -20,10 +223,10 @@ pub struct Conv1D {
 }
 
 impl Conv1D {
-    fn new(path: &nn::Path, n_in: i64, n_out: i64, std: f64, freeze: &FreezeSpec) -> Result<Self> {
+    fn new(path: &nn::Path, n_in: i64, n_out: i64, std: f64) -> Result<Self> {
         Ok(Conv1D {
-            weight: new_param(path, "weight", &[n_in, n_out], Init::Normal { std }, freeze)?,
-            bias: new_param(path, "bias", &[n_out], Init::Zeros, freeze)?,
+            weight: new_param(path, "weight", &[n_in, n_out], Init::Normal { std })?,
+            bias: new_param(path, "bias", &[n_out], Init::Zeros)?,
         })
     }
 
@@ -48,31 +251,6 @@ impl Conv1D {
         let out = bias.addmm(&x.reshape([-1, n_in]), &weight);
         *shape.last_mut().expect("non-empty shape") = len;
         out.reshape(shape)
-    }
-}
-
-#[derive(Debug)]
-pub struct LayerNorm {
-    pub weight: Tensor,
-    pub bias: Tensor,
-    eps: f64,
-    width: i64,
-}
-
-impl LayerNorm {
-    pub(crate) fn new(path: &nn::Path, width: i64, eps: f64, freeze: &FreezeSpec) -> Result<Self> {
-        Ok(LayerNorm {
-            weight: new_param(path, "weight", &[width], Init::Ones, freeze)?,
-            bias: new_param(path, "bias", &[width], Init::Zeros, freeze)?,
-            eps,
-            width,
-        })
-    }
-
-    /// Statistics in `x`'s dtype (the residual stream stays fp32 in bf16 mode).
-    pub fn forward(&self, x: &Tensor) -> Tensor {
-        let kind = x.kind();
-        x.layer_norm([self.width], Some(&self.weight.to_kind(kind)), Some(&self.bias.to_kind(kind)), self.eps, true)
     }
 }
 
@@ -173,7 +351,7 @@ struct Block {
 }
 
 impl Block {
-    fn new(path: &nn::Path, cfg: &Gpt2Config, freeze: &FreezeSpec) -> Result<Self> {
+    fn new(path: &nn::Path, cfg: &Gpt2Config) -> Result<Self> {
         let std = cfg.initializer_range;
         // Hugging Face scales every `c_proj.weight` (attention and MLP) by 1/sqrt(2·n_layer).
         let proj_std = std / (2.0 * cfg.n_layer as f64).sqrt();
@@ -181,18 +359,18 @@ impl Block {
         let attn = path / "attn";
         let mlp = path / "mlp";
         Ok(Block {
-            ln_1: LayerNorm::new(&(path / "ln_1"), w, cfg.layer_norm_epsilon, freeze)?,
+            ln_1: LayerNorm::new(&(path / "ln_1"), w, cfg.layer_norm_epsilon)?,
             attn: Attention {
-                c_attn: Conv1D::new(&(&attn / "c_attn"), w, 3 * w, std, freeze)?,
-                c_proj: Conv1D::new(&(&attn / "c_proj"), w, w, proj_std, freeze)?,
+                c_attn: Conv1D::new(&(&attn / "c_attn"), w, 3 * w, std)?,
+                c_proj: Conv1D::new(&(&attn / "c_proj"), w, w, proj_std)?,
                 n_head: cfg.n_head,
                 attn_pdrop: cfg.attn_pdrop,
                 resid_pdrop: cfg.resid_pdrop,
             },
-            ln_2: LayerNorm::new(&(path / "ln_2"), w, cfg.layer_norm_epsilon, freeze)?,
+            ln_2: LayerNorm::new(&(path / "ln_2"), w, cfg.layer_norm_epsilon)?,
             mlp: Mlp {
-                c_fc: Conv1D::new(&(&mlp / "c_fc"), w, cfg.inner_dim(), std, freeze)?,
-                c_proj: Conv1D::new(&(&mlp / "c_proj"), cfg.inner_dim(), w, proj_std, freeze)?,
+                c_fc: Conv1D::new(&(&mlp / "c_fc"), w, cfg.inner_dim(), std)?,
+                c_proj: Conv1D::new(&(&mlp / "c_proj"), cfg.inner_dim(), w, proj_std)?,
                 activation: cfg.activation_function,
                 resid_pdrop: cfg.resid_pdrop,
             },
@@ -228,16 +406,16 @@ impl Gpt2 {
     /// Hugging Face's). Initialisation follows `GPT2PreTrainedModel._init_weights`: weights and
     /// embeddings normal(0, initializer_range), `c_proj.weight` normal(0, range/sqrt(2·n_layer)),
     /// biases 0, layer norms 1 and 0. Seed with `tch::manual_seed` for repeatable weights.
-    pub fn new(path: &nn::Path, cfg: &Gpt2Config, freeze: &FreezeSpec) -> Result<Self> {
+    pub fn new(path: &nn::Path, cfg: &Gpt2Config) -> Result<Self> {
         cfg.validate()?;
         let std = cfg.initializer_range;
-        let wte = new_param(&(path / "wte"), "weight", &[cfg.vocab_size, cfg.n_embd], Init::Normal { std }, freeze)?;
-        let wpe = new_param(&(path / "wpe"), "weight", &[cfg.n_positions, cfg.n_embd], Init::Normal { std }, freeze)?;
+        let wte = new_param(&(path / "wte"), "weight", &[cfg.vocab_size, cfg.n_embd], Init::Normal { std })?;
+        let wpe = new_param(&(path / "wpe"), "weight", &[cfg.n_positions, cfg.n_embd], Init::Normal { std })?;
         let h = path / "h";
         let blocks = (0..cfg.n_layer)
-            .map(|i| Block::new(&(&h / i), cfg, freeze))
+            .map(|i| Block::new(&(&h / i), cfg))
             .collect::<Result<Vec<_>>>()?;
-        let ln_f = LayerNorm::new(&(path / "ln_f"), cfg.n_embd, cfg.layer_norm_epsilon, freeze)?;
+        let ln_f = LayerNorm::new(&(path / "ln_f"), cfg.n_embd, cfg.layer_norm_epsilon)?;
         Ok(Gpt2 { cfg: cfg.clone(), wte, wpe, blocks, ln_f, compute_kind: Kind::Float })
     }
 
@@ -303,5 +481,89 @@ impl Gpt2 {
             h = block.forward(&h, train, self.compute_kind, if i == last { queries } else { Queries::All });
         }
         self.ln_f.forward(&h)
+    }
+}
+
+/// GPT-2's parameter groups, by Hugging Face's names: `wte` the (unused) token embedding, `wpe`
+/// the positions, `h.{i}.ln_1`, `h.{i}.ln_2` and `ln_f` the layer norms, `h.{i}.attn.*` the
+/// attention, `h.{i}.mlp.*` the feed-forward.
+impl ParamGroups for Gpt2 {
+    fn param_group(&self, name: &str) -> Option<ParamGroup> {
+        let parts: Vec<&str> = name.split('.').collect();
+        Some(match parts.as_slice() {
+            ["wte", "weight"] => ParamGroup::TokenEmbedding,
+            ["wpe", "weight"] => ParamGroup::Positions,
+            ["ln_f", _] | ["h", _, "ln_1" | "ln_2", _] => ParamGroup::LayerNorms,
+            ["h", _, "attn", _, _] => ParamGroup::Attention,
+            ["h", _, "mlp", _, _] => ParamGroup::FeedForward,
+            _ => return None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod config_tests {
+    use super::*;
+
+    #[test]
+    fn every_variable_has_a_group() {
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let mut cfg = Gpt2Config::custom(2, 8, 2);
+        (cfg.vocab_size, cfg.n_positions) = (10, 4);
+        let model = Gpt2::new(&vs.root(), &cfg).unwrap();
+        let cases = [
+            ("wte.weight", ParamGroup::TokenEmbedding),
+            ("wpe.weight", ParamGroup::Positions),
+            ("h.0.ln_1.weight", ParamGroup::LayerNorms),
+            ("h.1.ln_2.bias", ParamGroup::LayerNorms),
+            ("ln_f.weight", ParamGroup::LayerNorms),
+            ("h.1.attn.c_attn.weight", ParamGroup::Attention),
+            ("h.1.attn.c_proj.bias", ParamGroup::Attention),
+            ("h.0.mlp.c_fc.weight", ParamGroup::FeedForward),
+            ("h.0.mlp.c_proj.weight", ParamGroup::FeedForward),
+        ];
+        for (name, group) in cases {
+            assert_eq!(model.param_group(name), Some(group), "{name}");
+        }
+        assert_eq!(model.param_group("h.0.something.weight"), None);
+        assert_eq!(model.param_group("input_layer.proj.weight"), None);
+        for name in vs.variables().keys() {
+            assert!(model.param_group(name).is_some(), "{name} has no group");
+        }
+    }
+
+    #[test]
+    fn presets_have_the_released_shapes() {
+        let xl = Gpt2Config::preset("gpt2-xl").unwrap();
+        assert_eq!((xl.n_layer, xl.n_embd, xl.n_head, xl.n_positions), (48, 1600, 25, 1024));
+        assert_eq!(Gpt2Config::preset("gpt2").unwrap(), Gpt2Config::default());
+        assert!(Gpt2Config::preset("gpt3").is_err());
+    }
+
+    #[test]
+    fn reads_a_hugging_face_config() {
+        let json = r#"{"activation_function":"gelu_new","architectures":["GPT2LMHeadModel"],
+            "attn_pdrop":0.1,"bos_token_id":50256,"embd_pdrop":0.1,"eos_token_id":50256,
+            "initializer_range":0.02,"layer_norm_epsilon":1e-05,"model_type":"gpt2","n_ctx":1024,
+            "n_embd":768,"n_head":12,"n_inner":null,"n_layer":12,"n_positions":1024,
+            "resid_pdrop":0.1,"summary_type":"cls_index","vocab_size":50257}"#;
+        let cfg: Gpt2Config = serde_json::from_str(json).unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg, Gpt2Config::default());
+        assert_eq!(cfg.inner_dim(), 3072);
+    }
+
+    #[test]
+    fn rejects_configs_we_cannot_compute() {
+        let mut cfg = Gpt2Config::custom(2, 10, 3);
+        assert!(cfg.validate().unwrap_err().to_string().contains("divisible"));
+        cfg = Gpt2Config::custom(2, 12, 3);
+        cfg.model_type = Some("bert".into());
+        assert!(cfg.validate().unwrap_err().to_string().contains("model_type"));
+        cfg = Gpt2Config::custom(2, 12, 3);
+        cfg.reorder_and_upcast_attn = true;
+        assert!(cfg.validate().is_err());
+        let bad_act = r#"{"activation_function":"mish"}"#;
+        assert!(serde_json::from_str::<Gpt2Config>(bad_act).is_err());
     }
 }

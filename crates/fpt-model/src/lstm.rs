@@ -13,8 +13,8 @@
 //! `init_hidden` does. Initialisation, also the reference's: every weight, bias and layer-norm
 //! gain and shift uniform(±1/sqrt(size)).
 
-use crate::freeze::FreezeSpec;
-use crate::init::{new_param, Init};
+use crate::freeze::{ParamGroup, ParamGroups};
+use crate::layers::init::{new_param, Init};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
@@ -56,11 +56,11 @@ struct RefLayerNorm {
 }
 
 impl RefLayerNorm {
-    fn new(path: &nn::Path, size: i64, freeze: &FreezeSpec) -> Result<Self> {
+    fn new(path: &nn::Path, size: i64) -> Result<Self> {
         let bound = 1.0 / (size as f64).sqrt();
         Ok(RefLayerNorm {
-            weight: new_param(path, "weight", &[size], Init::Uniform { bound }, freeze)?,
-            bias: new_param(path, "bias", &[size], Init::Uniform { bound }, freeze)?,
+            weight: new_param(path, "weight", &[size], Init::Uniform { bound })?,
+            bias: new_param(path, "bias", &[size], Init::Uniform { bound })?,
         })
     }
 
@@ -85,18 +85,18 @@ struct Cell {
 }
 
 impl Cell {
-    fn new(path: &nn::Path, input: i64, hidden: i64, freeze: &FreezeSpec) -> Result<Self> {
+    fn new(path: &nn::Path, input: i64, hidden: i64) -> Result<Self> {
         let bound = 1.0 / (hidden as f64).sqrt();
         let i2h = path / "i2h";
         let h2h = path / "h2h";
         Ok(Cell {
-            i2h_w: new_param(&i2h, "weight", &[4 * hidden, input], Init::Uniform { bound }, freeze)?,
-            i2h_b: new_param(&i2h, "bias", &[4 * hidden], Init::Uniform { bound }, freeze)?,
-            h2h_w: new_param(&h2h, "weight", &[4 * hidden, hidden], Init::Uniform { bound }, freeze)?,
-            h2h_b: new_param(&h2h, "bias", &[4 * hidden], Init::Uniform { bound }, freeze)?,
-            ln_i2h: RefLayerNorm::new(&(path / "ln_i2h"), 4 * hidden, freeze)?,
-            ln_h2h: RefLayerNorm::new(&(path / "ln_h2h"), 4 * hidden, freeze)?,
-            ln_cell: RefLayerNorm::new(&(path / "ln_cell"), hidden, freeze)?,
+            i2h_w: new_param(&i2h, "weight", &[4 * hidden, input], Init::Uniform { bound })?,
+            i2h_b: new_param(&i2h, "bias", &[4 * hidden], Init::Uniform { bound })?,
+            h2h_w: new_param(&h2h, "weight", &[4 * hidden, hidden], Init::Uniform { bound })?,
+            h2h_b: new_param(&h2h, "bias", &[4 * hidden], Init::Uniform { bound })?,
+            ln_i2h: RefLayerNorm::new(&(path / "ln_i2h"), 4 * hidden)?,
+            ln_h2h: RefLayerNorm::new(&(path / "ln_h2h"), 4 * hidden)?,
+            ln_cell: RefLayerNorm::new(&(path / "ln_cell"), hidden)?,
             input,
             hidden,
         })
@@ -110,7 +110,7 @@ impl Cell {
         let g = pre.narrow(-1, 3 * hs, hs).tanh();
         let (i, f, o) = (gates.narrow(-1, 0, hs), gates.narrow(-1, hs, hs), gates.narrow(-1, 2 * hs, hs));
         let c_new = self.ln_cell.forward(&(c * f + i * g));
-        let h_new = crate::ops::dropout(&(o * c_new.tanh()), dropout, train);
+        let h_new = crate::kernels::dropout(&(o * c_new.tanh()), dropout, train);
         (h_new, c_new)
     }
 }
@@ -124,11 +124,11 @@ pub struct Lstm {
 
 impl Lstm {
     /// Variables `lstm.{l}.{i2h,h2h}.{weight,bias}` and `lstm.{l}.{ln_i2h,ln_h2h,ln_cell}.{weight,bias}`.
-    pub fn new(path: &nn::Path, cfg: &LstmConfig, freeze: &FreezeSpec) -> Result<Self> {
+    pub fn new(path: &nn::Path, cfg: &LstmConfig) -> Result<Self> {
         cfg.validate()?;
         let root = path / "lstm";
         let cells = (0..cfg.num_layers)
-            .map(|l| Cell::new(&(&root / l), cfg.hidden_size, cfg.hidden_size, freeze))
+            .map(|l| Cell::new(&(&root / l), cfg.hidden_size, cfg.hidden_size))
             .collect::<Result<Vec<_>>>()?;
         Ok(Lstm { cfg: cfg.clone(), cells })
     }
@@ -181,9 +181,35 @@ impl Lstm {
     }
 }
 
+/// The LSTM's parameter groups: the input and recurrent weights `i2h`, `h2h` count as
+/// feed-forward, the `ln_*` norms as layer norms (so `freeze = "paper"` trains input, output and
+/// layer norms, the paper's frozen LSTM).
+impl ParamGroups for Lstm {
+    fn param_group(&self, name: &str) -> Option<ParamGroup> {
+        let parts: Vec<&str> = name.split('.').collect();
+        Some(match parts.as_slice() {
+            ["lstm", _, "i2h" | "h2h", _] => ParamGroup::FeedForward,
+            ["lstm", _, "ln_i2h" | "ln_h2h" | "ln_cell", _] => ParamGroup::LayerNorms,
+            _ => return None,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_variable_has_a_group() {
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let model = Lstm::new(&vs.root(), &LstmConfig { num_layers: 2, hidden_size: 4, dropout: 0.0 }).unwrap();
+        assert_eq!(model.param_group("lstm.1.i2h.weight"), Some(ParamGroup::FeedForward));
+        assert_eq!(model.param_group("lstm.1.h2h.bias"), Some(ParamGroup::FeedForward));
+        assert_eq!(model.param_group("lstm.0.ln_cell.weight"), Some(ParamGroup::LayerNorms));
+        for name in vs.variables().keys() {
+            assert!(model.param_group(name).is_some(), "{name} has no group");
+        }
+    }
 
     /// The cell equations against a hand-written f64 implementation on a tiny input.
     #[test]
@@ -191,7 +217,7 @@ mod tests {
         tch::manual_seed(3);
         let vs = nn::VarStore::new(tch::Device::Cpu);
         let cfg = LstmConfig { num_layers: 1, hidden_size: 3, dropout: 0.0 };
-        let lstm = Lstm::new(&vs.root(), &cfg, &FreezeSpec::all()).unwrap();
+        let lstm = Lstm::new(&vs.root(), &cfg).unwrap();
         let x = Tensor::randn([1, 2, 3], (Kind::Float, tch::Device::Cpu));
         let (h0, c0) = (Tensor::randn([1, 3], (Kind::Float, tch::Device::Cpu)), Tensor::randn([1, 3], (Kind::Float, tch::Device::Cpu)));
         let ours = lstm.forward_with_states(&x, &[(h0.shallow_clone(), c0.shallow_clone())], false).unwrap();

@@ -1,7 +1,7 @@
 //! Parameter counts per group: what `fpt params` prints.
 
-use crate::freeze::ParamGroup;
-use anyhow::Result;
+use crate::freeze::{ParamGroup, ParamGroups};
+use anyhow::{Context, Result};
 use std::collections::BTreeMap;
 use tch::nn;
 
@@ -11,12 +11,14 @@ pub struct GroupCount {
     pub trainable: i64,
 }
 
-/// Counts every variable of `vs` by group; trainable = `requires_grad`.
-pub fn count_by_group(vs: &nn::VarStore) -> Result<BTreeMap<ParamGroup, GroupCount>> {
+/// Counts every variable of `vs` by the group `model` declares for it; trainable =
+/// `requires_grad`.
+pub fn count_by_group(vs: &nn::VarStore, model: &dyn ParamGroups) -> Result<BTreeMap<ParamGroup, GroupCount>> {
     let mut counts: BTreeMap<ParamGroup, GroupCount> =
         ParamGroup::ALL.into_iter().map(|g| (g, GroupCount::default())).collect();
     for (name, tensor) in vs.variables() {
-        let entry = counts.entry(ParamGroup::of(&name)?).or_default();
+        let group = model.param_group(&name).with_context(|| format!("variable {name:?} belongs to no parameter group the model declares"))?;
+        let entry = counts.entry(group).or_default();
         let n = tensor.numel() as i64;
         entry.total += n;
         if tensor.requires_grad() {

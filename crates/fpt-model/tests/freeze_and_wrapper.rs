@@ -1,7 +1,7 @@
 //! Freeze groups, the FPT wrapper's layers and read-out, and Hugging Face's random init.
 
 use fpt_model::params::count_by_group;
-use fpt_model::{Fpt, FptConfig, FreezeSpec, Gpt2, Gpt2Config, InputSpec, ParamGroup};
+use fpt_model::{Fpt, FptConfig, FreezeSpec, Gpt2, Gpt2Config, InputSpec, ParamGroup, ParamGroups};
 use tch::nn::OptimizerConfig;
 use tch::{nn, Device, Kind, Tensor};
 
@@ -15,7 +15,8 @@ fn tiny_backbone() -> Gpt2Config {
 fn build(cfg: &FptConfig, freeze: &str) -> (nn::VarStore, Fpt) {
     tch::manual_seed(0);
     let vs = nn::VarStore::new(Device::Cpu);
-    let model = Fpt::new(&vs.root(), &tiny_backbone().into(), cfg, &FreezeSpec::parse(freeze).unwrap()).unwrap();
+    let model = Fpt::new(&vs.root(), &tiny_backbone().into(), cfg).unwrap();
+    model.freeze(&vs, &FreezeSpec::parse(freeze).unwrap()).unwrap();
     (vs, model)
 }
 
@@ -24,7 +25,7 @@ fn frozen_tensors_get_no_gradient_and_never_reach_the_optimizer() {
     for spec in ["paper", "full", "all,+out", "paper,+attn", "paper,-pos,-ln"] {
         let freeze = FreezeSpec::parse(spec).unwrap();
         let (vs, model) = build(&FptConfig::dense(6, 3), spec);
-        let trainable_by_group: i64 = count_by_group(&vs).unwrap().values().map(|c| c.trainable).sum();
+        let trainable_by_group: i64 = count_by_group(&vs, &model).unwrap().values().map(|c| c.trainable).sum();
         let trainable_vars: i64 = vs.trainable_variables().iter().map(|t| t.numel() as i64).sum();
         assert_eq!(trainable_by_group, trainable_vars, "{spec}");
         let opt = nn::Adam::default().build(&vs, 1e-3).unwrap();
@@ -35,7 +36,7 @@ fn frozen_tensors_get_no_gradient_and_never_reach_the_optimizer() {
         let logits = model.forward(&x, true).unwrap();
         logits.cross_entropy_for_logits(&Tensor::from_slice(&[0i64, 1, 2, 0])).backward();
         for (name, t) in vs.variables() {
-            let group = ParamGroup::of(&name).unwrap();
+            let group = model.param_group(&name).unwrap();
             let frozen = freeze.is_frozen(group);
             assert_eq!(t.requires_grad(), !frozen, "{spec}: {name} requires_grad");
             if frozen || group == ParamGroup::TokenEmbedding {
@@ -50,8 +51,8 @@ fn frozen_tensors_get_no_gradient_and_never_reach_the_optimizer() {
 
 #[test]
 fn paper_default_trains_only_input_output_positions_layer_norms() {
-    let (vs, _) = build(&FptConfig::dense(48, 10), "paper");
-    let counts = count_by_group(&vs).unwrap();
+    let (vs, model) = build(&FptConfig::dense(48, 10), "paper");
+    let counts = count_by_group(&vs, &model).unwrap();
     let w = 32i64;
     assert_eq!(counts[&ParamGroup::Input].trainable, 48 * w + w);
     assert_eq!(counts[&ParamGroup::Output].trainable, w * 10 + 10);
@@ -117,7 +118,7 @@ fn bad_inputs_are_errors_not_panics() {
 
     let bad = FptConfig { classes: 0, ..FptConfig::dense(6, 3) };
     let vs = nn::VarStore::new(Device::Cpu);
-    assert!(Fpt::new(&vs.root(), &tiny_backbone().into(), &bad, &FreezeSpec::paper()).is_err());
+    assert!(Fpt::new(&vs.root(), &tiny_backbone().into(), &bad).is_err());
 }
 
 #[test]
@@ -140,7 +141,8 @@ fn random_init_follows_hugging_face() {
     let mut cfg = Gpt2Config::custom(8, 256, 8);
     cfg.vocab_size = 1000;
     let vs = nn::VarStore::new(Device::Cpu);
-    Gpt2::new(&vs.root(), &cfg, &FreezeSpec::paper()).unwrap();
+    let model = Gpt2::new(&vs.root(), &cfg).unwrap();
+    FreezeSpec::paper().apply(&vs, &model).unwrap();
     let vars = vs.variables();
     let std = |n: &str| vars[n].std(true).double_value(&[]);
     let mean = |n: &str| vars[n].mean(Kind::Float).double_value(&[]);
@@ -175,8 +177,9 @@ fn bert_backbones_freeze_by_group_and_read_first_or_last() {
     tch::manual_seed(0);
     let vs = nn::VarStore::new(Device::Cpu);
     let cfg = FptConfig { readout_tokens: 2, ..FptConfig::dense(6, 3) };
-    let model = Fpt::new(&vs.root(), &tiny_bert(), &cfg, &FreezeSpec::paper()).unwrap();
-    let counts = count_by_group(&vs).unwrap();
+    let model = Fpt::new(&vs.root(), &tiny_bert(), &cfg).unwrap();
+    FreezeSpec::paper().apply(&vs, &model).unwrap();
+    let counts = count_by_group(&vs, &model).unwrap();
     let w = 32i64;
     // Trained: positions, every LayerNorm (embeddings + 2 per layer), input and output layers.
     assert_eq!(counts[&ParamGroup::Positions].trainable, 24 * w);
@@ -192,7 +195,8 @@ fn bert_backbones_freeze_by_group_and_read_first_or_last() {
     // Reading the first tokens of the same weights gives a different, valid output.
     let vs2 = nn::VarStore::new(Device::Cpu);
     let first_cfg = FptConfig { readout: fpt_model::Readout::First, ..cfg.clone() };
-    let first = Fpt::new(&vs2.root(), &tiny_bert(), &first_cfg, &FreezeSpec::paper()).unwrap();
+    let first = Fpt::new(&vs2.root(), &tiny_bert(), &first_cfg).unwrap();
+    FreezeSpec::paper().apply(&vs2, &first).unwrap();
     let mut vs2 = vs2;
     vs2.copy(&vs).unwrap();
     let out = first.forward(&x, false).unwrap();

@@ -50,9 +50,11 @@ fn token_fpt(cfg: &BackboneConfig, readout: Readout, k: i64) -> (Fpt, Fpt, nn::V
         orth_gain: Some(1.41),
     };
     let vs = nn::VarStore::new(Device::Cpu);
-    let model = Fpt::new(&vs.root(), cfg, &fc, &FreezeSpec::parse("paper").unwrap()).unwrap();
+    let model = Fpt::new(&vs.root(), cfg, &fc).unwrap();
+    FreezeSpec::parse("paper").unwrap().apply(&vs, &model).unwrap();
     let mut vs64 = nn::VarStore::new(Device::Cpu);
-    let model64 = Fpt::new(&vs64.root(), cfg, &fc, &FreezeSpec::parse("paper").unwrap()).unwrap();
+    let model64 = Fpt::new(&vs64.root(), cfg, &fc).unwrap();
+    FreezeSpec::parse("paper").unwrap().apply(&vs64, &model64).unwrap();
     vs64.copy(&vs).unwrap();
     vs64.double();
     (model, model64, vs, vs64)
@@ -106,7 +108,8 @@ fn without_the_policy_padding_changes_the_logits() {
     // BERT's backbone at the last real token, with and without the key-padding mask.
     tch::manual_seed(3);
     let vs = nn::VarStore::new(Device::Cpu);
-    let bb = Backbone::new(&vs.root(), &bert(), &FreezeSpec::all()).unwrap();
+    let bb = Backbone::new(&vs.root(), &bert()).unwrap();
+    FreezeSpec::all().apply(&vs, &bb).unwrap();
     let x = Tensor::randn([1, 8, 32], (Kind::Float, Device::Cpu));
     let at = Tensor::from_slice(&[4i64]).reshape([1, 1]);
     let mask = Tensor::arange(8, (Kind::Int64, Device::Cpu)).lt(5).unsqueeze(0);
@@ -124,9 +127,11 @@ fn the_lstm_reads_the_same_state_at_the_last_real_token_padded_or_not() {
     tch::manual_seed(5);
     let cfg = LstmConfig { num_layers: 2, hidden_size: 16, dropout: 0.1 };
     let vs = nn::VarStore::new(Device::Cpu);
-    let lstm = Lstm::new(&vs.root(), &cfg, &FreezeSpec::all()).unwrap();
+    let lstm = Lstm::new(&vs.root(), &cfg).unwrap();
+    FreezeSpec::all().apply(&vs, &lstm).unwrap();
     let mut vs64 = nn::VarStore::new(Device::Cpu);
-    let lstm64 = Lstm::new(&vs64.root(), &cfg, &FreezeSpec::all()).unwrap();
+    let lstm64 = Lstm::new(&vs64.root(), &cfg).unwrap();
+    FreezeSpec::all().apply(&vs64, &lstm64).unwrap();
     vs64.copy(&vs).unwrap();
     vs64.double();
     let opts = (Kind::Float, Device::Cpu);
@@ -158,7 +163,8 @@ fn masks_positions_and_lengths_are_checked() {
     let err = |r: anyhow::Result<Tensor>| format!("{:#}", r.err().expect("must fail"));
     tch::manual_seed(1);
     let vs = nn::VarStore::new(Device::Cpu);
-    let bb = Backbone::new(&vs.root(), &gpt2(), &FreezeSpec::all()).unwrap();
+    let bb = Backbone::new(&vs.root(), &gpt2()).unwrap();
+    FreezeSpec::all().apply(&vs, &bb).unwrap();
     let x = Tensor::randn([2, 5, 32], (Kind::Float, Device::Cpu));
     let pos = Tensor::from_slice(&[4i64, 2]).reshape([2, 1]);
     let mask = Tensor::ones([2, 5], (Kind::Int64, Device::Cpu));
@@ -167,7 +173,8 @@ fn masks_positions_and_lengths_are_checked() {
     assert!(err(bb.forward_at(&x, false, &Tensor::from_slice(&[1i64, 2]), None)).contains("[batch = 2, k ≥ 1]"));
     assert!(err(bb.forward_at(&x, false, &pos.to_kind(Kind::Int), None)).contains("int64"));
     let bert_vs = nn::VarStore::new(Device::Cpu);
-    let bert_bb = Backbone::new(&bert_vs.root(), &bert(), &FreezeSpec::all()).unwrap();
+    let bert_bb = Backbone::new(&bert_vs.root(), &bert()).unwrap();
+    FreezeSpec::all().apply(&bert_vs, &bert_bb).unwrap();
     assert!(err(bert_bb.forward_at(&x, false, &pos, Some(&Tensor::ones([2, 4], (Kind::Int64, Device::Cpu))))).contains("attention_mask must be [batch = 2, seq = 5]"));
 
     let (model, _, _vs, _vs64) = token_fpt(&gpt2(), Readout::Last, 2);

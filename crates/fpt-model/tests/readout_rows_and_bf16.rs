@@ -32,9 +32,11 @@ fn restricted_last_layer_equals_the_full_forward_at_those_rows() {
     for (name, cfg) in [("gpt2", gpt2()), ("bert", bert())] {
         tch::manual_seed(1);
         let vs = nn::VarStore::new(Device::Cpu);
-        let model = Backbone::new(&vs.root(), &cfg, &FreezeSpec::all()).unwrap();
+        let model = Backbone::new(&vs.root(), &cfg).unwrap();
+        FreezeSpec::all().apply(&vs, &model).unwrap();
         let mut vs64 = nn::VarStore::new(Device::Cpu);
-        let model64 = Backbone::new(&vs64.root(), &cfg, &FreezeSpec::all()).unwrap();
+        let model64 = Backbone::new(&vs64.root(), &cfg).unwrap();
+        FreezeSpec::all().apply(&vs64, &model64).unwrap();
         vs64.copy(&vs).unwrap();
         vs64.double();
         let t = 9;
@@ -68,7 +70,8 @@ fn fpt(cfg: &BackboneConfig, freeze: &str, readout: Readout) -> (nn::VarStore, F
     fc.readout = readout;
     fc.readout_tokens = 2;
     fc.dropout = 0.0;
-    let model = Fpt::new(&vs.root(), cfg, &fc, &FreezeSpec::parse(freeze).unwrap()).unwrap();
+    let model = Fpt::new(&vs.root(), cfg, &fc).unwrap();
+    FreezeSpec::parse(freeze).unwrap().apply(&vs, &model).unwrap();
     (vs, model)
 }
 

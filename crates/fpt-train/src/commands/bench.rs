@@ -202,7 +202,8 @@ pub fn run(args: &Args) -> Result<()> {
     let mut fc = FptConfig::dense(args.dim, args.classes);
     fc.dropout = args.dropout;
     let vs = nn::VarStore::new(device);
-    let mut model = Fpt::new(&vs.root(), &gpt.into(), &fc, &FreezeSpec::parse("paper")?)?;
+    let mut model = Fpt::new(&vs.root(), &gpt.into(), &fc)?;
+    model.freeze(&vs, &FreezeSpec::paper())?;
     let (x, y) = match &args.init {
         Some(path) => load_init(path, &vs)?,
         None => (

@@ -2,9 +2,10 @@
 
 use crate::config::RunConfig;
 use crate::device::parse_device;
-use crate::trainer::{backbone_for, fpt_config};
+use crate::model_build::{backbone_for, fpt_config};
 use anyhow::{bail, Context, Result};
-use fpt_model::{params::count_by_group, BackboneSource, Fpt, FptConfig, FreezeSpec, InputSpec, ParamGroup};
+use crate::backbone::resolve_local;
+use fpt_model::{params::count_by_group, Fpt, FptConfig, FreezeSpec, InputSpec, ParamGroup};
 use tch::nn;
 
 #[derive(clap::Args, Debug)]
@@ -15,7 +16,7 @@ pub struct Args {
     /// With --config: override a value (dotted key = TOML value).
     #[arg(long = "set", value_name = "KEY=VALUE", requires = "config")]
     pub set: Vec<String>,
-    /// A GPT-2 preset (gpt2, gpt2-medium, gpt2-large, gpt2-xl) or a Hugging Face GPT-2/BERT directory.
+    /// A GPT-2 preset (gpt2, gpt2-medium, gpt2-large, gpt2-xl), a Hugging Face GPT-2/BERT directory, minilm or lstm.
     #[arg(long, required_unless_present = "config")]
     pub model: Option<String>,
     /// Features per token (dense input: patches, bits).
@@ -67,7 +68,7 @@ fn from_flags(args: &Args) -> Result<Shape> {
     let (Some(model), Some(tokens), Some(classes)) = (&args.model, args.tokens, args.classes) else {
         bail!("give --config, or --model, --tokens and --classes");
     };
-    let backbone = BackboneSource::parse(model)?.config()?;
+    let backbone = resolve_local(model)?.config;
     let input = match (args.input_dim, args.vocab) {
         (Some(dim), None) => InputSpec::Dense { dim },
         (None, Some(vocab)) => InputSpec::Tokens { vocab },
@@ -88,7 +89,7 @@ fn from_config(path: &std::path::Path, set: &[String]) -> Result<Shape> {
         backbone: backbone.config,
         model: format!("{} ({})", run.model.backbone, backbone.source),
         cfg,
-        freeze: FreezeSpec::parse(&run.model.freeze).context("model.freeze")?,
+        freeze: *run.model.freeze.spec(),
         tokens: task.spec().seq_len as i64,
     })
 }
@@ -105,8 +106,9 @@ pub fn run(args: &Args) -> Result<()> {
     }
     let input = cfg.input;
     let vs = nn::VarStore::new(device);
-    Fpt::new(&vs.root(), &backbone, &cfg, &freeze)?;
-    let counts = count_by_group(&vs)?;
+    let fpt = Fpt::new(&vs.root(), &backbone, &cfg)?;
+    fpt.freeze(&vs, &freeze)?;
+    let counts = count_by_group(&vs, &fpt)?;
 
     let input_text = match input {
         InputSpec::Dense { dim } => format!("{dim} features per token"),

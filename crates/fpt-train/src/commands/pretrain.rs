@@ -7,7 +7,9 @@
 use crate::config::{Init, ModelConfig, RunConfig, TrainConfig};
 use crate::device::parse_device;
 use crate::run_checkpoint;
-use crate::trainer::{self, build_model, RunOptions, Status};
+use crate::model_build::{backbone_for, build_model};
+use crate::run_dir::{Status, CONFIG};
+use crate::trainer::{self, RunOptions};
 use anyhow::{bail, Context, Result};
 use fpt_model::BackboneConfig;
 use fpt_tasks::{load_task, TaskConfig};
@@ -46,7 +48,7 @@ pub fn run_cli(args: &Args) -> Result<()> {
         model: ModelConfig {
             backbone: args.model.clone(),
             init: Init::Random,
-            freeze: "full".into(),
+            freeze: crate::config::FreezeText::parse("full")?,
             dropout: 0.1,
             orth_gain: Some(1.41),
             readout: Default::default(),
@@ -79,14 +81,14 @@ pub fn run_cli(args: &Args) -> Result<()> {
 
 /// Writes the backbone of a finished run as `config.json` + `model.safetensors` in `out`.
 pub fn export_backbone(run_dir: &Path, out: &Path) -> Result<()> {
-    let cfg = RunConfig::load(&run_dir.join(trainer::CONFIG), &[])?;
+    let cfg = RunConfig::load(&run_dir.join(CONFIG), &[])?;
     let task = load_task(&cfg.task, cfg.seed)?;
     // Rebuilding with the run's seed reproduces the frozen tensors' init exactly; the checkpoint
     // then restores every trained tensor.
     let (vs, _model, trainable) = build_model(&cfg, task.as_ref(), tch::Device::Cpu)?;
     let mut adam = crate::adam::Adam::new(Default::default(), trainable);
     run_checkpoint::load(run_dir, &mut adam, cfg.train.steps)?;
-    let backbone = trainer::backbone_for(&cfg)?;
+    let backbone = backbone_for(&cfg)?;
     let BackboneConfig::Gpt2(gpt2) = &backbone.config else {
         bail!("export writes GPT-2 directories; this run's backbone is {}", backbone.config.model_type());
     };

@@ -12,7 +12,6 @@
 //! The draws are the same operations as before this module existed (`randn · std`,
 //! `zeros.uniform_`), in the same order, so seeded inits are bit-identical.
 
-use crate::freeze::{FreezeSpec, ParamGroup};
 use anyhow::{bail, Context, Result};
 use tch::{nn, Device, Kind, Tensor};
 
@@ -43,18 +42,16 @@ impl Init {
     }
 }
 
-/// Creates one fp32 variable `name` under `path`, trainable unless the freeze spec freezes its
-/// group. Frozen tensors are registered as non-trainable, so `requires_grad` is false and
-/// `VarStore::trainable_variables` (what an optimizer is built from) never contains them.
-pub(crate) fn new_param(path: &nn::Path, name: &str, dims: &[i64], init: Init, freeze: &FreezeSpec) -> Result<Tensor> {
+/// Creates one fp32 variable `name` under `path`, trainable: freezing comes after the model is
+/// built ([`crate::freeze::FreezeSpec::apply`], from the groups the model declares).
+pub(crate) fn new_param(path: &nn::Path, name: &str, dims: &[i64], init: Init) -> Result<Tensor> {
     let full_name = path.path(name);
-    let group = ParamGroup::of(&full_name)?;
     if path.get(name).is_some() {
         bail!("variable {full_name} is defined twice");
     }
     if crate::checkpoint::planned_shape_differs(&full_name, dims) {
         // Recorded; `build_checked` reports every such tensor once the model is described.
-        return Ok(path.add(name, Tensor::f_zeros([0], (Kind::Float, Device::Cpu))?, false));
+        return Ok(path.add(name, Tensor::f_zeros([0], (Kind::Float, Device::Cpu))?, true));
     }
     let bytes = checked_bytes(dims, 4).with_context(|| format!("parameter {full_name}"))?;
     check_memory(bytes, path.device()).with_context(|| format!("parameter {full_name} {dims:?}"))?;
@@ -62,7 +59,7 @@ pub(crate) fn new_param(path: &nn::Path, name: &str, dims: &[i64], init: Init, f
         .tensor(dims)
         .and_then(|t| t.f_to_device(path.device()))
         .with_context(|| format!("allocating parameter {full_name} {dims:?} ({})", human_bytes(bytes)))?;
-    Ok(path.add(name, tensor, !freeze.is_frozen(group)))
+    Ok(path.add(name, tensor, true))
 }
 
 /// A layer norm's epsilon must be positive and finite (a negative or NaN one turns every
@@ -139,7 +136,7 @@ mod tests {
     #[test]
     fn a_parameter_too_large_to_allocate_is_an_error_not_a_panic() {
         let vs = nn::VarStore::new(Device::Cpu);
-        let err = new_param(&(vs.root() / "wte"), "weight", &[1_000_000_000_000, 768], Init::Normal { std: 0.02 }, &FreezeSpec::all())
+        let err = new_param(&(vs.root() / "wte"), "weight", &[1_000_000_000_000, 768], Init::Normal { std: 0.02 })
             .unwrap_err();
         let text = format!("{err:#}");
         assert!(text.contains("wte.weight") && text.contains("available"), "{text}");

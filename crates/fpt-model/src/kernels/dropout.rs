@@ -1,0 +1,214 @@
+//! Dropout on the CPU with a counter-based generator.
+//!
+//! libtorch's CPU dropout draws its mask one element at a time from a Mersenne twister (its
+//! vectorised MKL path is taken on Intel CPUs only), which costs about a tenth of an FPT train
+//! step. Here the mask comes from SplitMix64 of a seed and the element index (vectorised, ~0.2 ns
+//! per element per thread) whose seed is drawn from libtorch's generator, so runs stay
+//! repeatable under `tch::manual_seed` and need no state of their own. On CUDA libtorch's own
+//! kernel is used.
+
+use super::omp::parallel_ranges;
+#[cfg(target_arch = "x86_64")]
+use super::{has_avx2, has_avx512};
+use tch::{Device, Kind, Tensor};
+
+fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Fills `mask` for [`dropout`]: each element `scale` with probability `1 - p`, else `zero`.
+/// Two elements per 64-bit draw (32 bits each); element `i` depends only on (`seed`, `i`), so
+/// the mask is the same however it is split across threads.
+///
+/// The loop is branch-free so that it vectorises; on CPUs with AVX-512 (or AVX2) it is compiled
+/// for them and picked at run time — 13× faster than scalar code on the build machine's EPYC,
+/// same masks bit for bit.
+fn fill_mask<T: Copy + Send + Sync>(mask: &mut [T], p: f64, seed: u64, scale: T, zero: T) {
+    let n = mask.len();
+    let base = mask.as_mut_ptr() as usize;
+    // Threads get whole pairs: element range [2a, 2b) ∩ [0, n).
+    parallel_ranges(n.div_ceil(2), &|pairs: std::ops::Range<usize>| {
+        let (start, end) = (2 * pairs.start, (2 * pairs.end).min(n));
+        // SAFETY: the ranges of different threads are disjoint and within the mask.
+        let part = unsafe { std::slice::from_raw_parts_mut((base as *mut T).add(start), end - start) };
+        fill_mask_part(part, pairs.start, p, seed, scale, zero);
+    });
+}
+
+fn fill_mask_part<T: Copy>(part: &mut [T], first_pair: usize, p: f64, seed: u64, scale: T, zero: T) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if has_avx512() {
+            // SAFETY: the features the function is compiled for were detected just above.
+            return unsafe { fill_mask_avx512(part, first_pair, p, seed, scale, zero) };
+        }
+        if has_avx2() {
+            // SAFETY: as above.
+            return unsafe { fill_mask_avx2(part, first_pair, p, seed, scale, zero) };
+        }
+    }
+    fill_mask_portable(part, first_pair, p, seed, scale, zero)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq,avx512bw,avx512vl")]
+unsafe fn fill_mask_avx512<T: Copy>(part: &mut [T], first_pair: usize, p: f64, seed: u64, scale: T, zero: T) {
+    fill_mask_portable(part, first_pair, p, seed, scale, zero)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fill_mask_avx2<T: Copy>(part: &mut [T], first_pair: usize, p: f64, seed: u64, scale: T, zero: T) {
+    fill_mask_portable(part, first_pair, p, seed, scale, zero)
+}
+
+/// `part` starts at element `2 * first_pair` of the whole mask.
+#[inline(always)]
+fn fill_mask_portable<T: Copy>(part: &mut [T], first_pair: usize, p: f64, seed: u64, scale: T, zero: T) {
+    let threshold = ((1.0 - p) * 4_294_967_296.0).round().min(4_294_967_295.0) as u64;
+    let key = splitmix64(seed);
+    let draw = |pair: usize| splitmix64(key ^ ((first_pair + pair) as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93));
+    let (pairs, rest) = part.as_chunks_mut::<2>();
+    for (pair, out) in pairs.iter_mut().enumerate() {
+        let r = draw(pair);
+        out[0] = if (r & 0xFFFF_FFFF) < threshold { scale } else { zero };
+        out[1] = if (r >> 32) < threshold { scale } else { zero };
+    }
+    if let [last] = rest {
+        let r = draw(pairs.len());
+        *last = if (r & 0xFFFF_FFFF) < threshold { scale } else { zero };
+    }
+}
+
+/// The fp32 mask of [`dropout`]: `numel` values, each `1 / (1 - p)` with probability `1 - p`,
+/// else 0.
+#[cfg(test)]
+fn dropout_mask(numel: usize, p: f64, seed: u64) -> Vec<f32> {
+    let mut mask = vec![0f32; numel];
+    fill_mask(&mut mask, p, seed, (1.0 / (1.0 - p)) as f32, 0.0);
+    mask
+}
+
+/// Inverted dropout: in training, zeroes each element with probability `p` and scales the rest
+/// by `1 / (1 - p)`; otherwise (or with `p == 0`) returns `x` unchanged.
+pub(crate) fn dropout(x: &Tensor, p: f64, train: bool) -> Tensor {
+    if !train || p == 0.0 {
+        return x.shallow_clone();
+    }
+    if x.device() != Device::Cpu {
+        return x.dropout(p, true);
+    }
+    if x.numel() == 0 {
+        return x.shallow_clone();
+    }
+    // One draw from libtorch's generator per call: re-seeding it re-seeds every mask.
+    let seed = Tensor::randint(i64::MAX, [1], (Kind::Int64, Device::Cpu)).int64_value(&[0]) as u64;
+    // The mask is written straight into a fresh tensor in x's dtype (bf16 in bf16 mode: half
+    // the bytes, no cast pass), as libtorch builds its own.
+    let n = x.numel();
+    let scale = 1.0 / (1.0 - p);
+    let mask = match x.kind() {
+        Kind::BFloat16 => {
+            let mask = Tensor::empty([n as i64], (Kind::BFloat16, Device::Cpu));
+            // SAFETY: a freshly allocated, contiguous, unshared CPU tensor of n 2-byte elements;
+            // bf16 bit patterns are written as i16.
+            let bits = unsafe { std::slice::from_raw_parts_mut(mask.data_ptr() as *mut i16, n) };
+            fill_mask(bits, p, seed, half::bf16::from_f64(scale).to_bits() as i16, 0);
+            mask
+        }
+        kind => {
+            let mask = Tensor::empty([n as i64], (Kind::Float, Device::Cpu));
+            // SAFETY: as above, n 4-byte f32 elements.
+            let values = unsafe { std::slice::from_raw_parts_mut(mask.data_ptr() as *mut f32, n) };
+            fill_mask(values, p, seed, scale as f32, 0.0);
+            mask.to_kind(kind)
+        }
+    };
+    x * mask.view(x.size().as_slice())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mask_keeps_the_right_fraction_with_the_right_scale_and_repeats_per_seed() {
+        for p in [0.1, 0.5, 0.9] {
+            let mask = dropout_mask(1_000_001, p, 7);
+            let kept = mask.iter().filter(|&&m| m != 0.0).count() as f64 / mask.len() as f64;
+            assert!((kept - (1.0 - p)).abs() < 0.003, "p {p}: kept {kept}");
+            assert!(mask.iter().all(|&m| m == 0.0 || (m as f64 - 1.0 / (1.0 - p)).abs() < 1e-5));
+            // Unbiased: the mean of the mask is 1.
+            let mean = mask.iter().map(|&m| m as f64).sum::<f64>() / mask.len() as f64;
+            assert!((mean - 1.0).abs() < 0.01, "p {p}: mean {mean}");
+        }
+        assert_eq!(dropout_mask(100, 0.3, 1), dropout_mask(100, 0.3, 1));
+        assert_ne!(dropout_mask(100, 0.3, 1), dropout_mask(100, 0.3, 2));
+        // Neighbouring elements are not correlated: P(both kept) ≈ (1 - p)².
+        let mask = dropout_mask(400_000, 0.5, 3);
+        let both = mask.windows(2).filter(|w| w[0] != 0.0 && w[1] != 0.0).count() as f64 / (mask.len() - 1) as f64;
+        assert!((both - 0.25).abs() < 0.005, "{both}");
+    }
+
+    #[test]
+    fn the_vectorised_and_parallel_masks_are_the_portable_ones_bit_for_bit() {
+        // Sizes below and above the threshold for splitting across threads, odd and even.
+        for n in [0usize, 1, 2, 7, 64, 1001, 65_537, 200_001] {
+            let mut fast = vec![0i16; n];
+            let mut portable = vec![0i16; n];
+            fill_mask(&mut fast, 0.1, 99, 1, 0);
+            fill_mask_portable(&mut portable, 0, 0.1, 99, 1, 0);
+            assert_eq!(fast, portable, "n {n}");
+            let mut fast = vec![0f32; n];
+            let mut portable = vec![0f32; n];
+            fill_mask(&mut fast, 0.3, 5, 2.0, 0.0);
+            fill_mask_portable(&mut portable, 0, 0.3, 5, 2.0, 0.0);
+            assert_eq!(fast, portable, "n {n}");
+        }
+        // Every build of the loop this CPU can run gives the same bits.
+        #[cfg(target_arch = "x86_64")]
+        for (build, runs) in [("avx512", has_avx512()), ("avx2", has_avx2())] {
+            if !runs {
+                continue;
+            }
+            let (mut built, mut portable) = (vec![0i16; 1001], vec![0i16; 1001]);
+            // SAFETY: the build's features were detected just above.
+            unsafe {
+                match build {
+                    "avx512" => fill_mask_avx512(&mut built, 3, 0.1, 99, 1, 0),
+                    _ => fill_mask_avx2(&mut built, 3, 0.1, 99, 1, 0),
+                }
+            }
+            fill_mask_portable(&mut portable, 3, 0.1, 99, 1, 0);
+            assert_eq!(built, portable, "{build}");
+        }
+        // The masks themselves are pinned (values of the scalar code before vectorising): the
+        // regression expectations depend on them.
+        let mut mask = vec![0i16; 16];
+        fill_mask(&mut mask, 0.5, 1, 1, 0);
+        assert_eq!(mask, [1, 1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, 0, 1, 0]);
+    }
+
+    #[test]
+    fn dropout_is_identity_in_eval_repeatable_under_manual_seed_and_backpropagates_the_mask() {
+        let x = Tensor::randn([4, 5, 6], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        assert_eq!(dropout(&x, 0.5, false).data_ptr(), x.data_ptr());
+        // (Repeatability under manual_seed is a property of the mask's seed, tested above; the
+        // global generator cannot be pinned here while other tests run in parallel.)
+        let a = dropout(&x, 0.5, true);
+        a.sum(Kind::Float).backward();
+        // d/dx of x·mask is the mask: 0 or 2.
+        let g = x.grad();
+        assert!(g.eq(0.0).logical_or(&g.eq(2.0)).all().int64_value(&[]) == 1);
+        assert!((&a - &x * &g).abs().max().double_value(&[]) < 1e-6);
+        let xb = x.detach().to_kind(Kind::BFloat16);
+        let bf = dropout(&xb, 0.5, true);
+        assert_eq!(bf.kind(), Kind::BFloat16);
+        // Each element is dropped (0) or doubled, exactly.
+        let ratio = (bf.to_kind(Kind::Float) / xb.to_kind(Kind::Float)).flatten(0, -1);
+        assert!(ratio.eq(0.0).logical_or(&ratio.eq(2.0)).all().int64_value(&[]) == 1, "{ratio}");
+    }
+}

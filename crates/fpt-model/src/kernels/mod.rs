@@ -1,0 +1,57 @@
+//! The compute kernels the backbones call: dropout, GPT-2's tanh-GELU, scaled-dot-product
+//! attention, and the OpenMP binding they run on. Crate-private: the backbones reach them
+//! through [`dropout`], [`gelu_tanh`] and [`attention`] only.
+//!
+//! On CUDA each of them is libtorch's own kernel (parallel RNG, fused attention with dropout).
+//! On the CPU:
+//! - [`dropout`] draws its mask from a counter-based generator seeded from libtorch's (so
+//!   `tch::manual_seed` still fixes it), vectorised and spread over libtorch's threads
+//!   (`dropout.rs`);
+//! - [`gelu_tanh`] computes bf16 GELU values and slopes in one pass (`gelu.rs`);
+//! - [`attention`] writes attention out where dropout is on, since the fused CPU kernel has no
+//!   dropout (`attention.rs`);
+//! - `omp.rs` runs a closure over index ranges on libtorch's OpenMP team.
+//!
+//! # Unsafe code
+//!
+//! Every `unsafe` block of the crate's computation lives in this folder (the other two, in
+//! `checkpoint.rs`, map safetensors files read-only). There are four kinds, each with its
+//! reasoning at the block:
+//! 1. **Runtime CPU-feature dispatch** (`dropout.rs`, `gelu.rs`): the `*_avx512` / `*_avx2`
+//!    builds of a loop are `#[target_feature]` functions, called only after [`has_avx512`] /
+//!    [`has_avx2`] detected every feature they are compiled with. Each build is the portable
+//!    loop inlined, and tests check that every build the CPU can run gives the portable bits.
+//! 2. **Writing into a fresh tensor's storage** (`dropout.rs`, `gelu.rs`): a tensor just
+//!    allocated with `Tensor::empty` (contiguous, CPU, unshared, `n` elements of the element
+//!    size) is viewed as a slice of `n` bit patterns (`i16`/`u16` for bf16, `f32`).
+//! 3. **Disjoint parallel slices** (`dropout.rs`, `gelu.rs`): each thread of
+//!    `omp::parallel_ranges` gets a range no other thread gets, within the buffer, and
+//!    rebuilds its slice from a base address.
+//! 4. **The libgomp binding** (`omp.rs`): symbols looked up with `dlsym(RTLD_DEFAULT, …)` and
+//!    transmuted to their documented C signatures; the job passed through `GOMP_parallel`
+//!    outlives the call (it returns after the whole team has finished), and a panic in a body
+//!    aborts instead of unwinding into C.
+
+mod attention;
+mod dropout;
+mod gelu;
+mod omp;
+
+pub(crate) use attention::attention;
+pub(crate) use dropout::dropout;
+pub(crate) use gelu::gelu_tanh;
+
+/// Every feature the `*_avx512` builds of the kernels are compiled with.
+#[cfg(target_arch = "x86_64")]
+fn has_avx512() -> bool {
+    std::is_x86_feature_detected!("avx512f")
+        && std::is_x86_feature_detected!("avx512dq")
+        && std::is_x86_feature_detected!("avx512bw")
+        && std::is_x86_feature_detected!("avx512vl")
+}
+
+/// Every feature the `*_avx2` builds of the kernels are compiled with.
+#[cfg(target_arch = "x86_64")]
+fn has_avx2() -> bool {
+    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+}
