@@ -169,11 +169,13 @@ pub fn parse(text: &str, path: &Path) -> Result<Grid> {
             }
         }
     }
-    cells.retain(|cell| {
-        !excludes.iter().any(|ex| ex.iter().all(|(axis, label)| cell.label(axis) == label.as_str()))
-    });
+    cells.retain(|cell| !excludes.iter().any(|ex| ex.iter().all(|(axis, label)| cell.label(axis) == label.as_str())));
     for cell in &mut cells {
-        cell.name = if cell.labels.is_empty() { "default".into() } else { cell.labels.iter().map(|(_, l)| l.as_str()).collect::<Vec<_>>().join("__") };
+        cell.name = if cell.labels.is_empty() {
+            "default".into()
+        } else {
+            cell.labels.iter().map(|(_, l)| l.as_str()).collect::<Vec<_>>().join("__")
+        };
         let group: Vec<&str> = cell.labels.iter().filter(|(a, _)| a != SEED_AXIS).map(|(_, l)| l.as_str()).collect();
         cell.group = if group.is_empty() { "all".into() } else { group.join("__") };
     }
@@ -242,7 +244,10 @@ set = { "train.lr" = 0.01 }
     fn expands_in_order_with_stable_names() {
         let g = parse(GRID, Path::new("t.toml")).unwrap();
         let names: Vec<&str> = g.cells.iter().map(|c| c.name.as_str()).collect();
-        assert_eq!(names, vec!["xor__frozen__s0", "xor__frozen__s1", "xor__full__s0", "xor__full__s1", "mem__frozen__s0", "mem__frozen__s1"]);
+        assert_eq!(
+            names,
+            vec!["xor__frozen__s0", "xor__frozen__s1", "xor__full__s0", "xor__full__s1", "mem__frozen__s0", "mem__frozen__s1"]
+        );
         let mem = &g.cells[4];
         assert_eq!(mem.group, "mem__frozen");
         assert_eq!(mem.config["train"]["steps"].as_integer(), Some(20));

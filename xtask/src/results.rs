@@ -120,10 +120,7 @@ pub fn read_summary(dir: &Path) -> Option<Summary> {
 
 pub fn read_eval_curve(dir: &Path) -> Vec<(u64, f64)> {
     let Ok(text) = std::fs::read_to_string(dir.join("metrics.jsonl")) else { return Vec::new() };
-    text.lines()
-        .filter_map(|l| serde_json::from_str::<MetricsLine>(l).ok())
-        .filter_map(|m| m.eval_acc.map(|a| (m.step, a)))
-        .collect()
+    text.lines().filter_map(|l| serde_json::from_str::<MetricsLine>(l).ok()).filter_map(|m| m.eval_acc.map(|a| (m.step, a))).collect()
 }
 
 /// The paper's numbers: `[table.row] task = percent`.
@@ -184,14 +181,18 @@ pub fn write(grid: &Grid, runs: &Path, results: &Path, paper: &toml::Table, comm
     let mut notes: Vec<(String, String)> = Vec::new();
     for key in &order {
         let cells = &groups[key];
-        let done: Vec<(&Cell, Summary)> = cells
-            .iter()
-            .filter_map(|c| read_summary(&runs.join(&c.name)).filter(|s| s.status == "completed").map(|s| (*c, s)))
-            .collect();
+        let done: Vec<(&Cell, Summary)> =
+            cells.iter().filter_map(|c| read_summary(&runs.join(&c.name)).filter(|s| s.status == "completed").map(|s| (*c, s))).collect();
         let accs: Vec<f64> = done.iter().filter_map(|(_, s)| s.final_eval_acc.map(|a| a * 100.0)).collect();
-        let acc = if accs.is_empty() { "—".to_string() } else {
+        let acc = if accs.is_empty() {
+            "—".to_string()
+        } else {
             let (m, sd) = mean_std(&accs);
-            if accs.len() > 1 { format!("{m:.1} ± {sd:.1}") } else { format!("{m:.1}") }
+            if accs.len() > 1 {
+                format!("{m:.1} ± {sd:.1}")
+            } else {
+                format!("{m:.1}")
+            }
         };
         let paper_ref = cells[0].config.get("paper_ref").and_then(|v| v.as_str());
         let paper_v = paper_ref.and_then(|r| paper_value(paper, r, &key.0));
@@ -201,7 +202,8 @@ pub fn write(grid: &Grid, runs: &Path, results: &Path, paper: &toml::Table, comm
             (None, _) => ("—".into(), "—".into()),
         };
         let reached: Vec<f64> = done.iter().filter_map(|(_, s)| s.steps_to_target.map(|v| v as f64)).collect();
-        let steps = if reached.is_empty() { "—".to_string() } else { format!("{:.0} ({}/{})", mean_std(&reached).0, reached.len(), done.len()) };
+        let steps =
+            if reached.is_empty() { "—".to_string() } else { format!("{:.0} ({}/{})", mean_std(&reached).0, reached.len(), done.len()) };
         let params = done.first().map(|(_, s)| s.trainable_params.to_string()).unwrap_or_else(|| "—".into());
         let time: f64 = done.iter().map(|(_, s)| s.total_time_s).sum::<f64>() / done.len().max(1) as f64;
         let data = done.iter().find_map(|(_, s)| s.data.as_ref());
@@ -211,7 +213,14 @@ pub fn write(grid: &Grid, runs: &Path, results: &Path, paper: &toml::Table, comm
                 notes.push((key.0.clone(), note));
             }
         }
-        writeln!(md, "| {} | {} | {}/{} | {acc} | {paper_s} | {delta} | {evaluated} | {steps} | {params} | {time:.0} |", key.0, key.1, done.len(), cells.len())?;
+        writeln!(
+            md,
+            "| {} | {} | {}/{} | {acc} | {paper_s} | {delta} | {evaluated} | {steps} | {params} | {time:.0} |",
+            key.0,
+            key.1,
+            done.len(),
+            cells.len()
+        )?;
     }
     if !notes.is_empty() {
         writeln!(md, "\nData (per task, from the runs' summary.json):\n")?;
@@ -332,9 +341,11 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let grid_text = "name = \"t\"\n[defaults.model]\nbackbone = \"gpt2\"\n[axes.task]\nlistops = { task = { name = \"listops\" } }\nhomology = { task = { name = \"remote-homology\" } }\nxor = { task = { name = \"bit-xor\" } }\n[axes.seed]\ns0 = { seed = 0 }\n";
         let grid = crate::grid::parse(grid_text, Path::new("t.toml")).unwrap();
-        let summary = |data: &str| format!(
+        let summary = |data: &str| {
+            format!(
             "{{\"status\": \"completed\", \"final_eval_acc\": 0.5, \"steps_to_target\": null, \"total_time_s\": 1.0, \"trainable_params\": 7{data}}}"
-        );
+        )
+        };
         let listops = r#", "data": {"splits": [
             {"split": "train", "source": 96000, "kept": 53592, "dropped": 42408, "truncated": 0, "over_limit": 0, "rule": "longer than 1024 tokens dropped"},
             {"split": "val", "source": 2000, "kept": 1088, "dropped": 912, "truncated": 0, "over_limit": 0, "rule": "longer than 1024 tokens dropped"},

@@ -13,7 +13,21 @@ fn gpu_check_script_runs_the_bench_with_prebuilt_binaries() {
     let json = std::env::temp_dir().join(format!("fpt-gpu-check-{}.json", std::process::id()));
     let out = Command::new("bash")
         .arg(root.join("benches/gpu_check.sh"))
-        .args(["--layers", "1", "--steps", "1", "--warmup", "0", "--rounds", "1", "--shapes", "mnist", "--precisions", "fp32,bf16", "--json"])
+        .args([
+            "--layers",
+            "1",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--rounds",
+            "1",
+            "--shapes",
+            "mnist",
+            "--precisions",
+            "fp32,bf16",
+            "--json",
+        ])
         .arg(&json)
         .current_dir(std::env::temp_dir())
         .env("PYTHON", &python)

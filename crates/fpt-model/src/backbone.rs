@@ -123,7 +123,14 @@ impl BackboneConfig {
     }
 
     /// Changes the shape (random-init experiments): layers, width, heads, positions, FF width.
-    pub fn reshaped(mut self, layers: Option<i64>, width: Option<i64>, heads: Option<i64>, positions: Option<i64>, inner: Option<i64>) -> Result<Self> {
+    pub fn reshaped(
+        mut self,
+        layers: Option<i64>,
+        width: Option<i64>,
+        heads: Option<i64>,
+        positions: Option<i64>,
+        inner: Option<i64>,
+    ) -> Result<Self> {
         match &mut self {
             BackboneConfig::Gpt2(c) => {
                 c.n_layer = layers.unwrap_or(c.n_layer);
@@ -248,7 +255,9 @@ impl Backbone {
         match self {
             Backbone::Gpt2(m) => m.set_compute_kind(kind),
             Backbone::Bert(m) => m.set_compute_kind(kind),
-            Backbone::Lstm(_) if kind != Kind::Float => bail!("the LSTM baseline runs in fp32 only; bf16 is implemented for the transformer backbones (gpt2, bert)"),
+            Backbone::Lstm(_) if kind != Kind::Float => {
+                bail!("the LSTM baseline runs in fp32 only; bf16 is implemented for the transformer backbones (gpt2, bert)")
+            }
             Backbone::Lstm(_) => {}
         }
         Ok(())

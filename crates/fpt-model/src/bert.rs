@@ -55,18 +55,42 @@ pub struct BertConfig {
 
 mod d {
     use crate::layers::Activation;
-    pub fn vocab_size() -> i64 { 30522 }
-    pub fn hidden_size() -> i64 { 768 }
-    pub fn num_hidden_layers() -> i64 { 12 }
-    pub fn num_attention_heads() -> i64 { 12 }
-    pub fn intermediate_size() -> i64 { 3072 }
-    pub fn hidden_act() -> Activation { Activation::Gelu }
-    pub fn dropout() -> f64 { 0.1 }
-    pub fn max_position_embeddings() -> i64 { 512 }
-    pub fn type_vocab_size() -> i64 { 2 }
-    pub fn initializer_range() -> f64 { 0.02 }
-    pub fn layer_norm_eps() -> f64 { 1e-12 }
-    pub fn position_embedding_type() -> String { "absolute".into() }
+    pub fn vocab_size() -> i64 {
+        30522
+    }
+    pub fn hidden_size() -> i64 {
+        768
+    }
+    pub fn num_hidden_layers() -> i64 {
+        12
+    }
+    pub fn num_attention_heads() -> i64 {
+        12
+    }
+    pub fn intermediate_size() -> i64 {
+        3072
+    }
+    pub fn hidden_act() -> Activation {
+        Activation::Gelu
+    }
+    pub fn dropout() -> f64 {
+        0.1
+    }
+    pub fn max_position_embeddings() -> i64 {
+        512
+    }
+    pub fn type_vocab_size() -> i64 {
+        2
+    }
+    pub fn initializer_range() -> f64 {
+        0.02
+    }
+    pub fn layer_norm_eps() -> f64 {
+        1e-12
+    }
+    pub fn position_embedding_type() -> String {
+        "absolute".into()
+    }
 }
 
 impl BertConfig {
@@ -99,7 +123,9 @@ impl BertConfig {
             bail!("decoder BERT configurations (is_decoder / add_cross_attention) are not supported");
         }
         crate::layers::init::check_eps_and_range("layer_norm_eps", self.layer_norm_eps, self.initializer_range)?;
-        for (field, p) in [("hidden_dropout_prob", self.hidden_dropout_prob), ("attention_probs_dropout_prob", self.attention_probs_dropout_prob)] {
+        for (field, p) in
+            [("hidden_dropout_prob", self.hidden_dropout_prob), ("attention_probs_dropout_prob", self.attention_probs_dropout_prob)]
+        {
             if !(0.0..1.0).contains(&p) {
                 bail!("{field} is {p}; a dropout probability must be in [0, 1)");
             }
@@ -170,8 +196,10 @@ impl Bert {
         let (h, std, eps) = (cfg.hidden_size, cfg.initializer_range, cfg.layer_norm_eps);
         let emb = path / "embeddings";
         let word_embeddings = new_param(&(&emb / "word_embeddings"), "weight", &[cfg.vocab_size, h], Init::Normal { std })?;
-        let position_embeddings = new_param(&(&emb / "position_embeddings"), "weight", &[cfg.max_position_embeddings, h], Init::Normal { std })?;
-        let token_type_embeddings = new_param(&(&emb / "token_type_embeddings"), "weight", &[cfg.type_vocab_size, h], Init::Normal { std })?;
+        let position_embeddings =
+            new_param(&(&emb / "position_embeddings"), "weight", &[cfg.max_position_embeddings, h], Init::Normal { std })?;
+        let token_type_embeddings =
+            new_param(&(&emb / "token_type_embeddings"), "weight", &[cfg.type_vocab_size, h], Init::Normal { std })?;
         let embeddings_ln = LayerNorm::new(&(&emb / "LayerNorm"), h, eps)?;
         let enc = path / "encoder" / "layer";
         let layers = (0..cfg.num_hidden_layers)
@@ -190,7 +218,15 @@ impl Bert {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Bert { cfg: cfg.clone(), word_embeddings, position_embeddings, token_type_embeddings, embeddings_ln, layers, compute_kind: Kind::Float })
+        Ok(Bert {
+            cfg: cfg.clone(),
+            word_embeddings,
+            position_embeddings,
+            token_type_embeddings,
+            embeddings_ln,
+            layers,
+            compute_kind: Kind::Float,
+        })
     }
 
     pub fn config(&self) -> &BertConfig {
@@ -254,8 +290,21 @@ impl Bert {
         Ok(attention_mask.ne(0).view([b, 1, 1, t]))
     }
 
-    fn run(&self, inputs_embeds: &Tensor, train: bool, keep_maps: bool, queries: Queries, attention_mask: Option<&Tensor>) -> Result<(Tensor, Vec<Tensor>)> {
-        let [b, t, w] = check_inputs_embeds(inputs_embeds, self.cfg.hidden_size, "hidden_size", self.cfg.max_position_embeddings, "max_position_embeddings")?;
+    fn run(
+        &self,
+        inputs_embeds: &Tensor,
+        train: bool,
+        keep_maps: bool,
+        queries: Queries,
+        attention_mask: Option<&Tensor>,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
+        let [b, t, w] = check_inputs_embeds(
+            inputs_embeds,
+            self.cfg.hidden_size,
+            "hidden_size",
+            self.cfg.max_position_embeddings,
+            "max_position_embeddings",
+        )?;
         let allowed = attention_mask.map(|m| Self::key_mask(&m.to_device(inputs_embeds.device()), b, t)).transpose()?;
         let p_hidden = if train { self.cfg.hidden_dropout_prob } else { 0.0 };
         let p_attn = if train { self.cfg.attention_probs_dropout_prob } else { 0.0 };

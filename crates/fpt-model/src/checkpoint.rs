@@ -44,15 +44,13 @@ pub fn weight_files(dir: &Path) -> Result<Vec<(PathBuf, Option<BTreeSet<String>>
     }
     let index = dir.join(INDEX_FILE);
     if index.is_file() {
-        let text = std::fs::read_to_string(&index)
-            .with_context(|| format!("reading shard index {}", index.display()))?;
+        let text = std::fs::read_to_string(&index).with_context(|| format!("reading shard index {}", index.display()))?;
         #[derive(serde::Deserialize)]
         struct Index {
             weight_map: BTreeMap<String, String>,
         }
-        let parsed: Index = serde_json::from_str(&text).with_context(|| {
-            format!("{}: expected JSON with a \"weight_map\" object of tensor name -> shard file", index.display())
-        })?;
+        let parsed: Index = serde_json::from_str(&text)
+            .with_context(|| format!("{}: expected JSON with a \"weight_map\" object of tensor name -> shard file", index.display()))?;
         let mut by_file: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for (tensor, file) in parsed.weight_map {
             if file.contains('/') || file.contains('\\') || file.starts_with('.') {
@@ -117,8 +115,8 @@ pub fn header_shapes(dir: &Path) -> Result<BTreeMap<String, Vec<i64>>> {
         let file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
         // SAFETY: as in `load_weights`; only the header is parsed.
         let mmap = unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("mapping {}", path.display()))?;
-        let (_, header) = SafeTensors::read_metadata(&mmap)
-            .map_err(|e| anyhow!("{}: not a valid safetensors file: {e}", path.display()))?;
+        let (_, header) =
+            SafeTensors::read_metadata(&mmap).map_err(|e| anyhow!("{}: not a valid safetensors file: {e}", path.display()))?;
         for (raw_name, info) in header.tensors() {
             if let Some(name) = map_name(&raw_name) {
                 shapes.insert(name, info.shape.iter().map(|&d| d as i64).collect());
@@ -199,11 +197,8 @@ fn push_list(msg: &mut String, what: &str, items: &[String]) {
 /// Copies a checkpoint directory into the backbone variables of `vs` (every variable outside
 /// [`WRAPPER_PREFIXES`]). Floats of any width are converted to the variable's kind.
 pub fn load_weights(vs: &nn::VarStore, dir: &Path) -> Result<LoadReport> {
-    let expected: BTreeMap<String, Tensor> = vs
-        .variables()
-        .into_iter()
-        .filter(|(name, _)| !WRAPPER_PREFIXES.iter().any(|p| name.starts_with(p)))
-        .collect();
+    let expected: BTreeMap<String, Tensor> =
+        vs.variables().into_iter().filter(|(name, _)| !WRAPPER_PREFIXES.iter().any(|p| name.starts_with(p))).collect();
     let mut report = LoadReport::default();
     let mut seen: BTreeMap<String, PathBuf> = BTreeMap::new();
     let mut unexpected = Vec::new();
@@ -216,8 +211,7 @@ pub fn load_weights(vs: &nn::VarStore, dir: &Path) -> Result<LoadReport> {
         // SAFETY: the map is read-only and dropped before this function returns; a checkpoint
         // file being rewritten while we read it is outside what we guard against.
         let mmap = unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("mapping {}", path.display()))?;
-        let tensors = SafeTensors::deserialize(&mmap)
-            .map_err(|e| anyhow!("{}: not a valid safetensors file: {e}", path.display()))?;
+        let tensors = SafeTensors::deserialize(&mmap).map_err(|e| anyhow!("{}: not a valid safetensors file: {e}", path.display()))?;
         let mut in_file = BTreeSet::new();
         for (raw_name, view) in tensors.tensors() {
             in_file.insert(raw_name.clone());
@@ -244,7 +238,10 @@ pub fn load_weights(vs: &nn::VarStore, dir: &Path) -> Result<LoadReport> {
             let t = Tensor::f_from_data_size(view.data(), &shape, kind)
                 .with_context(|| format!("{}: building tensor {raw_name}", path.display()))?;
             // NaN or inf weights would make every output NaN, silently: refuse them here.
-            let finite = t.f_isfinite().and_then(|f| f.f_all()).map(|a| a.int64_value(&[]) != 0)
+            let finite = t
+                .f_isfinite()
+                .and_then(|f| f.f_all())
+                .map(|a| a.int64_value(&[]) != 0)
                 .with_context(|| format!("{}: checking {raw_name}", path.display()))?;
             if !finite {
                 non_finite.push(raw_name.clone());

@@ -168,13 +168,7 @@ struct Mlp {
 impl Mlp {
     /// Returns the MLP and its output width. `orthogonal_gain` as for [`linear`], for
     /// every layer.
-    fn new(
-        path: &nn::Path,
-        n_in: i64,
-        widths: &[i64],
-        dropout: f64,
-        orthogonal_gain: Option<f64>,
-    ) -> Result<(Self, i64)> {
+    fn new(path: &nn::Path, n_in: i64, widths: &[i64], dropout: f64, orthogonal_gain: Option<f64>) -> Result<(Self, i64)> {
         let mut layers = Vec::new();
         let mut width = n_in;
         for (i, &w) in widths.iter().enumerate() {
@@ -224,8 +218,7 @@ impl Fpt {
         let in_path = path / "input_layer";
         let input = match cfg.input {
             InputSpec::Dense { dim } => {
-                let (hidden, n_in) =
-                    Mlp::new(&(&in_path / "hidden"), dim, &cfg.input_hidden, cfg.dropout, cfg.orth_gain)?;
+                let (hidden, n_in) = Mlp::new(&(&in_path / "hidden"), dim, &cfg.input_hidden, cfg.dropout, cfg.orth_gain)?;
                 let proj = linear(&(&in_path / "proj"), n_in, width, cfg.orth_gain)?;
                 InputLayer::Dense { hidden, proj }
             }
@@ -239,8 +232,7 @@ impl Fpt {
             }
         };
         let out_path = path / "output_layer";
-        let (output_hidden, n_out_in) =
-            Mlp::new(&(&out_path / "hidden"), width, &cfg.output_hidden, cfg.dropout, None)?;
+        let (output_hidden, n_out_in) = Mlp::new(&(&out_path / "hidden"), width, &cfg.output_hidden, cfg.dropout, None)?;
         let output_proj = linear(&(&out_path / "proj"), n_out_in, cfg.classes, None)?;
         Ok(Fpt { cfg: cfg.clone(), backbone, input, output_hidden, output_proj })
     }

@@ -194,9 +194,7 @@ impl FreezeSpec {
             Some("paper") | Some("default") => FreezeSpec::paper(),
             Some("full") | Some("none") => FreezeSpec::full(),
             Some("all") => FreezeSpec::all(),
-            Some(first) if first.starts_with('+') || first.starts_with('-') => {
-                return Self::apply_edits(FreezeSpec::paper(), items, text)
-            }
+            Some(first) if first.starts_with('+') || first.starts_with('-') => return Self::apply_edits(FreezeSpec::paper(), items, text),
             Some(other) => bail!(
                 "freeze spec {text:?}: unknown preset {other:?}; expected paper, full or all, \
                  then +group / -group edits (e.g. \"paper,+attn\")"
@@ -208,11 +206,7 @@ impl FreezeSpec {
         Ok(spec)
     }
 
-    fn apply_edits<'a>(
-        mut spec: FreezeSpec,
-        items: impl Iterator<Item = &'a str>,
-        text: &str,
-    ) -> Result<FreezeSpec> {
+    fn apply_edits<'a>(mut spec: FreezeSpec, items: impl Iterator<Item = &'a str>, text: &str) -> Result<FreezeSpec> {
         for item in items {
             let (frozen, name) = if let Some(name) = item.strip_prefix('+') {
                 (false, name)
@@ -224,8 +218,7 @@ impl FreezeSpec {
                      and only the first item may be a preset"
                 )
             };
-            let group = ParamGroup::parse(name)
-                .map_err(|e| anyhow::anyhow!("freeze spec {text:?}: {e}"))?;
+            let group = ParamGroup::parse(name).map_err(|e| anyhow::anyhow!("freeze spec {text:?}: {e}"))?;
             spec.set_frozen(group, frozen);
         }
         Ok(spec)
@@ -238,16 +231,19 @@ impl FreezeSpec {
     /// model: a frozen tensor cannot be made trainable again.
     pub fn apply(&self, vs: &nn::VarStore, model: &dyn ParamGroups) -> Result<()> {
         let mut variables = vs.variables_.lock().map_err(|_| anyhow!("the model's VarStore lock is poisoned"))?;
-        let mut unknown: Vec<&str> = variables.named_variables.keys().filter(|n| model.param_group(n).is_none()).map(String::as_str).collect();
+        let mut unknown: Vec<&str> =
+            variables.named_variables.keys().filter(|n| model.param_group(n).is_none()).map(String::as_str).collect();
         if !unknown.is_empty() {
             unknown.sort();
             bail!("variables {unknown:?} belong to no parameter group the model declares");
         }
         // Models create every variable trainable, so tch lists each one (with requires_grad
         // set); a tensor already frozen cannot rejoin that list (tch builds it only at creation).
-        if let Some((name, _)) = variables.named_variables.iter().find(|(name, t)| {
-            !t.requires_grad() && !self.is_frozen(model.param_group(name).expect("checked above"))
-        }) {
+        if let Some((name, _)) = variables
+            .named_variables
+            .iter()
+            .find(|(name, t)| !t.requires_grad() && !self.is_frozen(model.param_group(name).expect("checked above")))
+        {
             bail!("variable {name} is already frozen: a freeze spec is applied once, after the model is built");
         }
         for (name, tensor) in &variables.named_variables {
@@ -267,9 +263,7 @@ impl fmt::Display for FreezeSpec {
     /// The shortest `preset,+g,-g` form that parses back to `self`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut best: Option<String> = None;
-        for (name, preset) in
-            [("paper", FreezeSpec::paper()), ("full", FreezeSpec::full()), ("all", FreezeSpec::all())]
-        {
+        for (name, preset) in [("paper", FreezeSpec::paper()), ("full", FreezeSpec::full()), ("all", FreezeSpec::all())] {
             let mut text = name.to_string();
             for g in ParamGroup::ALL {
                 if preset.is_frozen(g) != self.is_frozen(g) {

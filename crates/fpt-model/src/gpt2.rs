@@ -90,12 +90,8 @@ mod defaults {
 }
 
 /// The four released GPT-2 sizes: (name, layers, width, heads).
-pub const GPT2_PRESETS: [(&str, i64, i64, i64); 4] = [
-    ("gpt2", 12, 768, 12),
-    ("gpt2-medium", 24, 1024, 16),
-    ("gpt2-large", 36, 1280, 20),
-    ("gpt2-xl", 48, 1600, 25),
-];
+pub const GPT2_PRESETS: [(&str, i64, i64, i64); 4] =
+    [("gpt2", 12, 768, 12), ("gpt2-medium", 24, 1024, 16), ("gpt2-large", 36, 1280, 20), ("gpt2-xl", 48, 1600, 25)];
 
 impl Default for Gpt2Config {
     /// GPT-2 small, as `GPT2Config()` in `transformers`.
@@ -141,11 +137,9 @@ impl Gpt2Config {
 
     /// Reads a Hugging Face `config.json` and checks it describes a GPT-2 we implement.
     pub fn from_json_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading model config {}", path.display()))?;
-        let cfg: Gpt2Config = serde_json::from_str(&text).with_context(|| {
-            format!("{}: not a valid GPT-2 config.json (expected GPT2Config's fields)", path.display())
-        })?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading model config {}", path.display()))?;
+        let cfg: Gpt2Config = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a valid GPT-2 config.json (expected GPT2Config's fields)", path.display()))?;
         cfg.validate().with_context(|| format!("model config {}", path.display()))?;
         Ok(cfg)
     }
@@ -175,9 +169,7 @@ impl Gpt2Config {
                 bail!("n_inner is {inner}; it must be positive (or null for 4·n_embd)");
             }
         }
-        for (field, p) in
-            [("resid_pdrop", self.resid_pdrop), ("embd_pdrop", self.embd_pdrop), ("attn_pdrop", self.attn_pdrop)]
-        {
+        for (field, p) in [("resid_pdrop", self.resid_pdrop), ("embd_pdrop", self.embd_pdrop), ("attn_pdrop", self.attn_pdrop)] {
             if !(0.0..1.0).contains(&p) {
                 bail!("{field} is {p}; a dropout probability must be in [0, 1)");
             }
@@ -243,11 +235,8 @@ impl Conv1D {
         let n_in = *shape.last().expect("Conv1D input has a feature axis");
         let kind = x.kind();
         let (weight, bias) = (self.weight.to_kind(kind), self.bias.to_kind(kind));
-        let (weight, bias) = if start == 0 && len == weight.size()[1] {
-            (weight, bias)
-        } else {
-            (weight.narrow(1, start, len), bias.narrow(0, start, len))
-        };
+        let (weight, bias) =
+            if start == 0 && len == weight.size()[1] { (weight, bias) } else { (weight.narrow(1, start, len), bias.narrow(0, start, len)) };
         let out = bias.addmm(&x.reshape([-1, n_in]), &weight);
         *shape.last_mut().expect("non-empty shape") = len;
         out.reshape(shape)
@@ -412,9 +401,7 @@ impl Gpt2 {
         let wte = new_param(&(path / "wte"), "weight", &[cfg.vocab_size, cfg.n_embd], Init::Normal { std })?;
         let wpe = new_param(&(path / "wpe"), "weight", &[cfg.n_positions, cfg.n_embd], Init::Normal { std })?;
         let h = path / "h";
-        let blocks = (0..cfg.n_layer)
-            .map(|i| Block::new(&(&h / i), cfg))
-            .collect::<Result<Vec<_>>>()?;
+        let blocks = (0..cfg.n_layer).map(|i| Block::new(&(&h / i), cfg)).collect::<Result<Vec<_>>>()?;
         let ln_f = LayerNorm::new(&(path / "ln_f"), cfg.n_embd, cfg.layer_norm_epsilon)?;
         Ok(Gpt2 { cfg: cfg.clone(), wte, wpe, blocks, ln_f, compute_kind: Kind::Float })
     }

@@ -92,7 +92,11 @@ mod module_layout {
         for entry in std::fs::read_dir(&src).unwrap() {
             let path = entry.unwrap().path();
             let (module, files) = if path.is_dir() {
-                let files = std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "rs")).collect();
+                let files = std::fs::read_dir(&path)
+                    .unwrap()
+                    .map(|e| e.unwrap().path())
+                    .filter(|p| p.extension().is_some_and(|e| e == "rs"))
+                    .collect();
                 (path.file_name().unwrap().to_string_lossy().into_owned(), files)
             } else if path.extension().is_some_and(|e| e == "rs") {
                 (path.file_stem().unwrap().to_string_lossy().into_owned(), vec![path.clone()])

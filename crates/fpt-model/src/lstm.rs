@@ -127,9 +127,7 @@ impl Lstm {
     pub fn new(path: &nn::Path, cfg: &LstmConfig) -> Result<Self> {
         cfg.validate()?;
         let root = path / "lstm";
-        let cells = (0..cfg.num_layers)
-            .map(|l| Cell::new(&(&root / l), cfg.hidden_size, cfg.hidden_size))
-            .collect::<Result<Vec<_>>>()?;
+        let cells = (0..cfg.num_layers).map(|l| Cell::new(&(&root / l), cfg.hidden_size, cfg.hidden_size)).collect::<Result<Vec<_>>>()?;
         Ok(Lstm { cfg: cfg.clone(), cells })
     }
 

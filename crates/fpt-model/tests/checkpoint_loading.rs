@@ -201,7 +201,11 @@ fn corrupt_and_absent_files_name_the_file() {
     assert!(err.contains("config.json") && err.contains("model_type \"t5\" is not supported"), "{err}");
     // A BERT config over GPT-2 weights: the architecture follows config.json, and every tensor
     // name then disagrees — listed, not silently ignored.
-    std::fs::write(dir.join("config.json"), "{\"model_type\": \"bert\", \"hidden_size\": 24, \"num_attention_heads\": 3, \"num_hidden_layers\": 1, \"intermediate_size\": 8}").unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        "{\"model_type\": \"bert\", \"hidden_size\": 24, \"num_attention_heads\": 3, \"num_hidden_layers\": 1, \"intermediate_size\": 8}",
+    )
+    .unwrap();
     let err = load_err(&dir);
     // Long lists show their first items and a count.
     assert!(err.contains("missing (21)") && err.contains("embeddings.LayerNorm.bias") && err.contains("… and 13 more"), "{err}");

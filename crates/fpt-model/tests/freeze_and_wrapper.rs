@@ -78,15 +78,16 @@ fn input_projection_is_orthogonal_with_gain_and_zero_bias() {
 
 #[test]
 fn mlps_tokens_and_multi_token_readout() {
-    let cfg = FptConfig {
-        input_hidden: vec![16, 8],
-        output_hidden: vec![12],
-        readout_tokens: 5,
-        ..FptConfig::dense(3, 2)
-    };
+    let cfg = FptConfig { input_hidden: vec![16, 8], output_hidden: vec![12], readout_tokens: 5, ..FptConfig::dense(3, 2) };
     let (vs, model) = build(&cfg, "paper");
     let names = vs.variables();
-    for name in ["input_layer.hidden.0.weight", "input_layer.hidden.1.weight", "input_layer.proj.weight", "output_layer.hidden.0.weight", "output_layer.proj.weight"] {
+    for name in [
+        "input_layer.hidden.0.weight",
+        "input_layer.hidden.1.weight",
+        "input_layer.proj.weight",
+        "output_layer.hidden.0.weight",
+        "output_layer.proj.weight",
+    ] {
         assert!(names.contains_key(name), "missing {name}");
     }
     assert_eq!(names["input_layer.proj.weight"].size(), vec![32, 8]);
@@ -155,7 +156,13 @@ fn random_init_follows_hugging_face() {
     assert!(close(std("h.3.attn.c_proj.weight"), proj), "{}", std("h.3.attn.c_proj.weight"));
     assert!(close(std("h.3.mlp.c_proj.weight"), proj));
     assert!(mean("h.3.attn.c_attn.weight").abs() < 1e-3);
-    for (name, value) in [("h.0.ln_1.weight", 1.0), ("ln_f.weight", 1.0), ("h.0.ln_2.bias", 0.0), ("h.5.attn.c_attn.bias", 0.0), ("h.5.mlp.c_proj.bias", 0.0)] {
+    for (name, value) in [
+        ("h.0.ln_1.weight", 1.0),
+        ("ln_f.weight", 1.0),
+        ("h.0.ln_2.bias", 0.0),
+        ("h.5.attn.c_attn.bias", 0.0),
+        ("h.5.mlp.c_proj.bias", 0.0),
+    ] {
         assert!(vars[name].eq(value).all().int64_value(&[]) == 1, "{name} is not all {value}");
     }
     // Conv1D layout: [in, out].

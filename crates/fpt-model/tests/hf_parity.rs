@@ -11,8 +11,8 @@
 mod common;
 
 use common::{assert_parity, make_bert_fixtures, make_bert_mask_fixtures, make_gpt2_fixtures, max_abs_diff, read_f64, read_tensor};
-use std::path::Path;
 use fpt_model::{load_backbone_dir, Backbone};
+use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 const CASES: [&str; 5] = ["small4x64", "odd3x96_prefixed", "w120h5_sharded", "deep4x128", "single1x30"];

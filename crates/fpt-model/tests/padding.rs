@@ -175,7 +175,8 @@ fn masks_positions_and_lengths_are_checked() {
     let bert_vs = nn::VarStore::new(Device::Cpu);
     let bert_bb = Backbone::new(&bert_vs.root(), &bert()).unwrap();
     FreezeSpec::all().apply(&bert_vs, &bert_bb).unwrap();
-    assert!(err(bert_bb.forward_at(&x, false, &pos, Some(&Tensor::ones([2, 4], (Kind::Int64, Device::Cpu))))).contains("attention_mask must be [batch = 2, seq = 5]"));
+    assert!(err(bert_bb.forward_at(&x, false, &pos, Some(&Tensor::ones([2, 4], (Kind::Int64, Device::Cpu)))))
+        .contains("attention_mask must be [batch = 2, seq = 5]"));
 
     let (model, _, _vs, _vs64) = token_fpt(&gpt2(), Readout::Last, 2);
     let (x, _) = padded_batch();

@@ -1,8 +1,8 @@
 //! Two speed features must not change what is computed: the last layer restricted to the
 //! read-out positions, and bf16 mode (frozen matrices resident in bf16).
 
-use fpt_model::{Backbone, BackboneConfig, BertConfig, Fpt, FptConfig, FreezeSpec, Gpt2Config, LstmConfig, Precision, Readout, Rows};
 use fpt_model::tolerance::reordering_bound;
+use fpt_model::{Backbone, BackboneConfig, BertConfig, Fpt, FptConfig, FreezeSpec, Gpt2Config, LstmConfig, Precision, Readout, Rows};
 use tch::{nn, Device, Kind, Tensor};
 
 fn gpt2() -> BackboneConfig {

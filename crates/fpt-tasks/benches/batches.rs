@@ -12,7 +12,8 @@ fn cifar_dir() -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     let files = ["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin", "test_batch.bin"];
     for (f, name) in files.iter().enumerate() {
-        let bytes: Vec<u8> = (0..200 * 3073).map(|i| if i % 3073 == 0 { ((i / 3073 + f) % 10) as u8 } else { (i * 31 % 251) as u8 }).collect();
+        let bytes: Vec<u8> =
+            (0..200 * 3073).map(|i| if i % 3073 == 0 { ((i / 3073 + f) % 10) as u8 } else { (i * 31 % 251) as u8 }).collect();
         std::fs::write(dir.join(name), bytes).unwrap();
     }
     dir

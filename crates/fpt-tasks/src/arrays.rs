@@ -361,7 +361,10 @@ pub fn split_source(dir: &Path, split: Split) -> Result<Option<Source>> {
             }
             found.push(Source::NpyFolder(folder));
         }
-        Ok(_) => bail!("{}: is not a folder; a split given as .npy files is a folder {name}/ holding {INPUTS}.npy and {LABELS}.npy", folder.display()),
+        Ok(_) => bail!(
+            "{}: is not a folder; a split given as .npy files is a folder {name}/ holding {INPUTS}.npy and {LABELS}.npy",
+            folder.display()
+        ),
         Err(_) => {}
     }
     let lone = dir.join(format!("{name}.npy"));
@@ -454,7 +457,10 @@ fn inputs_of(inputs: Array, lengths: Option<Array>, vocab: Option<usize>, k: usi
         }
         (Kind::Tokens, Values::Int(v)) => {
             let Some(vocab) = vocab else {
-                bail!("{origin}: the inputs are integer token ids ({}); set vocab in the task (every id must be below it)", inputs.describe());
+                bail!(
+                    "{origin}: the inputs are integer token ids ({}); set vocab in the task (every id must be below it)",
+                    inputs.describe()
+                );
             };
             for i in 0..n {
                 let row = &v[i * t..i * t + len_of(i)];
@@ -487,7 +493,10 @@ impl ArraysTask {
             bail!("arrays: classes = 0; expected at least 2");
         }
         if !dir.exists() {
-            bail!("{}: no such folder (the arrays task reads train/val/test .npz, .safetensors or .npy files from it; set task.path)", dir.display());
+            bail!(
+                "{}: no such folder (the arrays task reads train/val/test .npz, .safetensors or .npy files from it; set task.path)",
+                dir.display()
+            );
         }
         let mut splits = Vec::new();
         let mut notes = Vec::new();
@@ -498,7 +507,8 @@ impl ArraysTask {
         for split in Split::ALL {
             let Some(source) = split_source(dir, split)? else { continue };
             let (mut arrays, held) = source.read(&[INPUTS, LABELS, LENGTHS])?;
-            let missing = |name: &str| anyhow!("{source}: no array named {name} (it holds {}); a split needs {INPUTS} and {LABELS}", list(&held));
+            let missing =
+                |name: &str| anyhow!("{source}: no array named {name} (it holds {}); a split needs {INPUTS} and {LABELS}", list(&held));
             let inputs = arrays.remove(INPUTS).ok_or_else(|| missing(INPUTS))?;
             let labels = arrays.remove(LABELS).ok_or_else(|| missing(LABELS))?;
             let lengths = arrays.remove(LENGTHS);
@@ -510,7 +520,9 @@ impl ArraysTask {
             let k = match *labels.shape.as_slice() {
                 [_] => 1,
                 [_, k] if k > 0 => k,
-                _ => bail!("{lo}: labels have shape {:?}; expected [N] (one class per example) or [N, K] (K read-out tokens)", labels.shape),
+                _ => {
+                    bail!("{lo}: labels have shape {:?}; expected [N] (one class per example) or [N, K] (K read-out tokens)", labels.shape)
+                }
             };
             let (input_desc, length_desc) = (inputs.describe(), lengths.as_ref().map(Array::describe));
             let has_lengths = lengths.is_some();
@@ -535,13 +547,21 @@ impl ArraysTask {
                 None => first = Some((kind, k, has_lengths, data.t, source.to_string())),
                 Some((kind0, k0, lengths0, t0, src0)) => {
                     if *kind0 != kind {
-                        bail!("{source}: inputs are {}, but {src0}'s are {}; every split needs the same kind of inputs", kind_text(kind), kind_text(*kind0));
+                        bail!(
+                            "{source}: inputs are {}, but {src0}'s are {}; every split needs the same kind of inputs",
+                            kind_text(kind),
+                            kind_text(*kind0)
+                        );
                     }
                     if *k0 != k {
                         bail!("{lo}: {k} label(s) per example, but {src0} has {k0}; every split needs the same");
                     }
                     if *lengths0 != has_lengths {
-                        bail!("{source}: {} lengths, but {src0} {}; give lengths in every split or in none", if has_lengths { "has" } else { "has no" }, if *lengths0 { "has" } else { "has none" });
+                        bail!(
+                            "{source}: {} lengths, but {src0} {}; give lengths in every split or in none",
+                            if has_lengths { "has" } else { "has no" },
+                            if *lengths0 { "has" } else { "has none" }
+                        );
                     }
                     if !has_lengths && *t0 != data.t {
                         bail!("{source}: inputs of {} tokens, but {src0}'s have {t0}; without lengths every split needs the same number of tokens", data.t);
@@ -717,7 +737,12 @@ mod tests {
         // A 2×3 array [[0, 1, 2], [3, 4, 5]] stored column-major.
         assert_eq!(fortran_to_c(&[0, 3, 1, 4, 2, 5], &[2, 3]), vec![0, 1, 2, 3, 4, 5]);
         // 2×2×2: value = 4a + 2b + c, stored with a fastest.
-        let f: Vec<i32> = (0..8).map(|i| { let (a, b, c) = (i % 2, (i / 2) % 2, i / 4); 4 * a + 2 * b + c }).collect();
+        let f: Vec<i32> = (0..8)
+            .map(|i| {
+                let (a, b, c) = (i % 2, (i / 2) % 2, i / 4);
+                4 * a + 2 * b + c
+            })
+            .collect();
         assert_eq!(fortran_to_c(&f, &[2, 2, 2]), (0..8).collect::<Vec<_>>());
     }
 }

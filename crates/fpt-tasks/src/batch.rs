@@ -44,15 +44,7 @@ impl Batch {
 
 /// Builds the batch of `indices` of `split`. Example `i` of the batch is augmented (when
 /// `augment`) with a stream seeded by `(seed, step, i)`.
-pub fn assemble(
-    task: &dyn Task,
-    split: Split,
-    indices: &[usize],
-    augment: bool,
-    seed: u64,
-    step: u64,
-    device: Device,
-) -> Batch {
+pub fn assemble(task: &dyn Task, split: Split, indices: &[usize], augment: bool, seed: u64, step: u64, device: Device) -> Batch {
     let spec = task.spec();
     let padding = spec.padding;
     let lens: Vec<usize> = if padding.trims_batches() || padding.has_lengths() {
@@ -69,30 +61,23 @@ pub fn assemble(
     };
     let mut y = vec![0i64; n * per_y];
     let make_rng = |i: usize| stream(seed, &[purpose::AUGMENT, split as u64, step, i as u64]);
-    let x = match spec.input {
-        InputKind::Dense { dim } => {
-            let mut x = vec![0f32; n * per_x];
-            x.par_chunks_mut(per_x)
-                .zip(y.par_chunks_mut(per_y))
-                .zip(indices.par_iter())
-                .enumerate()
-                .for_each(|(i, ((xs, ys), &index))| {
-                    task.write_example(split, index, augment, &mut make_rng(i), InputSlot::Dense(xs), ys)
-                });
-            Tensor::from_slice(&x).reshape([n as i64, width as i64, dim as i64])
-        }
-        InputKind::Tokens { .. } => {
-            let mut x = vec![0i64; n * per_x];
-            x.par_chunks_mut(per_x)
-                .zip(y.par_chunks_mut(per_y))
-                .zip(indices.par_iter())
-                .enumerate()
-                .for_each(|(i, ((xs, ys), &index))| {
-                    task.write_example(split, index, augment, &mut make_rng(i), InputSlot::Tokens(xs), ys)
-                });
-            Tensor::from_slice(&x).reshape([n as i64, width as i64])
-        }
-    };
+    let x =
+        match spec.input {
+            InputKind::Dense { dim } => {
+                let mut x = vec![0f32; n * per_x];
+                x.par_chunks_mut(per_x).zip(y.par_chunks_mut(per_y)).zip(indices.par_iter()).enumerate().for_each(
+                    |(i, ((xs, ys), &index))| task.write_example(split, index, augment, &mut make_rng(i), InputSlot::Dense(xs), ys),
+                );
+                Tensor::from_slice(&x).reshape([n as i64, width as i64, dim as i64])
+            }
+            InputKind::Tokens { .. } => {
+                let mut x = vec![0i64; n * per_x];
+                x.par_chunks_mut(per_x).zip(y.par_chunks_mut(per_y)).zip(indices.par_iter()).enumerate().for_each(
+                    |(i, ((xs, ys), &index))| task.write_example(split, index, augment, &mut make_rng(i), InputSlot::Tokens(xs), ys),
+                );
+                Tensor::from_slice(&x).reshape([n as i64, width as i64])
+            }
+        };
     let y = Tensor::from_slice(&y).reshape([n as i64, per_y as i64]);
     let lengths = padding.has_lengths().then(|| {
         let l: Vec<i64> = lens.iter().map(|&l| l as i64).collect();
@@ -122,7 +107,14 @@ pub struct Skipped {
 /// Cuts `indices` (already in the order batches are to be formed) into batches of
 /// `batch_size` (`keep_partial`: the last, shorter one too) and sets aside those holding an
 /// example longer than `limit`.
-fn cut_batches(task: &dyn Task, split: Split, indices: &[usize], batch_size: usize, keep_partial: bool, limit: Option<usize>) -> (Vec<Vec<usize>>, Skipped) {
+fn cut_batches(
+    task: &dyn Task,
+    split: Split,
+    indices: &[usize],
+    batch_size: usize,
+    keep_partial: bool,
+    limit: Option<usize>,
+) -> (Vec<Vec<usize>>, Skipped) {
     let mut kept = Vec::new();
     let mut skipped = Skipped::default();
     for chunk in indices.chunks(batch_size) {

@@ -171,8 +171,7 @@ mod tests {
         // Some pattern agrees with every unmasked query bit, and targets are that pattern.
         let matches = (0..5).filter(|p| {
             let pat = &x[p * 20..(p + 1) * 20];
-            query.iter().zip(pat).all(|(q, b)| *q == 0.0 || q == b)
-                && pat.iter().zip(&y).all(|(b, t)| (*b > 0.0) == (*t == 1))
+            query.iter().zip(pat).all(|(q, b)| *q == 0.0 || q == b) && pat.iter().zip(&y).all(|(b, t)| (*b > 0.0) == (*t == 1))
         });
         assert!(matches.count() >= 1);
         let zeros = query.iter().filter(|q| **q == 0.0).count();

@@ -99,12 +99,11 @@ impl Cifar10 {
         crate::require_file(&test_path, "the CIFAR-10 test batch", || format!("{}: missing test file {TEST_FILE}", dir.display()))?;
         let test = read_batch_file(&test_path)?;
         let (name, input, seq_len) = match variant {
-            Variant::Patches { patch } => {
-                ("cifar10", InputKind::Dense { dim: patch * patch * 3 }, (SIDE / patch) * (SIDE / patch))
-            }
+            Variant::Patches { patch } => ("cifar10", InputKind::Dense { dim: patch * patch * 3 }, (SIDE / patch) * (SIDE / patch)),
             Variant::Lra => ("cifar10-lra", InputKind::Dense { dim: 1 }, SIDE * SIDE),
         };
-        let spec = TaskSpec { name: name.into(), input, seq_len, predictions: 1, classes: CLASSES, readout_tokens: 1, padding: Padding::None };
+        let spec =
+            TaskSpec { name: name.into(), input, seq_len, predictions: 1, classes: CLASSES, readout_tokens: 1, padding: Padding::None };
         Ok(Cifar10 { spec, variant, train, test, max_degrees: 20.0, dir })
     }
 

@@ -133,30 +133,40 @@ pub enum TaskConfig {
 }
 
 mod d {
-    pub fn bit_memory_n() -> usize { 1000 }
-    pub fn bit_memory_patterns() -> usize { 5 }
-    pub fn bit_memory_patch() -> usize { 50 }
-    pub fn half() -> f64 { 0.5 }
-    pub fn eval_examples() -> usize { 1000 }
-    pub fn xor_n() -> usize { 5 }
-    pub fn xor_patterns() -> usize { 2 }
-    pub fn max_len() -> usize { 1024 }
-    pub fn patch() -> usize { 4 }
-    pub fn masked() -> crate::Padding { crate::Padding::Masked }
+    pub fn bit_memory_n() -> usize {
+        1000
+    }
+    pub fn bit_memory_patterns() -> usize {
+        5
+    }
+    pub fn bit_memory_patch() -> usize {
+        50
+    }
+    pub fn half() -> f64 {
+        0.5
+    }
+    pub fn eval_examples() -> usize {
+        1000
+    }
+    pub fn xor_n() -> usize {
+        5
+    }
+    pub fn xor_patterns() -> usize {
+        2
+    }
+    pub fn max_len() -> usize {
+        1024
+    }
+    pub fn patch() -> usize {
+        4
+    }
+    pub fn masked() -> crate::Padding {
+        crate::Padding::Masked
+    }
 }
 
-pub const TASK_NAMES: [&str; 10] = [
-    "bit-memory",
-    "bit-xor",
-    "listops",
-    "mnist",
-    "fashion-mnist",
-    "cifar10",
-    "cifar10-lra",
-    "remote-homology",
-    "arrays",
-    "image-folder",
-];
+pub const TASK_NAMES: [&str; 10] =
+    ["bit-memory", "bit-xor", "listops", "mnist", "fashion-mnist", "cifar10", "cifar10-lra", "remote-homology", "arrays", "image-folder"];
 
 impl TaskConfig {
     /// The paper's settings for a task name, reading from `path` (or the default folder).
@@ -205,9 +215,7 @@ impl TaskConfig {
 
 fn toml_like(name: &str) -> Result<TaskConfig> {
     let value = serde_json::json!({ "name": name });
-    serde_json::from_value(value).map_err(|_| {
-        anyhow::anyhow!("unknown task {name:?}; expected one of {}", TASK_NAMES.join(", "))
-    })
+    serde_json::from_value(value).map_err(|_| anyhow::anyhow!("unknown task {name:?}; expected one of {}", TASK_NAMES.join(", ")))
 }
 
 /// The data folder of a task: the configured path, else `$FPT_DATA_DIR/<name>` (default
@@ -253,9 +261,7 @@ pub fn load_task(cfg: &TaskConfig, seed: u64) -> Result<Arc<dyn Task>> {
         TaskConfig::Mnist { path, patch } | TaskConfig::FashionMnist { path, patch } => {
             Arc::new(Mnist::load(name, &folder(name, path)?, *patch)?)
         }
-        TaskConfig::Cifar10 { path, patch } => {
-            Arc::new(Cifar10::load(&folder("cifar10", path)?, Variant::Patches { patch: *patch })?)
-        }
+        TaskConfig::Cifar10 { path, patch } => Arc::new(Cifar10::load(&folder("cifar10", path)?, Variant::Patches { patch: *patch })?),
         // Same files as CIFAR-10.
         TaskConfig::Cifar10Lra { path } => Arc::new(Cifar10::load(&folder("cifar10", path)?, Variant::Lra)?),
         TaskConfig::RemoteHomology { path, max_len, test_set, long, padding } => {

@@ -101,9 +101,8 @@ pub fn parse_json_with(bytes: &[u8], origin: &str, max_len: usize, long: Long) -
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
         bail!("{origin}: empty file (expected a JSON array of records)");
     }
-    let records: Vec<Record> = serde_json::from_slice(bytes).map_err(|e| {
-        anyhow::anyhow!("{origin}: not a TAPE remote-homology JSON array of records with `primary` and `fold_label`: {e}")
-    })?;
+    let records: Vec<Record> = serde_json::from_slice(bytes)
+        .map_err(|e| anyhow::anyhow!("{origin}: not a TAPE remote-homology JSON array of records with `primary` and `fold_label`: {e}"))?;
     let mut file = HomologyFile { total: records.len(), ..Default::default() };
     for (i, record) in records.into_iter().enumerate() {
         if record.fold_label < 0 || record.fold_label as usize >= CLASSES {
@@ -160,11 +159,8 @@ impl RemoteHomology {
         if padding == Padding::None {
             bail!("remote homology: padding \"none\" does not fit sequences of different lengths; expected \"masked\", \"batch\" or \"fixed\"");
         }
-        let files = [
-            (Split::Train, "remote_homology_train.json"),
-            (Split::Val, "remote_homology_valid.json"),
-            (Split::Test, test_set.file_name()),
-        ];
+        let files =
+            [(Split::Train, "remote_homology_train.json"), (Split::Val, "remote_homology_valid.json"), (Split::Test, test_set.file_name())];
         let mut splits = Vec::new();
         let mut notes = Vec::new();
         let mut counts = Vec::new();

@@ -39,7 +39,13 @@ pub fn read_idx_stream<R: Read>(mut reader: R, origin: &str, io_what: &str) -> R
         bail!("{origin}: {got} bytes is too short for an IDX header (4-byte magic)");
     }
     if magic[0] != 0 || magic[1] != 0 {
-        bail!("{origin}: bad IDX magic {:02x} {:02x} {:02x} {:02x} at offset 0 (expected 00 00 08 <ndims>)", magic[0], magic[1], magic[2], magic[3]);
+        bail!(
+            "{origin}: bad IDX magic {:02x} {:02x} {:02x} {:02x} at offset 0 (expected 00 00 08 <ndims>)",
+            magic[0],
+            magic[1],
+            magic[2],
+            magic[3]
+        );
     }
     if magic[2] != 0x08 {
         bail!("{origin}: IDX value type 0x{:02x} at offset 2 is not supported (expected 0x08, unsigned bytes)", magic[2]);
@@ -54,8 +60,7 @@ pub fn read_idx_stream<R: Read>(mut reader: R, origin: &str, io_what: &str) -> R
     if got < sizes.len() {
         bail!("{origin}: truncated IDX header: {ndims} dimensions need {header} bytes, file has {}", 4 + got);
     }
-    let dims: Vec<usize> =
-        sizes.chunks_exact(4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize).collect();
+    let dims: Vec<usize> = sizes.chunks_exact(4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize).collect();
     let count = dims
         .iter()
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
@@ -230,12 +235,15 @@ mod tests {
         let lying = encode(&[u32::MAX, u32::MAX], &[1, 2, 3]);
         let err = parse_idx(&lying, "huge.idx").unwrap_err().to_string();
         assert!(err.contains("huge.idx") && err.contains("file has 3 (truncated)"), "{err}");
-        for (suffix, bytes) in [("raw", lying.clone()), ("gz", {
-            use std::io::Write;
-            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-            e.write_all(&lying).unwrap();
-            e.finish().unwrap()
-        })] {
+        for (suffix, bytes) in [
+            ("raw", lying.clone()),
+            ("gz", {
+                use std::io::Write;
+                let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                e.write_all(&lying).unwrap();
+                e.finish().unwrap()
+            }),
+        ] {
             let path = scratch_file(&format!("huge-{suffix}"));
             std::fs::write(&path, bytes).unwrap();
             let err = read_idx(&path).unwrap_err().to_string();

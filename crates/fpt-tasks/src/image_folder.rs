@@ -150,7 +150,8 @@ fn fit(img: &image::DynamicImage, h: usize, w: usize, how: Fit) -> image::Dynami
             let scale = (h as f64 / h0).max(w as f64 / w0);
             let sh = ((h0 * scale).round() as usize).max(h);
             let sw = ((w0 * scale).round() as usize).max(w);
-            let scaled = if (sh, sw) == (h0 as usize, w0 as usize) { img.clone() } else { img.resize_exact(sw as u32, sh as u32, Triangle) };
+            let scaled =
+                if (sh, sw) == (h0 as usize, w0 as usize) { img.clone() } else { img.resize_exact(sw as u32, sh as u32, Triangle) };
             let top = ((sh - h) as f64 / 2.0).round() as u32;
             let left = ((sw - w) as f64 / 2.0).round() as u32;
             scaled.crop_imm(left, top, w as u32, h as u32)
@@ -360,7 +361,10 @@ impl ImageFolder {
         let ((height, width), _) = size.expect("at least one split holds images");
         let p = settings.patch;
         if height % p != 0 || width % p != 0 {
-            bail!("{}: images are {width}×{height} (width × height), which do not divide into {p}×{p} patches; set size or patch in the task", root.display());
+            bail!(
+                "{}: images are {width}×{height} (width × height), which do not divide into {p}×{p} patches; set size or patch in the task",
+                root.display()
+            );
         }
         let c = settings.channels();
         notes.push(format!(
@@ -411,7 +415,12 @@ impl ImageFolder {
         let p = settings.patch;
         let spec = TaskSpec { seq_len: (h / p) * (w / p), ..like.clone() };
         if spec.input != (InputKind::Dense { dim: p * p * settings.channels() }) {
-            bail!("{}: images give tokens of {} features, the run's task takes {:?}", path.display(), p * p * settings.channels(), like.input);
+            bail!(
+                "{}: images give tokens of {} features, the run's task takes {:?}",
+                path.display(),
+                p * p * settings.channels(),
+                like.input
+            );
         }
         let notes = vec![format!(
             "{} images under {}{}",
@@ -420,7 +429,16 @@ impl ImageFolder {
             if skipped > 0 { format!(" ({skipped} other files skipped)") } else { String::new() }
         )];
         let labels = vec![0; files.len()];
-        Ok(ImageFolder { spec, settings: *settings, height: h, width: w, class_names, splits: vec![(Split::Test, SplitImages { files, labels, pixels })], root, notes })
+        Ok(ImageFolder {
+            spec,
+            settings: *settings,
+            height: h,
+            width: w,
+            class_names,
+            splits: vec![(Split::Test, SplitImages { files, labels, pixels })],
+            root,
+            notes,
+        })
     }
 
     fn split(&self, split: Split) -> Option<&SplitImages> {

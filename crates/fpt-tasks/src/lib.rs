@@ -211,15 +211,7 @@ pub trait Task: Send + Sync {
     /// [`Padding::Masked`] or [`Padding::Batch`], the batch's width (at least this example's
     /// length, capped at `seq_len`): real tokens first, then the padding id. `rng` drives augmentation and generation;
     /// callers seed it per example so results do not depend on thread scheduling.
-    fn write_example(
-        &self,
-        split: Split,
-        index: usize,
-        augment: bool,
-        rng: &mut rng::TaskRng,
-        input: InputSlot<'_>,
-        targets: &mut [i64],
-    );
+    fn write_example(&self, split: Split, index: usize, augment: bool, rng: &mut rng::TaskRng, input: InputSlot<'_>, targets: &mut [i64]);
 
     /// Tokens of example `index` before padding (what `fpt data check` reports).
     fn example_len(&self, _split: Split, _index: usize) -> usize {

@@ -73,11 +73,7 @@ pub fn token_id(token: &str) -> Option<u8> {
 
 /// Token ids of a `Source` string; `None` names the first unknown token.
 pub fn encode(source: &str) -> std::result::Result<Vec<u8>, String> {
-    source
-        .split_whitespace()
-        .filter(|t| *t != "(" && *t != ")")
-        .map(|t| token_id(t).ok_or_else(|| t.to_string()))
-        .collect()
+    source.split_whitespace().filter(|t| *t != "(" && *t != ")").map(|t| token_id(t).ok_or_else(|| t.to_string())).collect()
 }
 
 /// Token ids and value of one `Source` expression, its structure checked: brackets balance,
@@ -101,10 +97,11 @@ pub fn parse_source(source: &str) -> std::result::Result<(Vec<u8>, u8), String> 
                 parens = parens.checked_sub(1).ok_or_else(|| format!("`)` at token {pos} closes no `(` (unbalanced parentheses)"))?;
             }
             "]" => {
-                let (op, start, args) =
-                    open.pop().ok_or_else(|| format!("`]` at token {pos} closes no operator (unbalanced brackets)"))?;
+                let (op, start, args) = open.pop().ok_or_else(|| format!("`]` at token {pos} closes no operator (unbalanced brackets)"))?;
                 if args.is_empty() {
-                    return Err(format!("operator {op} at token {start} has no arguments (expected at least one before its `]` at token {pos})"));
+                    return Err(format!(
+                        "operator {op} at token {start} has no arguments (expected at least one before its `]` at token {pos})"
+                    ));
                 }
                 value = Some((apply(op, &args), start));
             }
@@ -163,8 +160,8 @@ pub struct ListOpsFile {
 /// and a UTF-8 byte-order mark are accepted). Each Source is checked with [`parse_source`]; a
 /// blank line is allowed only after the last example. Errors name `origin` and the 1-based line.
 pub fn parse_tsv(bytes: &[u8], origin: &str) -> Result<ListOpsFile> {
-    let text = std::str::from_utf8(bytes)
-        .map_err(|e| anyhow::anyhow!("{origin}: not UTF-8 (invalid byte at offset {})", e.valid_up_to()))?;
+    let text =
+        std::str::from_utf8(bytes).map_err(|e| anyhow::anyhow!("{origin}: not UTF-8 (invalid byte at offset {})", e.valid_up_to()))?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut lines = text.lines().enumerate();
     match lines.next() {
@@ -540,7 +537,11 @@ pub fn evaluate(source: &str) -> Option<u8> {
             }
         }
     }
-    if stack.is_empty() { result } else { None }
+    if stack.is_empty() {
+        result
+    } else {
+        None
+    }
 }
 
 /// Generated examples, as (Source text, Target) per split, LRA's order: distinct trees are

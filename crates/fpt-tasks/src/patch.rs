@@ -16,8 +16,7 @@ pub fn patchify(image: &[f32], channels: usize, height: usize, width: usize, p: 
             for p1 in 0..p {
                 for p2 in 0..p {
                     for c in 0..channels {
-                        token[(p1 * p + p2) * channels + c] =
-                            image[c * height * width + (h * p + p1) * width + (w * p + p2)];
+                        token[(p1 * p + p2) * channels + c] = image[c * height * width + (h * p + p1) * width + (w * p + p2)];
                     }
                 }
             }
@@ -33,9 +32,8 @@ mod tests {
     #[test]
     fn matches_the_einops_order() {
         let (c, h, w) = (2, 4, 4);
-        let image: Vec<f32> = (0..c)
-            .flat_map(|ch| (0..h).flat_map(move |r| (0..w).map(move |col| (100 * ch + 10 * r + col) as f32)))
-            .collect();
+        let image: Vec<f32> =
+            (0..c).flat_map(|ch| (0..h).flat_map(move |r| (0..w).map(move |col| (100 * ch + 10 * r + col) as f32))).collect();
         let mut out = vec![0f32; 4 * 8];
         patchify(&image, c, h, w, 2, &mut out);
         // Token 0 = top-left patch: (r0,c0), (r0,c1), (r1,c0), (r1,c1), channels innermost.

@@ -36,7 +36,8 @@ fn gz(bytes: &[u8]) -> Vec<u8> {
 /// (i + r + c) % 256, labels i % 10; gzipped or raw.
 fn write_mnist(dir: &Path, n_train: u32, n_test: u32, gzip: bool) {
     for (prefix, n) in [("train", n_train), ("t10k", n_test)] {
-        let pixels: Vec<u8> = (0..n).flat_map(|i| (0..28u32).flat_map(move |r| (0..28u32).map(move |c| ((i + r + c) % 256) as u8))).collect();
+        let pixels: Vec<u8> =
+            (0..n).flat_map(|i| (0..28u32).flat_map(move |r| (0..28u32).map(move |c| ((i + r + c) % 256) as u8))).collect();
         let labels: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
         for (name, bytes) in [
             (format!("{prefix}-images-idx3-ubyte"), idx(&[n, 28, 28], &pixels)),
@@ -87,25 +88,138 @@ fn mnist_rejects_corrupt_files_naming_them() {
     write_mnist(&base, 4, 2, false);
     type Corrupt = fn(&Path);
     let cases: [(&str, Corrupt, &str, &str); 18] = [
-        ("truncated", |d| { let p = d.join("train-images-idx3-ubyte"); let b = std::fs::read(&p).unwrap(); std::fs::write(&p, &b[..b.len() - 10]).unwrap(); }, "train-images-idx3-ubyte", "truncated"),
-        ("magic", |d| { let p = d.join("t10k-labels-idx1-ubyte"); let mut b = std::fs::read(&p).unwrap(); b[0] = 7; std::fs::write(&p, b).unwrap(); }, "t10k-labels-idx1-ubyte", "bad IDX magic"),
-        ("count", |d| std::fs::write(d.join("train-labels-idx1-ubyte"), idx(&[3], &[1, 2, 3])).unwrap(), "train-labels-idx1-ubyte", "holds 3 labels but"),
-        ("label", |d| std::fs::write(d.join("train-labels-idx1-ubyte"), idx(&[4], &[1, 2, 10, 3])).unwrap(), "train-labels-idx1-ubyte", "label 10 of record 2"),
+        (
+            "truncated",
+            |d| {
+                let p = d.join("train-images-idx3-ubyte");
+                let b = std::fs::read(&p).unwrap();
+                std::fs::write(&p, &b[..b.len() - 10]).unwrap();
+            },
+            "train-images-idx3-ubyte",
+            "truncated",
+        ),
+        (
+            "magic",
+            |d| {
+                let p = d.join("t10k-labels-idx1-ubyte");
+                let mut b = std::fs::read(&p).unwrap();
+                b[0] = 7;
+                std::fs::write(&p, b).unwrap();
+            },
+            "t10k-labels-idx1-ubyte",
+            "bad IDX magic",
+        ),
+        (
+            "count",
+            |d| std::fs::write(d.join("train-labels-idx1-ubyte"), idx(&[3], &[1, 2, 3])).unwrap(),
+            "train-labels-idx1-ubyte",
+            "holds 3 labels but",
+        ),
+        (
+            "label",
+            |d| std::fs::write(d.join("train-labels-idx1-ubyte"), idx(&[4], &[1, 2, 10, 3])).unwrap(),
+            "train-labels-idx1-ubyte",
+            "label 10 of record 2",
+        ),
         ("empty", |d| std::fs::write(d.join("t10k-images-idx3-ubyte"), b"").unwrap(), "t10k-images-idx3-ubyte", "too short"),
         ("missing", |d| std::fs::remove_file(d.join("t10k-images-idx3-ubyte")).unwrap(), "t10k-images-idx3-ubyte", "missing"),
-        ("rank", |d| std::fs::write(d.join("train-images-idx3-ubyte"), idx(&[4, 784], &[0; 4 * 784])).unwrap(), "train-images-idx3-ubyte", "3 dimensions"),
-        ("gzip", |d| { let p = d.join("train-images-idx3-ubyte"); let g = gz(&std::fs::read(&p).unwrap()); std::fs::remove_file(&p).unwrap(); std::fs::write(d.join("train-images-idx3-ubyte.gz"), &g[..g.len() / 2]).unwrap(); }, "train-images-idx3-ubyte.gz", "corrupt or truncated gzip"),
+        (
+            "rank",
+            |d| std::fs::write(d.join("train-images-idx3-ubyte"), idx(&[4, 784], &[0; 4 * 784])).unwrap(),
+            "train-images-idx3-ubyte",
+            "3 dimensions",
+        ),
+        (
+            "gzip",
+            |d| {
+                let p = d.join("train-images-idx3-ubyte");
+                let g = gz(&std::fs::read(&p).unwrap());
+                std::fs::remove_file(&p).unwrap();
+                std::fs::write(d.join("train-images-idx3-ubyte.gz"), &g[..g.len() / 2]).unwrap();
+            },
+            "train-images-idx3-ubyte.gz",
+            "corrupt or truncated gzip",
+        ),
         // Beyond the first list: each names the file and says what was expected.
-        ("trailing", |d| { let p = d.join("t10k-images-idx3-ubyte"); let mut b = std::fs::read(&p).unwrap(); b.push(0); std::fs::write(&p, b).unwrap(); }, "t10k-images-idx3-ubyte", "trailing bytes"),
-        ("huge-count", |d| std::fs::write(d.join("train-labels-idx1-ubyte"), idx(&[u32::MAX], &[1, 2, 3, 4])).unwrap(), "train-labels-idx1-ubyte", "need 4294967295 data bytes after the 8-byte header, file has 4 (truncated)"),
-        ("huge-dims", |d| std::fs::write(d.join("train-images-idx3-ubyte"), idx(&[u32::MAX, u32::MAX, u32::MAX], &[0; 16])).unwrap(), "train-images-idx3-ubyte", "overflow"),
-        ("zero-size-images", |d| std::fs::write(d.join("train-images-idx3-ubyte"), idx(&[4, 0, 28], &[])).unwrap(), "train-images-idx3-ubyte", "images are 0×28, expected at least one row"),
-        ("no-images", |d| { std::fs::write(d.join("t10k-images-idx3-ubyte"), idx(&[0, 28, 28], &[])).unwrap(); std::fs::write(d.join("t10k-labels-idx1-ubyte"), idx(&[0], &[])).unwrap(); }, "t10k-images-idx3-ubyte", "no images"),
-        ("test-count", |d| std::fs::write(d.join("t10k-images-idx3-ubyte"), idx(&[3, 28, 28], &[0; 3 * 784])).unwrap(), "t10k-labels-idx1-ubyte", "holds 2 labels but"),
-        ("test-label-gz", |d| { std::fs::remove_file(d.join("t10k-labels-idx1-ubyte")).unwrap(); std::fs::write(d.join("t10k-labels-idx1-ubyte.gz"), gz(&idx(&[2], &[1, 255]))).unwrap(); }, "t10k-labels-idx1-ubyte.gz", "label 255 of record 1 (byte offset 9) is outside 0..10"),
-        ("value-type", |d| { let p = d.join("train-labels-idx1-ubyte"); let mut b = std::fs::read(&p).unwrap(); b[2] = 0x0d; std::fs::write(&p, b).unwrap(); }, "train-labels-idx1-ubyte", "value type 0x0d"),
-        ("shape", |d| std::fs::write(d.join("t10k-images-idx3-ubyte"), idx(&[2, 32, 32], &[0; 2 * 1024])).unwrap(), "t10k-images-idx3-ubyte", "images are 32×32, the other split's are 28×28"),
-        ("directory", |d| { std::fs::remove_file(d.join("train-labels-idx1-ubyte")).unwrap(); std::fs::create_dir(d.join("train-labels-idx1-ubyte")).unwrap(); }, "train-labels-idx1-ubyte", "is a directory, expected the train labels"),
+        (
+            "trailing",
+            |d| {
+                let p = d.join("t10k-images-idx3-ubyte");
+                let mut b = std::fs::read(&p).unwrap();
+                b.push(0);
+                std::fs::write(&p, b).unwrap();
+            },
+            "t10k-images-idx3-ubyte",
+            "trailing bytes",
+        ),
+        (
+            "huge-count",
+            |d| std::fs::write(d.join("train-labels-idx1-ubyte"), idx(&[u32::MAX], &[1, 2, 3, 4])).unwrap(),
+            "train-labels-idx1-ubyte",
+            "need 4294967295 data bytes after the 8-byte header, file has 4 (truncated)",
+        ),
+        (
+            "huge-dims",
+            |d| std::fs::write(d.join("train-images-idx3-ubyte"), idx(&[u32::MAX, u32::MAX, u32::MAX], &[0; 16])).unwrap(),
+            "train-images-idx3-ubyte",
+            "overflow",
+        ),
+        (
+            "zero-size-images",
+            |d| std::fs::write(d.join("train-images-idx3-ubyte"), idx(&[4, 0, 28], &[])).unwrap(),
+            "train-images-idx3-ubyte",
+            "images are 0×28, expected at least one row",
+        ),
+        (
+            "no-images",
+            |d| {
+                std::fs::write(d.join("t10k-images-idx3-ubyte"), idx(&[0, 28, 28], &[])).unwrap();
+                std::fs::write(d.join("t10k-labels-idx1-ubyte"), idx(&[0], &[])).unwrap();
+            },
+            "t10k-images-idx3-ubyte",
+            "no images",
+        ),
+        (
+            "test-count",
+            |d| std::fs::write(d.join("t10k-images-idx3-ubyte"), idx(&[3, 28, 28], &[0; 3 * 784])).unwrap(),
+            "t10k-labels-idx1-ubyte",
+            "holds 2 labels but",
+        ),
+        (
+            "test-label-gz",
+            |d| {
+                std::fs::remove_file(d.join("t10k-labels-idx1-ubyte")).unwrap();
+                std::fs::write(d.join("t10k-labels-idx1-ubyte.gz"), gz(&idx(&[2], &[1, 255]))).unwrap();
+            },
+            "t10k-labels-idx1-ubyte.gz",
+            "label 255 of record 1 (byte offset 9) is outside 0..10",
+        ),
+        (
+            "value-type",
+            |d| {
+                let p = d.join("train-labels-idx1-ubyte");
+                let mut b = std::fs::read(&p).unwrap();
+                b[2] = 0x0d;
+                std::fs::write(&p, b).unwrap();
+            },
+            "train-labels-idx1-ubyte",
+            "value type 0x0d",
+        ),
+        (
+            "shape",
+            |d| std::fs::write(d.join("t10k-images-idx3-ubyte"), idx(&[2, 32, 32], &[0; 2 * 1024])).unwrap(),
+            "t10k-images-idx3-ubyte",
+            "images are 32×32, the other split's are 28×28",
+        ),
+        (
+            "directory",
+            |d| {
+                std::fs::remove_file(d.join("train-labels-idx1-ubyte")).unwrap();
+                std::fs::create_dir(d.join("train-labels-idx1-ubyte")).unwrap();
+            },
+            "train-labels-idx1-ubyte",
+            "is a directory, expected the train labels",
+        ),
     ];
     for (name, corrupt, file, needle) in cases {
         let dir = scratch(&format!("mnist-bad-{name}"));
@@ -147,7 +261,10 @@ fn data_path_that_is_a_file_is_an_error() {
     std::fs::write(&file, b"x").unwrap();
     for name in ["mnist", "listops", "cifar10", "remote-homology"] {
         let err = load_err(&TaskConfig::named(name, Some(file.clone())).unwrap());
-        assert!(err.contains("not-a-folder") && err.contains(&format!("is not a folder, expected the data folder of task {name}")), "{name}: {err}");
+        assert!(
+            err.contains("not-a-folder") && err.contains(&format!("is not a folder, expected the data folder of task {name}")),
+            "{name}: {err}"
+        );
     }
 }
 
@@ -206,14 +323,61 @@ fn cifar10_normalises_and_patches_like_the_reference() {
 fn cifar10_rejects_corrupt_files_naming_them() {
     type Corrupt = fn(&Path);
     let cases: [(&str, Corrupt, &str, &str); 8] = [
-        ("size", |d| { let p = d.join("data_batch_3.bin"); let b = std::fs::read(&p).unwrap(); std::fs::write(&p, &b[..b.len() - 1]).unwrap(); }, "data_batch_3.bin", "not a whole number of 3073-byte records (record 1 at offset 3073"),
-        ("label", |d| { let p = d.join("test_batch.bin"); let mut b = std::fs::read(&p).unwrap(); b[3073] = 11; std::fs::write(&p, b).unwrap(); }, "test_batch.bin", "record 1 (offset 3073) has label 11"),
+        (
+            "size",
+            |d| {
+                let p = d.join("data_batch_3.bin");
+                let b = std::fs::read(&p).unwrap();
+                std::fs::write(&p, &b[..b.len() - 1]).unwrap();
+            },
+            "data_batch_3.bin",
+            "not a whole number of 3073-byte records (record 1 at offset 3073",
+        ),
+        (
+            "label",
+            |d| {
+                let p = d.join("test_batch.bin");
+                let mut b = std::fs::read(&p).unwrap();
+                b[3073] = 11;
+                std::fs::write(&p, b).unwrap();
+            },
+            "test_batch.bin",
+            "record 1 (offset 3073) has label 11",
+        ),
         ("empty", |d| std::fs::write(d.join("data_batch_5.bin"), b"").unwrap(), "data_batch_5.bin", "empty file"),
         ("missing-test", |d| std::fs::remove_file(d.join("test_batch.bin")).unwrap(), "test_batch.bin", "missing test file"),
         ("missing-train", |d| std::fs::remove_file(d.join("data_batch_2.bin")).unwrap(), "data_batch_2.bin", "missing training file"),
-        ("directory", |d| { std::fs::remove_file(d.join("data_batch_4.bin")).unwrap(); std::fs::create_dir(d.join("data_batch_4.bin")).unwrap(); }, "data_batch_4.bin", "is a directory, expected a CIFAR-10 training batch"),
-        ("label-255", |d| { let p = d.join("data_batch_1.bin"); let mut b = std::fs::read(&p).unwrap(); b[0] = 255; std::fs::write(&p, b).unwrap(); }, "data_batch_1.bin", "record 0 (offset 0) has label 255"),
-        ("trailing", |d| { let p = d.join("test_batch.bin"); let mut b = std::fs::read(&p).unwrap(); b.extend([0; 10]); std::fs::write(&p, b).unwrap(); }, "test_batch.bin", "not a whole number of 3073-byte records (record 2 at offset 6146"),
+        (
+            "directory",
+            |d| {
+                std::fs::remove_file(d.join("data_batch_4.bin")).unwrap();
+                std::fs::create_dir(d.join("data_batch_4.bin")).unwrap();
+            },
+            "data_batch_4.bin",
+            "is a directory, expected a CIFAR-10 training batch",
+        ),
+        (
+            "label-255",
+            |d| {
+                let p = d.join("data_batch_1.bin");
+                let mut b = std::fs::read(&p).unwrap();
+                b[0] = 255;
+                std::fs::write(&p, b).unwrap();
+            },
+            "data_batch_1.bin",
+            "record 0 (offset 0) has label 255",
+        ),
+        (
+            "trailing",
+            |d| {
+                let p = d.join("test_batch.bin");
+                let mut b = std::fs::read(&p).unwrap();
+                b.extend([0; 10]);
+                std::fs::write(&p, b).unwrap();
+            },
+            "test_batch.bin",
+            "not a whole number of 3073-byte records (record 2 at offset 6146",
+        ),
     ];
     for (name, corrupt, file, needle) in cases {
         let dir = scratch(&format!("cifar-bad-{name}"));
@@ -242,7 +406,14 @@ fn write_listops(dir: &Path, lengths: &[usize]) {
 fn listops_reports_and_applies_the_length_policy() {
     let dir = scratch("listops");
     write_listops(&dir, &[5, 12, 30, 8]);
-    let drop = TaskConfig::Listops { path: Some(dir.clone()), max_len: 12, overflow: Default::default(), tokenizer: Default::default(), padding: fpt_tasks::Padding::Masked, generate: None };
+    let drop = TaskConfig::Listops {
+        path: Some(dir.clone()),
+        max_len: 12,
+        overflow: Default::default(),
+        tokenizer: Default::default(),
+        padding: fpt_tasks::Padding::Masked,
+        generate: None,
+    };
     let task = load_task(&drop, 0).unwrap();
     assert_eq!(task.len(Split::Train), Some(3));
     assert_eq!(task.spec().seq_len, 12);
@@ -265,7 +436,14 @@ fn listops_reports_and_applies_the_length_policy() {
         assert_eq!(c.rule, "longer than 12 tokens dropped");
     }
 
-    let truncate = TaskConfig::Listops { path: Some(dir.clone()), max_len: 12, overflow: fpt_tasks::listops::Overflow::Truncate, tokenizer: Default::default(), padding: fpt_tasks::Padding::Masked, generate: None };
+    let truncate = TaskConfig::Listops {
+        path: Some(dir.clone()),
+        max_len: 12,
+        overflow: fpt_tasks::listops::Overflow::Truncate,
+        tokenizer: Default::default(),
+        padding: fpt_tasks::Padding::Masked,
+        generate: None,
+    };
     let task = load_task(&truncate, 0).unwrap();
     assert_eq!(task.len(Split::Train), Some(4));
     assert!(task.notes()[0].contains("1 longer than 12 tokens truncated"));
@@ -284,7 +462,12 @@ fn listops_reports_and_applies_the_length_policy() {
 #[test]
 fn listops_rejects_malformed_files_naming_file_and_line() {
     let cases: [(&str, &str, &[u8], &str); 9] = [
-        ("unbalanced-close", "basic_train.tsv", b"Source\tTarget\n[SM 1 1 ]\t2\n[MAX 1 2 ] ]\t2\n", "line 3: `]` at token 5 closes no operator"),
+        (
+            "unbalanced-close",
+            "basic_train.tsv",
+            b"Source\tTarget\n[SM 1 1 ]\t2\n[MAX 1 2 ] ]\t2\n",
+            "line 3: `]` at token 5 closes no operator",
+        ),
         ("unbalanced-open", "basic_val.tsv", b"Source\tTarget\n] 1 [MAX 2\t2\n", "line 2: `]` at token 1 closes no operator"),
         ("unknown-op", "basic_test.tsv", b"Source\tTarget\n[MOD 1 2 ]\t2\n", "line 2: unknown operator \"[MOD\""),
         ("empty-op", "basic_train.tsv", b"Source\tTarget\n[SM ]\t0\n", "line 2: operator [SM at token 1 has no arguments"),
@@ -298,7 +481,14 @@ fn listops_rejects_malformed_files_naming_file_and_line() {
         let dir = scratch(&format!("listops-bad-{name}"));
         write_listops(&dir, &[5, 6]);
         std::fs::write(dir.join(file), bytes).unwrap();
-        let cfg = TaskConfig::Listops { path: Some(dir.clone()), max_len: 64, overflow: Default::default(), tokenizer: Default::default(), padding: fpt_tasks::Padding::Masked, generate: None };
+        let cfg = TaskConfig::Listops {
+            path: Some(dir.clone()),
+            max_len: 64,
+            overflow: Default::default(),
+            tokenizer: Default::default(),
+            padding: fpt_tasks::Padding::Masked,
+            generate: None,
+        };
         let err = load_err(&cfg);
         assert!(err.contains(file) && err.contains(needle), "{name}: {err}");
     }
@@ -307,7 +497,14 @@ fn listops_rejects_malformed_files_naming_file_and_line() {
     write_listops(&dir, &[5]);
     std::fs::remove_file(dir.join("basic_val.tsv")).unwrap();
     std::fs::create_dir(dir.join("basic_val.tsv")).unwrap();
-    let err = load_err(&TaskConfig::Listops { path: Some(dir.clone()), max_len: 64, overflow: Default::default(), tokenizer: Default::default(), padding: fpt_tasks::Padding::Masked, generate: None });
+    let err = load_err(&TaskConfig::Listops {
+        path: Some(dir.clone()),
+        max_len: 64,
+        overflow: Default::default(),
+        tokenizer: Default::default(),
+        padding: fpt_tasks::Padding::Masked,
+        generate: None,
+    });
     assert!(err.contains("basic_val.tsv: is a directory"), "{err}");
 }
 
@@ -318,7 +515,14 @@ fn listops_accepts_crlf_and_reports_wrong_targets() {
     let dir = scratch("listops-crlf");
     write_listops(&dir, &[5, 6]);
     std::fs::write(dir.join("basic_train.tsv"), "\u{feff}Source\tTarget\r\n( [SM 1 1 ] )\t2\r\n[MAX 3 [MIN 4 5 ] ]\t7\r\n\r\n").unwrap();
-    let cfg = TaskConfig::Listops { path: Some(dir.clone()), max_len: 64, overflow: Default::default(), tokenizer: Default::default(), padding: fpt_tasks::Padding::Masked, generate: None };
+    let cfg = TaskConfig::Listops {
+        path: Some(dir.clone()),
+        max_len: 64,
+        overflow: Default::default(),
+        tokenizer: Default::default(),
+        padding: fpt_tasks::Padding::Masked,
+        generate: None,
+    };
     let task = load_task(&cfg, 0).unwrap();
     assert_eq!(task.len(Split::Train), Some(2));
     assert!(task.notes()[0].contains("1 Targets differ from their expression's value"), "{:?}", task.notes());
@@ -327,8 +531,16 @@ fn listops_accepts_crlf_and_reports_wrong_targets() {
 
 #[test]
 fn listops_can_be_generated_in_memory() {
-    let spec = fpt_tasks::listops::GeneratorConfig { seed: 1, train: 50, val: 10, test: 10, min_len: 10, max_len: 40, ..Default::default() };
-    let cfg = TaskConfig::Listops { path: None, max_len: 1024, overflow: Default::default(), tokenizer: Default::default(), padding: fpt_tasks::Padding::Masked, generate: Some(spec.clone()) };
+    let spec =
+        fpt_tasks::listops::GeneratorConfig { seed: 1, train: 50, val: 10, test: 10, min_len: 10, max_len: 40, ..Default::default() };
+    let cfg = TaskConfig::Listops {
+        path: None,
+        max_len: 1024,
+        overflow: Default::default(),
+        tokenizer: Default::default(),
+        padding: fpt_tasks::Padding::Masked,
+        generate: Some(spec.clone()),
+    };
     let task = load_task(&cfg, 0).unwrap();
     assert_eq!((task.len(Split::Train), task.len(Split::Val), task.len(Split::Test)), (Some(50), Some(10), Some(10)));
     assert!(task.spec().seq_len < 40);
@@ -336,12 +548,21 @@ fn listops_can_be_generated_in_memory() {
     let a = assemble(task.as_ref(), Split::Test, &[0, 1, 2], false, 0, 0, Device::Cpu);
     let b = assemble(again.as_ref(), Split::Test, &[0, 1, 2], false, 0, 0, Device::Cpu);
     assert!(a.x.equal(&b.x) && a.y.equal(&b.y));
-    let both = TaskConfig::Listops { path: Some("x".into()), max_len: 1024, overflow: Default::default(), tokenizer: Default::default(), padding: fpt_tasks::Padding::Masked, generate: Some(spec) };
+    let both = TaskConfig::Listops {
+        path: Some("x".into()),
+        max_len: 1024,
+        overflow: Default::default(),
+        tokenizer: Default::default(),
+        padding: fpt_tasks::Padding::Masked,
+        generate: Some(spec),
+    };
     assert!(load_err(&both).contains("either path or generate"));
 }
 
 fn write_homology(dir: &Path) {
-    let record = |seq: &str, fold: usize| format!("{{\"id\": \"d1\", \"primary\": \"{seq}\", \"protein_length\": {}, \"class_label\": 0, \"fold_label\": {fold}, \"superfamily_label\": 1, \"family_label\": 2}}", seq.len());
+    let record = |seq: &str, fold: usize| {
+        format!("{{\"id\": \"d1\", \"primary\": \"{seq}\", \"protein_length\": {}, \"class_label\": 0, \"fold_label\": {fold}, \"superfamily_label\": 1, \"family_label\": 2}}", seq.len())
+    };
     let files = ["train", "valid", "test_fold_holdout", "test_superfamily_holdout", "test_family_holdout"];
     for (i, f) in files.iter().enumerate() {
         let body = [record("MKVL", i), record("ACDEFGHIKL", 1194), record(&"A".repeat(40), 7)].join(",\n");
@@ -353,7 +574,13 @@ fn write_homology(dir: &Path) {
 fn remote_homology_encodes_drops_and_rejects() {
     let dir = scratch("homology");
     write_homology(&dir);
-    let cfg = TaskConfig::RemoteHomology { path: Some(dir.clone()), max_len: 20, test_set: fpt_tasks::homology::TestSet::Superfamily, long: Default::default(), padding: fpt_tasks::Padding::Masked };
+    let cfg = TaskConfig::RemoteHomology {
+        path: Some(dir.clone()),
+        max_len: 20,
+        test_set: fpt_tasks::homology::TestSet::Superfamily,
+        long: Default::default(),
+        padding: fpt_tasks::Padding::Masked,
+    };
     let task = load_task(&cfg, 0).unwrap();
     assert_eq!(task.len(Split::Train), Some(2), "the 42-token sequence is dropped");
     assert_eq!(task.spec().seq_len, 12);
@@ -390,7 +617,11 @@ fn remote_homology_encodes_drops_and_rejects() {
         assert!(err.contains("remote_homology_valid.json") && err.contains(needle), "{needle}: {err}");
     }
     // CRLF between records is JSON whitespace: accepted.
-    std::fs::write(dir.join("remote_homology_valid.json"), b"[{\"primary\": \"MK\", \"fold_label\": 1},\r\n{\"primary\": \"A\", \"fold_label\": 2}]\r\n").unwrap();
+    std::fs::write(
+        dir.join("remote_homology_valid.json"),
+        b"[{\"primary\": \"MK\", \"fold_label\": 1},\r\n{\"primary\": \"A\", \"fold_label\": 2}]\r\n",
+    )
+    .unwrap();
     assert_eq!(load_task(&cfg, 0).unwrap().len(Split::Val), Some(2));
     std::fs::remove_file(dir.join("remote_homology_valid.json")).unwrap();
     std::fs::create_dir(dir.join("remote_homology_valid.json")).unwrap();
@@ -422,7 +653,11 @@ fn training_epochs_are_seeded_permutations_and_resume_exactly() {
     let first: Vec<Vec<usize>> = (0..5).map(|_| stream.next_indices()).collect(); // 20 = two epochs
     let flat: Vec<usize> = first.concat();
     let (e0, e1) = flat.split_at(10);
-    let sorted = |v: &[usize]| { let mut v = v.to_vec(); v.sort(); v };
+    let sorted = |v: &[usize]| {
+        let mut v = v.to_vec();
+        v.sort();
+        v
+    };
     assert_eq!(sorted(e0), (0..10).collect::<Vec<_>>(), "epoch 0 is a permutation");
     assert_eq!(sorted(e1), (0..10).collect::<Vec<_>>(), "epoch 1 is a permutation");
     assert_ne!(e0, e1, "epochs are reshuffled");
@@ -437,7 +672,11 @@ fn training_epochs_are_seeded_permutations_and_resume_exactly() {
     assert_ne!(other.next_indices(), first[0]);
     // Batches are identical whatever the thread count (examples seed their own streams).
     let b1 = TrainStream::new(task.clone(), 4, 1, true).unwrap().next_batch(Device::Cpu);
-    let b2 = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap().install(|| TrainStream::new(task.clone(), 4, 1, true).unwrap().next_batch(Device::Cpu));
+    let b2 = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap()
+        .install(|| TrainStream::new(task.clone(), 4, 1, true).unwrap().next_batch(Device::Cpu));
     assert!(b1.x.equal(&b2.x) && b1.y.equal(&b2.y));
 }
 
@@ -446,7 +685,18 @@ fn training_epochs_are_seeded_permutations_and_resume_exactly() {
 #[test]
 fn batch_sizes_are_checked_against_the_split() {
     let spec = fpt_tasks::listops::GeneratorConfig { seed: 1, train: 50, val: 5, test: 5, min_len: 5, max_len: 30, ..Default::default() };
-    let task = load_task(&TaskConfig::Listops { path: None, max_len: 64, overflow: Default::default(), tokenizer: Default::default(), padding: fpt_tasks::Padding::Masked, generate: Some(spec) }, 0).unwrap();
+    let task = load_task(
+        &TaskConfig::Listops {
+            path: None,
+            max_len: 64,
+            overflow: Default::default(),
+            tokenizer: Default::default(),
+            padding: fpt_tasks::Padding::Masked,
+            generate: Some(spec),
+        },
+        0,
+    )
+    .unwrap();
     let err = TrainStream::new(task.clone(), 64, 0, false).err().expect("batch 64 > 50 examples").to_string();
     assert_eq!(err, "train.batch_size 64 is larger than the training split of task listops (50 examples)");
     let mut whole = TrainStream::new(task.clone(), 50, 0, false).unwrap();
@@ -537,7 +787,8 @@ fn listops_reference_mode_tokenizes_truncates_and_pads_as_the_reference() {
 /// TAPE-style JSON: one record per length, fold label = length % 1195.
 fn write_homology_lengths(dir: &Path, split_lengths: &[(&str, Vec<usize>)]) {
     for (file, lengths) in split_lengths {
-        let body: Vec<String> = lengths.iter().map(|&n| format!("{{\"primary\": \"{}\", \"fold_label\": {}}}", "M".repeat(n), n % 1195)).collect();
+        let body: Vec<String> =
+            lengths.iter().map(|&n| format!("{{\"primary\": \"{}\", \"fold_label\": {}}}", "M".repeat(n), n % 1195)).collect();
         std::fs::write(dir.join(format!("remote_homology_{file}.json")), format!("[{}]", body.join(","))).unwrap();
     }
 }
@@ -603,10 +854,13 @@ fn length_formed_training_batches_are_sorted_buckets_and_resume_exactly() {
     all.dedup();
     assert_eq!(all.len(), 40, "one example (41 mod 4) left out of the epoch, none repeated");
     // One bucket (41 < 4 × 100): batches are consecutive runs of the length order.
-    let mut spans: Vec<(usize, usize)> = epoch0.iter().map(|b| {
-        let l: Vec<usize> = b.iter().map(|&i| task.example_len(Split::Train, i)).collect();
-        (*l.iter().min().unwrap(), *l.iter().max().unwrap())
-    }).collect();
+    let mut spans: Vec<(usize, usize)> = epoch0
+        .iter()
+        .map(|b| {
+            let l: Vec<usize> = b.iter().map(|&i| task.example_len(Split::Train, i)).collect();
+            (*l.iter().min().unwrap(), *l.iter().max().unwrap())
+        })
+        .collect();
     spans.sort();
     assert!(spans.windows(2).all(|w| w[0].1 <= w[1].0), "batches do not interleave in length: {spans:?}");
     let sorted_by_step = epoch0.windows(2).all(|w| task.example_len(Split::Train, w[0][0]) <= task.example_len(Split::Train, w[1][0]));

@@ -48,10 +48,8 @@ fn write_npz(path: &Path, arrays: &[(&str, Vec<u8>)]) {
 }
 
 fn write_safetensors(path: &Path, tensors: &[(&str, safetensors::Dtype, Vec<usize>, Vec<u8>)]) {
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
-        .iter()
-        .map(|(n, d, s, b)| (n.to_string(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap()))
-        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> =
+        tensors.iter().map(|(n, d, s, b)| (n.to_string(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap())).collect();
     std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
 }
 
@@ -130,11 +128,17 @@ fn arrays_of_other_dtypes_and_fortran_order_are_converted() {
             }
         }
     }
-    write_npz(&dir.join("train.npz"), &[("inputs", npy(&[4, 3, 2], &xf, true)), ("labels", npy(&[4], &y.iter().map(|&l| l as u16).collect::<Vec<_>>(), false))]);
+    write_npz(
+        &dir.join("train.npz"),
+        &[("inputs", npy(&[4, 3, 2], &xf, true)), ("labels", npy(&[4], &y.iter().map(|&l| l as u16).collect::<Vec<_>>(), false))],
+    );
     let half: Vec<u8> = le(&x, |v| npyz::half::f16::from_f32(v).to_le_bytes().to_vec());
     write_safetensors(
         &dir.join("test.safetensors"),
-        &[("inputs", safetensors::Dtype::F16, vec![4, 3, 2], half), ("labels", safetensors::Dtype::I64, vec![4], le(&y, |v| v.to_le_bytes().to_vec()))],
+        &[
+            ("inputs", safetensors::Dtype::F16, vec![4, 3, 2], half),
+            ("labels", safetensors::Dtype::I64, vec![4], le(&y, |v| v.to_le_bytes().to_vec())),
+        ],
     );
     let task = load_task(&cfg(serde_json::json!({ "name": "arrays", "path": dir, "classes": 5 })), 0).unwrap();
     assert_eq!(task.spec().classes, 5);
@@ -161,7 +165,11 @@ fn arrays_of_tokens_with_lengths_are_padded_and_masked() {
     );
     write_npz(
         &dir.join("test.npz"),
-        &[("inputs", npy(&[1, 6], &[1i32, 1, 1, 1, 1, 1], false)), ("labels", npy(&[1, 2], &[0i64, 0], false)), ("lengths", npy(&[1], &[6i64], false))],
+        &[
+            ("inputs", npy(&[1, 6], &[1i32, 1, 1, 1, 1, 1], false)),
+            ("labels", npy(&[1, 2], &[0i64, 0], false)),
+            ("lengths", npy(&[1], &[6i64], false)),
+        ],
     );
     let task = load_task(&cfg(serde_json::json!({ "name": "arrays", "path": dir, "vocab": 6 })), 0).unwrap();
     let spec = task.spec();
@@ -252,7 +260,10 @@ fn bad_array_files_are_named() {
     // Labels outside the stated classes, negative labels, a single class.
     let d = case("labels");
     npz_split(&d, "train", 6);
-    assert_err(&cfg(serde_json::json!({ "name": "arrays", "path": d, "classes": 1 })), &["label 1 of example 1", "outside the classes 0..1"]);
+    assert_err(
+        &cfg(serde_json::json!({ "name": "arrays", "path": d, "classes": 1 })),
+        &["label 1 of example 1", "outside the classes 0..1"],
+    );
     let d2 = case("negative");
     write_npz(&d2.join("train.npz"), &[("inputs", npy(&[5, 4, 2], &x, false)), ("labels", npy(&[5], &[0i64, 1, -1, 0, 1], false))]);
     assert_err(&arrays(&d2), &["label -1 of example 2 is negative"]);
@@ -268,16 +279,25 @@ fn bad_array_files_are_named() {
     assert_err(&arrays(&d), &["example 1, token 2, feature 1", "not a finite number"]);
     let d = case("vocab");
     write_npz(&d.join("train.npz"), &[("inputs", npy(&[2, 3], &[0i64, 1, 2, 3, 4, 7], false)), ("labels", npy(&[2], &[0i64, 1], false))]);
-    assert_err(&cfg(serde_json::json!({ "name": "arrays", "path": d, "vocab": 5 })), &["example 1, token 2", "id 7 is outside the vocabulary 0..5"]);
+    assert_err(
+        &cfg(serde_json::json!({ "name": "arrays", "path": d, "vocab": 5 })),
+        &["example 1, token 2", "id 7 is outside the vocabulary 0..5"],
+    );
     assert_err(&arrays(&d), &["integer token ids", "set vocab"]);
     assert_err(&cfg(serde_json::json!({ "name": "arrays", "path": case("nan"), "vocab": 5 })), &["vocab is set", "float features"]);
 
     // Lengths outside 1..=T, lengths in one split only.
     let d = case("lengths");
-    write_npz(&d.join("train.npz"), &[("inputs", npy(&[5, 4, 2], &x, false)), ("labels", npy(&[5], &y, false)), ("lengths", npy(&[5], &[4i64, 1, 5, 2, 2], false))]);
+    write_npz(
+        &d.join("train.npz"),
+        &[("inputs", npy(&[5, 4, 2], &x, false)), ("labels", npy(&[5], &y, false)), ("lengths", npy(&[5], &[4i64, 1, 5, 2, 2], false))],
+    );
     assert_err(&arrays(&d), &["array lengths", "length 5 of example 2 is outside 1..=4"]);
     let d = case("lengths-once");
-    write_npz(&d.join("train.npz"), &[("inputs", npy(&[5, 4, 2], &x, false)), ("labels", npy(&[5], &y, false)), ("lengths", npy(&[5], &[4i64, 1, 3, 2, 2], false))]);
+    write_npz(
+        &d.join("train.npz"),
+        &[("inputs", npy(&[5, 4, 2], &x, false)), ("labels", npy(&[5], &y, false)), ("lengths", npy(&[5], &[4i64, 1, 3, 2, 2], false))],
+    );
     npz_split(&d, "test", 3);
     assert_err(&arrays(&d), &["test.npz", "in every split or in none"]);
 
@@ -323,7 +343,8 @@ fn mutated_array_files_never_panic() {
         let case = dir.join(format!("case{}", i % 2));
         let _ = std::fs::remove_dir_all(&case);
         std::fs::create_dir_all(case.join("train")).unwrap();
-        let (mut bytes, target) = if i % 2 == 0 { (npz_bytes.clone(), case.join("train.npz")) } else { (npy_bytes.clone(), case.join("train/inputs.npy")) };
+        let (mut bytes, target) =
+            if i % 2 == 0 { (npz_bytes.clone(), case.join("train.npz")) } else { (npy_bytes.clone(), case.join("train/inputs.npy")) };
         if rng.random_bool(0.3) {
             bytes.truncate(rng.random_range(0..bytes.len()));
         }
@@ -429,7 +450,8 @@ fn image_folders_bring_images_to_one_size() {
 #[test]
 fn bad_image_folders_are_named() {
     let root = scratch("images-bad");
-    let good = |d: &Path, split: &str, class: &str, name: &str| grey_png(&d.join(format!("{split}/{class}/{name}")), 4, 4, |x, y| (x * y) as u8);
+    let good =
+        |d: &Path, split: &str, class: &str, name: &str| grey_png(&d.join(format!("{split}/{class}/{name}")), 4, 4, |x, y| (x * y) as u8);
     let make = |name: &str| {
         let d = root.join(name);
         for class in ["cat", "dog"] {

@@ -25,7 +25,12 @@ fn main() -> anyhow::Result<()> {
     }
     let rest = &times[1.min(times.len() - 1)..];
     let mean = rest.iter().sum::<f64>() / rest.len() as f64;
-    println!("GPT-2 small FPT train step, batch 16, 64×48 tokens, {} threads: {:.0} ms/step ({:.1} samples/s; first step {:.0} ms)",
-        tch::get_num_threads(), mean * 1e3, 16.0 / mean, times[0] * 1e3);
+    println!(
+        "GPT-2 small FPT train step, batch 16, 64×48 tokens, {} threads: {:.0} ms/step ({:.1} samples/s; first step {:.0} ms)",
+        tch::get_num_threads(),
+        mean * 1e3,
+        16.0 / mean,
+        times[0] * 1e3
+    );
     Ok(())
 }

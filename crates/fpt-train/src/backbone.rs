@@ -135,10 +135,8 @@ fn download(cache: &Path, repo_id: &str) -> Result<PathBuf> {
             .with_context(|| format!("{repo_id} has neither model.safetensors nor a sharded index"))?;
         let text = std::fs::read_to_string(&index)?;
         let parsed: serde_json::Value = serde_json::from_str(&text)?;
-        let mut shards: Vec<String> = parsed["weight_map"]
-            .as_object()
-            .map(|m| m.values().filter_map(|v| v.as_str().map(String::from)).collect())
-            .unwrap_or_default();
+        let mut shards: Vec<String> =
+            parsed["weight_map"].as_object().map(|m| m.values().filter_map(|v| v.as_str().map(String::from)).collect()).unwrap_or_default();
         shards.sort();
         shards.dedup();
         for shard in shards {
@@ -279,7 +277,10 @@ mod tests {
         let hub = |canonical: &str, old: Option<&str>| HubId { canonical: canonical.into(), old: old.map(String::from) };
         assert_eq!(BackboneName::parse("lstm"), Some(BackboneName::Lstm));
         assert_eq!(BackboneName::parse(" minilm "), Some(BackboneName::Minilm));
-        assert_eq!(BackboneName::parse("gpt2"), Some(BackboneName::Preset { preset: "gpt2".into(), hub: hub("openai-community/gpt2", Some("gpt2")) }));
+        assert_eq!(
+            BackboneName::parse("gpt2"),
+            Some(BackboneName::Preset { preset: "gpt2".into(), hub: hub("openai-community/gpt2", Some("gpt2")) })
+        );
         assert_eq!(
             BackboneName::parse("openai-community/gpt2-xl"),
             Some(BackboneName::Preset { preset: "gpt2-xl".into(), hub: hub("openai-community/gpt2-xl", Some("gpt2-xl")) })

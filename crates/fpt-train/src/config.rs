@@ -200,22 +200,54 @@ impl Default for TrainConfig {
 mod d {
     use super::Init;
     use fpt_tasks::Split;
-    pub fn init() -> Init { Init::Pretrained }
-    pub fn freeze() -> super::FreezeText { super::FreezeText::parse("paper").expect("the default freeze spec parses") }
-    pub fn dropout() -> f64 { 0.1 }
-    pub fn orth_gain() -> Option<f64> { Some(1.41) }
-    pub fn steps() -> u64 { 1000 }
-    pub fn batch_size() -> usize { 16 }
-    pub fn lr() -> f64 { 1e-3 }
-    pub fn betas() -> [f64; 2] { [0.9, 0.999] }
-    pub fn eps() -> f64 { 1e-8 }
-    pub fn grad_clip() -> f64 { 1.0 }
-    pub fn yes() -> bool { true }
-    pub fn log_every() -> u64 { 10 }
-    pub fn eval_every() -> u64 { 100 }
-    pub fn eval_split() -> Split { Split::Test }
-    pub fn eval_batch_size() -> usize { 64 }
-    pub fn checkpoint_every() -> u64 { 100 }
+    pub fn init() -> Init {
+        Init::Pretrained
+    }
+    pub fn freeze() -> super::FreezeText {
+        super::FreezeText::parse("paper").expect("the default freeze spec parses")
+    }
+    pub fn dropout() -> f64 {
+        0.1
+    }
+    pub fn orth_gain() -> Option<f64> {
+        Some(1.41)
+    }
+    pub fn steps() -> u64 {
+        1000
+    }
+    pub fn batch_size() -> usize {
+        16
+    }
+    pub fn lr() -> f64 {
+        1e-3
+    }
+    pub fn betas() -> [f64; 2] {
+        [0.9, 0.999]
+    }
+    pub fn eps() -> f64 {
+        1e-8
+    }
+    pub fn grad_clip() -> f64 {
+        1.0
+    }
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn log_every() -> u64 {
+        10
+    }
+    pub fn eval_every() -> u64 {
+        100
+    }
+    pub fn eval_split() -> Split {
+        Split::Test
+    }
+    pub fn eval_batch_size() -> usize {
+        64
+    }
+    pub fn checkpoint_every() -> u64 {
+        100
+    }
 }
 
 impl RunConfig {
@@ -264,7 +296,12 @@ impl RunConfig {
             bail!("train.log_every, train.eval_every and train.checkpoint_every must be positive");
         }
         if !(t.lr > 0.0 && t.lr.is_finite()) || !(t.eps > 0.0 && t.eps.is_finite()) || t.betas.iter().any(|b| !(0.0..1.0).contains(b)) {
-            bail!("train.lr ({}) and train.eps ({}) must be positive finite numbers and train.betas ({:?}) in [0, 1)", t.lr, t.eps, t.betas);
+            bail!(
+                "train.lr ({}) and train.eps ({}) must be positive finite numbers and train.betas ({:?}) in [0, 1)",
+                t.lr,
+                t.eps,
+                t.betas
+            );
         }
         if !(t.grad_clip > 0.0) {
             bail!("train.grad_clip must be positive");
@@ -316,7 +353,8 @@ mod tests {
     #[test]
     fn overrides_set_nested_values() {
         let mut t: toml::Table = toml::from_str("seed = 1\n[train]\nlr = 0.1\n").unwrap();
-        apply_overrides(&mut t, &["train.lr=3e-4".into(), "model.freeze=full".into(), "task.name=\"bit-xor\"".into(), "seed=7".into()]).unwrap();
+        apply_overrides(&mut t, &["train.lr=3e-4".into(), "model.freeze=full".into(), "task.name=\"bit-xor\"".into(), "seed=7".into()])
+            .unwrap();
         assert_eq!(t["train"]["lr"].as_float(), Some(3e-4));
         assert_eq!(t["model"]["freeze"].as_str(), Some("full"));
         assert_eq!(t["task"]["name"].as_str(), Some("bit-xor"));
@@ -343,10 +381,13 @@ mod tests {
         assert!(toml::from_str::<RunConfig>("[task]\nname=\"bit-xor\"\n[model]\nbackbone=\"gpt2\"\nbogus=1\n").is_err());
         // The freeze spec is parsed as the config is read, and written back as it was given.
         assert_eq!(cfg.model.freeze.spec(), &FreezeSpec::paper());
-        let edited: RunConfig = toml::from_str(&text.replace("init = \"random\"", "init = \"random\"\nfreeze = \"paper,+attn,+ff\"")).unwrap();
+        let edited: RunConfig =
+            toml::from_str(&text.replace("init = \"random\"", "init = \"random\"\nfreeze = \"paper,+attn,+ff\"")).unwrap();
         assert_eq!(edited.model.freeze.spec(), &FreezeSpec::full());
         assert!(edited.to_toml().unwrap().contains("freeze = \"paper,+attn,+ff\""));
-        let err = toml::from_str::<RunConfig>(&text.replace("init = \"random\"", "init = \"random\"\nfreeze = \"papr\"")).unwrap_err().to_string();
+        let err = toml::from_str::<RunConfig>(&text.replace("init = \"random\"", "init = \"random\"\nfreeze = \"papr\""))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("model.freeze") && err.contains("freeze spec"), "{err}");
     }
 }

@@ -13,9 +13,7 @@ pub fn parse_device(text: &str) -> Result<Device> {
         "cuda" => cuda_device(0, text),
         _ => match text.strip_prefix("cuda:") {
             Some(index) => {
-                let index: usize = index
-                    .parse()
-                    .with_context(|| format!("device {text:?}: expected cuda:N with N a GPU index"))?;
+                let index: usize = index.parse().with_context(|| format!("device {text:?}: expected cuda:N with N a GPU index"))?;
                 cuda_device(index, text)
             }
             None => bail!("unknown device {text:?}: expected auto, cpu, cuda or cuda:N"),

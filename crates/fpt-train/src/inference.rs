@@ -4,10 +4,10 @@
 
 use crate::adam::Adam;
 use crate::config::RunConfig;
-use crate::run_checkpoint;
-use crate::run_info::{self, RunModel};
 use crate::model_build::build_model;
+use crate::run_checkpoint;
 use crate::run_dir::{read_summary, Summary, CONFIG};
+use crate::run_info::{self, RunModel};
 use anyhow::{bail, Context, Result};
 use fpt_model::Fpt;
 use fpt_tasks::{load_task, Batch, Task, TaskConfig, TaskSpec};

@@ -5,7 +5,10 @@
 use crate::backbone::{resolve, ResolvedBackbone};
 use crate::config::{Init, RunConfig};
 use anyhow::{bail, Context, Result};
-use fpt_model::{checkpoint::{build_checked, load_weights}, Fpt, FptConfig, InputSpec};
+use fpt_model::{
+    checkpoint::{build_checked, load_weights},
+    Fpt, FptConfig, InputSpec,
+};
 use fpt_tasks::{InputKind, Task};
 use tch::{nn, Device, Kind, Tensor};
 
@@ -43,7 +46,9 @@ pub fn build_model(cfg: &RunConfig, task: &dyn Task, device: Device) -> Result<(
     if spec.seq_len as i64 > backbone.config.max_positions() {
         bail!(
             "task {} has {} tokens but the backbone has {} positions (shorten the task, e.g. max_len, or pick another backbone)",
-            spec.name, spec.seq_len, backbone.config.max_positions()
+            spec.name,
+            spec.seq_len,
+            backbone.config.max_positions()
         );
     }
     tch::manual_seed(cfg.seed as i64);

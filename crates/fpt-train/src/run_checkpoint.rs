@@ -110,16 +110,17 @@ pub fn load(dir: &Path, adam: &mut Adam, max_step: u64) -> Result<CheckpointMeta
     let step = count("step")?;
     let adam_t = count("adam_t")?;
     if step == 0 || step > max_step {
-        bail!("{}: checkpoint step {step} is outside this run's 1..={max_step} steps (was the file or the config changed?)", path.display());
+        bail!(
+            "{}: checkpoint step {step} is outside this run's 1..={max_step} steps (was the file or the config changed?)",
+            path.display()
+        );
     }
     if adam_t != step {
         bail!("{}: Adam's step count {adam_t} differs from the training step {step} (one optimizer step per training step); the file is inconsistent", path.display());
     }
-    let wall_s: f64 = field("wall_s")?
-        .parse()
-        .ok()
-        .filter(|w: &f64| w.is_finite() && *w >= 0.0)
-        .with_context(|| format!("{}: metadata field wall_s is {:?}; expected a finite number of seconds ≥ 0", path.display(), meta.get("wall_s")))?;
+    let wall_s: f64 = field("wall_s")?.parse().ok().filter(|w: &f64| w.is_finite() && *w >= 0.0).with_context(|| {
+        format!("{}: metadata field wall_s is {:?}; expected a finite number of seconds ≥ 0", path.display(), meta.get("wall_s"))
+    })?;
 
     let file = SafeTensors::deserialize(&bytes).map_err(|e| anyhow!("{}: {e}", path.display()))?;
     if version_1 {
@@ -134,7 +135,11 @@ pub fn load(dir: &Path, adam: &mut Adam, max_step: u64) -> Result<CheckpointMeta
     }
     let expected = 3 * adam.params.len();
     if file.len() != expected {
-        bail!("{}: holds {} tensors, the model's trainable parameters need {expected} (was the config changed?)", path.display(), file.len());
+        bail!(
+            "{}: holds {} tensors, the model's trainable parameters need {expected} (was the config changed?)",
+            path.display(),
+            file.len()
+        );
     }
     tch::no_grad(|| -> Result<()> {
         for (name, p, m, v) in &mut adam.params {

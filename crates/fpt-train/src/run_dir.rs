@@ -163,7 +163,8 @@ pub fn read_summary(dir: &Path) -> Option<Summary> {
 pub fn read_metrics(dir: &Path) -> Result<Vec<MetricsLine>> {
     let path = dir.join(METRICS);
     let Ok(file) = std::fs::File::open(&path) else { return Ok(Vec::new()) };
-    let raw: Vec<String> = std::io::BufReader::new(file).lines().collect::<std::io::Result<_>>().with_context(|| format!("reading {}", path.display()))?;
+    let raw: Vec<String> =
+        std::io::BufReader::new(file).lines().collect::<std::io::Result<_>>().with_context(|| format!("reading {}", path.display()))?;
     let mut lines = Vec::new();
     for (i, line) in raw.iter().enumerate() {
         if line.trim().is_empty() {
@@ -186,7 +187,16 @@ pub(crate) fn write_atomic(path: &Path, text: &str) -> Result<()> {
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn summarise(cfg: &RunConfig, lines: &[MetricsLine], status: Status, steps_done: u64, wall_s: f64, trainable: i64, error: Option<String>, data: Option<DataReport>) -> Summary {
+pub(crate) fn summarise(
+    cfg: &RunConfig,
+    lines: &[MetricsLine],
+    status: Status,
+    steps_done: u64,
+    wall_s: f64,
+    trainable: i64,
+    error: Option<String>,
+    data: Option<DataReport>,
+) -> Summary {
     let evals: Vec<&MetricsLine> = lines.iter().filter(|l| l.eval_acc.is_some()).collect();
     let best = evals.iter().copied().fold(None::<&MetricsLine>, |b, l| match b {
         Some(b) if b.eval_acc >= l.eval_acc => Some(b),

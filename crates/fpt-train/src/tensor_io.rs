@@ -9,8 +9,7 @@ use tch::{Kind, Tensor};
 /// Reads the f32 tensor `name` from a safetensors file.
 pub fn read_f32(path: &Path, name: &str) -> Result<Tensor> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let file = SafeTensors::deserialize(&bytes)
-        .map_err(|e| anyhow!("{}: not a valid safetensors file ({e})", path.display()))?;
+    let file = SafeTensors::deserialize(&bytes).map_err(|e| anyhow!("{}: not a valid safetensors file ({e})", path.display()))?;
     let view = file.tensor(name).map_err(|_| {
         let mut names: Vec<String> = file.names().into_iter().map(String::from).collect();
         names.sort();
@@ -20,8 +19,7 @@ pub fn read_f32(path: &Path, name: &str) -> Result<Tensor> {
         bail!("{}: tensor {name:?} is {:?}; expected F32", path.display(), view.dtype());
     }
     let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-    Tensor::f_from_data_size(view.data(), &shape, Kind::Float)
-        .with_context(|| format!("{}: building tensor {name:?}", path.display()))
+    Tensor::f_from_data_size(view.data(), &shape, Kind::Float).with_context(|| format!("{}: building tensor {name:?}", path.display()))
 }
 
 /// Writes `tensor` (converted to f32 on the CPU) as the only tensor of a safetensors file.
@@ -32,7 +30,6 @@ pub fn write_f32(path: &Path, name: &str, tensor: &Tensor) -> Result<()> {
     let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
     let view = safetensors::tensor::TensorView::new(Dtype::F32, shape, &bytes)
         .map_err(|e| anyhow!("building safetensors view for {name}: {e}"))?;
-    let data = safetensors::serialize([(name, view)], None)
-        .map_err(|e| anyhow!("serialising {name}: {e}"))?;
+    let data = safetensors::serialize([(name, view)], None).map_err(|e| anyhow!("serialising {name}: {e}"))?;
     std::fs::write(path, data).with_context(|| format!("writing {}", path.display()))
 }

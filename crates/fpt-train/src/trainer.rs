@@ -22,8 +22,8 @@ use tch::{Device, Kind, Tensor};
 
 pub use crate::model_build::{backbone_for, build_model, fpt_config, statistics_only};
 pub use crate::run_dir::{
-    lock_run_dir, read_metrics, read_summary, DataReport, MetricsLine, RunInUse, RunLock, Status, Summary, CONFIG, IN_USE_EXIT_CODE,
-    LOCK, METRICS, SUMMARY,
+    lock_run_dir, read_metrics, read_summary, DataReport, MetricsLine, RunInUse, RunLock, Status, Summary, CONFIG, IN_USE_EXIT_CODE, LOCK,
+    METRICS, SUMMARY,
 };
 
 /// Exit status of a run stopped by the `FPT_STOP_AFTER_STEP` testing hook (EX_TEMPFAIL).
@@ -39,7 +39,13 @@ pub struct Interrupted {
 
 impl std::fmt::Display for Interrupted {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "stopped by signal {} after step {}; checkpoint written, `fpt train --resume --out {}` continues", self.signal, self.step, self.dir.display())
+        write!(
+            f,
+            "stopped by signal {} after step {}; checkpoint written, `fpt train --resume --out {}` continues",
+            self.signal,
+            self.step,
+            self.dir.display()
+        )
     }
 }
 
@@ -182,7 +188,11 @@ fn train(cfg_in: &RunConfig, opts: &RunOptions, stop_after: Option<u64>, started
             text.push_str(&serde_json::to_string(l)?);
             text.push('\n');
         }
-        std::fs::OpenOptions::new().create(true).append(true).open(&aside).and_then(|mut f| f.write_all(text.as_bytes()))
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&aside)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
             .with_context(|| format!("keeping {} metrics lines past step {step} in {}", dropped.len(), aside.display()))?;
         eprintln!("note: resuming at step {step}; {} metrics lines after it moved to {}", dropped.len(), aside.display());
     }
@@ -204,7 +214,11 @@ fn train(cfg_in: &RunConfig, opts: &RunOptions, stop_after: Option<u64>, started
     let accum = batch_size / micro;
     let spec = task.spec().clone();
     let mut stream = TrainStream::new(task.clone(), batch_size, cfg.seed, cfg.train.augment)?.at_step(step);
-    let mut data = DataReport::new(task.as_ref(), cfg.train.eval_split, &EvalBatches::new(task.clone(), cfg.train.eval_split, cfg.train.eval_batch_size, device)?);
+    let mut data = DataReport::new(
+        task.as_ref(),
+        cfg.train.eval_split,
+        &EvalBatches::new(task.clone(), cfg.train.eval_split, cfg.train.eval_batch_size, device)?,
+    );
     data.train_skipped = stream.skipped();
     let bar = progress_bar(steps, step);
     let start = Instant::now();

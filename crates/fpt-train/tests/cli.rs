@@ -16,12 +16,7 @@ fn tmp() -> &'static Path {
 
 /// Runs `fpt` with no environment variables at all, from the temp directory.
 fn fpt(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fpt"))
-        .args(args)
-        .env_clear()
-        .current_dir(tmp())
-        .output()
-        .expect("running fpt")
+    Command::new(env!("CARGO_BIN_EXE_fpt")).args(args).env_clear().current_dir(tmp()).output().expect("running fpt")
 }
 
 fn stderr(out: &Output) -> String {
@@ -51,10 +46,14 @@ fn forward_matches_transformers_and_rejects_bad_input() {
         let out_file = dir.join("ours.safetensors");
         let out = fpt(&[
             "forward",
-            "--model", dir.join("model").to_str().unwrap(),
-            "--inputs", dir.join("reference.safetensors").to_str().unwrap(),
-            "--out", out_file.to_str().unwrap(),
-            "--device", "cpu",
+            "--model",
+            dir.join("model").to_str().unwrap(),
+            "--inputs",
+            dir.join("reference.safetensors").to_str().unwrap(),
+            "--out",
+            out_file.to_str().unwrap(),
+            "--device",
+            "cpu",
         ]);
         assert!(out.status.success(), "{case}: {}", stderr(&out));
         // The parity rule of fpt_model::tolerance (reference fp64 truth and fp32 noise).
@@ -74,20 +73,49 @@ fn forward_matches_transformers_and_rejects_bad_input() {
         (write(&bad.join("rank.safetensors"), "inputs_embeds", &Tensor::zeros([2, 96], cpu)), "rank 3"),
         (write(&bad.join("width.safetensors"), "inputs_embeds", &Tensor::zeros([1, 2, 95], cpu)), "width is 95"),
         (write(&bad.join("long.safetensors"), "inputs_embeds", &Tensor::zeros([1, 41, 96], cpu)), "n_positions"),
-        ({ let p = bad.join("garbage.safetensors"); std::fs::write(&p, b"\x10\0\0\0\0\0\0\0{garbage").unwrap(); p }, "not a valid safetensors file"),
+        (
+            {
+                let p = bad.join("garbage.safetensors");
+                std::fs::write(&p, b"\x10\0\0\0\0\0\0\0{garbage").unwrap();
+                p
+            },
+            "not a valid safetensors file",
+        ),
     ];
     let out_file = bad.join("out.safetensors");
     for (inputs, needle) in &cases {
-        let out = fpt(&["forward", "--model", model, "--inputs", inputs.to_str().unwrap(), "--out", out_file.to_str().unwrap(), "--device", "cpu"]);
+        let out = fpt(&[
+            "forward",
+            "--model",
+            model,
+            "--inputs",
+            inputs.to_str().unwrap(),
+            "--out",
+            out_file.to_str().unwrap(),
+            "--device",
+            "cpu",
+        ]);
         assert_one_line_error(&out, needle);
         assert!(stderr(&out).contains(inputs.file_name().unwrap().to_str().unwrap()), "error does not name the file: {}", stderr(&out));
     }
     let good = write(&bad.join("good.safetensors"), "inputs_embeds", &Tensor::zeros([1, 2, 96], cpu));
-    let out = fpt(&["forward", "--model", "/no/such/model", "--inputs", good.to_str().unwrap(), "--out", out_file.to_str().unwrap(), "--device", "cpu"]);
+    let out = fpt(&[
+        "forward",
+        "--model",
+        "/no/such/model",
+        "--inputs",
+        good.to_str().unwrap(),
+        "--out",
+        out_file.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
     assert_one_line_error(&out, "/no/such/model/config.json");
-    let out = fpt(&["forward", "--model", model, "--inputs", good.to_str().unwrap(), "--out", "/no/such/dir/out.safetensors", "--device", "cpu"]);
+    let out =
+        fpt(&["forward", "--model", model, "--inputs", good.to_str().unwrap(), "--out", "/no/such/dir/out.safetensors", "--device", "cpu"]);
     assert_one_line_error(&out, "/no/such/dir/out.safetensors");
-    let out = fpt(&["forward", "--model", model, "--inputs", good.to_str().unwrap(), "--out", out_file.to_str().unwrap(), "--device", "tpu"]);
+    let out =
+        fpt(&["forward", "--model", model, "--inputs", good.to_str().unwrap(), "--out", out_file.to_str().unwrap(), "--device", "tpu"]);
     assert_one_line_error(&out, "unknown device");
 }
 
@@ -97,14 +125,45 @@ fn params_reports_the_cifar10_budget_of_gpt2_small() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", stderr(&out));
     // input 48·768+768, output 768·10+10, layer norms 25·1536, all 1024 position rows.
-    for row in ["input                     37,632          37,632", "output                     7,690           7,690", "layer_norms               38,400          38,400", "attention             28,348,416               0", "total                124,485,130         870,154", "position rows used: 132,874"] {
+    for row in [
+        "input                     37,632          37,632",
+        "output                     7,690           7,690",
+        "layer_norms               38,400          38,400",
+        "attention             28,348,416               0",
+        "total                124,485,130         870,154",
+        "position rows used: 132,874",
+    ] {
         assert!(text.contains(row), "missing {row:?} in\n{text}");
     }
-    let full = fpt(&["params", "--model", "gpt2", "--vocab", "15", "--tokens", "512", "--classes", "10", "--freeze", "full", "--device", "cpu"]);
+    let full =
+        fpt(&["params", "--model", "gpt2", "--vocab", "15", "--tokens", "512", "--classes", "10", "--freeze", "full", "--device", "cpu"]);
     let text = String::from_utf8_lossy(&full.stdout);
     assert!(text.contains("attention             28,348,416      28,348,416"), "{text}");
 
-    assert_one_line_error(&fpt(&["params", "--model", "gpt2", "--input-dim", "48", "--tokens", "64", "--classes", "10", "--freeze", "paper,attn", "--device", "cpu"]), "freeze spec");
-    assert_one_line_error(&fpt(&["params", "--model", "gpt5", "--input-dim", "48", "--tokens", "64", "--classes", "10", "--device", "cpu"]), "neither a directory nor a preset");
-    assert_one_line_error(&fpt(&["params", "--model", "gpt2", "--input-dim", "48", "--tokens", "2000", "--classes", "10", "--device", "cpu"]), "n_positions");
+    assert_one_line_error(
+        &fpt(&[
+            "params",
+            "--model",
+            "gpt2",
+            "--input-dim",
+            "48",
+            "--tokens",
+            "64",
+            "--classes",
+            "10",
+            "--freeze",
+            "paper,attn",
+            "--device",
+            "cpu",
+        ]),
+        "freeze spec",
+    );
+    assert_one_line_error(
+        &fpt(&["params", "--model", "gpt5", "--input-dim", "48", "--tokens", "64", "--classes", "10", "--device", "cpu"]),
+        "neither a directory nor a preset",
+    );
+    assert_one_line_error(
+        &fpt(&["params", "--model", "gpt2", "--input-dim", "48", "--tokens", "2000", "--classes", "10", "--device", "cpu"]),
+        "n_positions",
+    );
 }

@@ -69,14 +69,48 @@ fn checks_real_mnist() {
 #[test]
 fn generates_and_checks_listops_and_rejects_corruption() {
     let dir = tmp("listops");
-    let out = fpt(&["data", "generate-listops", "--out", dir.to_str().unwrap(), "--seed", "3", "--train", "300", "--val", "20", "--test", "20", "--min-len", "30", "--max-len", "300"]);
+    let out = fpt(&[
+        "data",
+        "generate-listops",
+        "--out",
+        dir.to_str().unwrap(),
+        "--seed",
+        "3",
+        "--train",
+        "300",
+        "--val",
+        "20",
+        "--test",
+        "20",
+        "--min-len",
+        "30",
+        "--max-len",
+        "300",
+    ]);
     let text = stdout(&out);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("wrote 300 / 20 / 20 examples") && text.contains("histogram") && text.contains("labels: 0:"), "{text}");
     let first = std::fs::read(dir.join("basic_train.tsv")).unwrap();
     // Same seed, same files.
     let again = tmp("listops-again");
-    fpt(&["data", "generate-listops", "--out", again.to_str().unwrap(), "--seed", "3", "--train", "300", "--val", "20", "--test", "20", "--min-len", "30", "--max-len", "300"]);
+    fpt(&[
+        "data",
+        "generate-listops",
+        "--out",
+        again.to_str().unwrap(),
+        "--seed",
+        "3",
+        "--train",
+        "300",
+        "--val",
+        "20",
+        "--test",
+        "20",
+        "--min-len",
+        "30",
+        "--max-len",
+        "300",
+    ]);
     assert_eq!(std::fs::read(again.join("basic_train.tsv")).unwrap(), first);
 
     let out = fpt(&["data", "check", "--task", "listops", "--path", dir.to_str().unwrap(), "--max-len", "200"]);
@@ -99,10 +133,19 @@ fn generates_and_checks_listops_and_rejects_corruption() {
         assert_one_line_error(&fpt(&["data", "check", "--task", "listops", "--path", bad.to_str().unwrap()]), needles);
     }
     let empty = tmp("nothing");
-    assert_one_line_error(&fpt(&["data", "check", "--task", "listops", "--path", empty.to_str().unwrap()]), &["basic_train.tsv", "missing"]);
-    assert_one_line_error(&fpt(&["data", "check", "--task", "mnist", "--path", empty.to_str().unwrap()]), &["train-images-idx3-ubyte", "missing"]);
+    assert_one_line_error(
+        &fpt(&["data", "check", "--task", "listops", "--path", empty.to_str().unwrap()]),
+        &["basic_train.tsv", "missing"],
+    );
+    assert_one_line_error(
+        &fpt(&["data", "check", "--task", "mnist", "--path", empty.to_str().unwrap()]),
+        &["train-images-idx3-ubyte", "missing"],
+    );
     assert_one_line_error(&fpt(&["data", "check", "--task", "cifar10", "--path", empty.to_str().unwrap()]), &["no CIFAR-10 binary files"]);
-    assert_one_line_error(&fpt(&["data", "check", "--task", "remote-homology", "--path", empty.to_str().unwrap()]), &["remote_homology_train.json", "missing"]);
+    assert_one_line_error(
+        &fpt(&["data", "check", "--task", "remote-homology", "--path", empty.to_str().unwrap()]),
+        &["remote_homology_train.json", "missing"],
+    );
     assert_one_line_error(&fpt(&["data", "check", "--task", "imagenet"]), &["unknown task"]);
 }
 

@@ -114,8 +114,10 @@ fn checkpoint_metadata_is_checked_not_believed() {
     assert_eq!(out.status.code(), Some(fpt_train::trainer::STOPPED_EXIT_CODE), "{}", stderr(&out));
     let metrics_before = std::fs::read(killed.join("metrics.jsonl")).unwrap();
 
-    let set = |k: &'static str, v: &'static str| move |m: &mut serde_json::Map<String, serde_json::Value>| {
-        m.insert(k.into(), v.into());
+    let set = |k: &'static str, v: &'static str| {
+        move |m: &mut serde_json::Map<String, serde_json::Value>| {
+            m.insert(k.into(), v.into());
+        }
     };
     type Edit = Box<dyn FnOnce(&mut serde_json::Map<String, serde_json::Value>)>;
     let cases: Vec<(&str, Edit, bool, &[&str])> = vec![
@@ -127,9 +129,14 @@ fn checkpoint_metadata_is_checked_not_believed() {
         ("adam", Box::new(set("adam_t", "7")), false, &["Adam's step count 7 differs from the training step 20"]),
         ("wall", Box::new(set("wall_s", "NaN")), false, &["wall_s"]),
         ("format", Box::new(set("format", "something-else")), false, &["not an fpt run checkpoint"]),
-        ("no-sum", Box::new(|m: &mut serde_json::Map<String, serde_json::Value>| {
-            m.remove("sha256");
-        }), false, &["sha256 is missing"]),
+        (
+            "no-sum",
+            Box::new(|m: &mut serde_json::Map<String, serde_json::Value>| {
+                m.remove("sha256");
+            }),
+            false,
+            &["sha256 is missing"],
+        ),
         ("bitflip", Box::new(|_: &mut serde_json::Map<String, serde_json::Value>| {}), true, &["SHA-256", "corrupt"]),
     ];
     for (name, edit, flip, needles) in cases {
@@ -245,7 +252,20 @@ fn forward_refuses_invalid_configs_and_non_finite_weights() {
     let case = fixtures.join("small4x64");
     let (model, inputs) = (case.join("model"), case.join("reference.safetensors"));
     let run = |m: &Path| {
-        fpt(&["forward", "--device", "cpu", "--model", m.to_str().unwrap(), "--inputs", inputs.to_str().unwrap(), "--out", case.join("out.safetensors").to_str().unwrap()], &[])
+        fpt(
+            &[
+                "forward",
+                "--device",
+                "cpu",
+                "--model",
+                m.to_str().unwrap(),
+                "--inputs",
+                inputs.to_str().unwrap(),
+                "--out",
+                case.join("out.safetensors").to_str().unwrap(),
+            ],
+            &[],
+        )
     };
     assert!(run(&model).status.success());
     let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(model.join("config.json")).unwrap()).unwrap();

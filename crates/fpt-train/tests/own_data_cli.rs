@@ -160,12 +160,24 @@ fn image_folder_run_evaluates_and_predicts_consistently() {
 
     // Bad input: a class the run does not know, a split that is not there, a wrong --out.
     write_images(&dir.join("strange"), "test", 2, &["checks", "diagonal"]);
-    one_line_error(fpt(&dir, &["eval", "--run", "run", "--task-path", "strange", "--device", "cpu"]), &["strange/test/diagonal", "not one of the 3 classes"]);
+    one_line_error(
+        fpt(&dir, &["eval", "--run", "run", "--task-path", "strange", "--device", "cpu"]),
+        &["strange/test/diagonal", "not one of the 3 classes"],
+    );
     one_line_error(fpt(&dir, &["eval", "--run", "run", "--split", "val", "--device", "cpu"]), &["has no val split"]);
-    one_line_error(fpt(&dir, &["predict", "--run", "run", "--inputs", "images/test", "--out", "p.txt", "--device", "cpu"]), &["p.txt", "expected a .csv, .npy or .npz"]);
-    one_line_error(fpt(&dir, &["predict", "--run", "run", "--inputs", "nowhere", "--out", "p.csv", "--device", "cpu"]), &["nowhere", "no such file or folder"]);
+    one_line_error(
+        fpt(&dir, &["predict", "--run", "run", "--inputs", "images/test", "--out", "p.txt", "--device", "cpu"]),
+        &["p.txt", "expected a .csv, .npy or .npz"],
+    );
+    one_line_error(
+        fpt(&dir, &["predict", "--run", "run", "--inputs", "nowhere", "--out", "p.csv", "--device", "cpu"]),
+        &["nowhere", "no such file or folder"],
+    );
     std::fs::write(dir.join("images/test/checks/000.png"), b"broken").unwrap();
-    one_line_error(fpt(&dir, &["predict", "--run", "run", "--inputs", "images/test", "--out", "p.csv", "--device", "cpu"]), &["images/test/checks/000.png", "not a readable image"]);
+    one_line_error(
+        fpt(&dir, &["predict", "--run", "run", "--inputs", "images/test", "--out", "p.csv", "--device", "cpu"]),
+        &["images/test/checks/000.png", "not a readable image"],
+    );
 }
 
 fn npy<T: npyz::AutoSerialize + Copy>(shape: &[u64], data: &[T]) -> Vec<u8> {
@@ -194,7 +206,9 @@ fn write_tokens(path: &Path, n: usize, seed: u64) -> Vec<i64> {
         lengths.push(len as i64);
     }
     let mut zip = npyz::zip::ZipWriter::new(std::fs::File::create(path).unwrap());
-    for (name, bytes) in [("inputs", npy(&[n as u64, 10], &ids)), ("labels", npy(&[n as u64], &labels)), ("lengths", npy(&[n as u64], &lengths))] {
+    for (name, bytes) in
+        [("inputs", npy(&[n as u64, 10], &ids)), ("labels", npy(&[n as u64], &labels)), ("lengths", npy(&[n as u64], &lengths))]
+    {
         zip.start_file(format!("{name}.npy"), npyz::zip::write::FileOptions::default()).unwrap();
         zip.write_all(&bytes).unwrap();
     }
@@ -210,7 +224,11 @@ fn arrays_run_evaluates_other_data_and_predicts() {
     write_tokens(&dir.join("data/train.npz"), 200, 1);
     let test_labels = write_tokens(&dir.join("data/test.npz"), 40, 2);
     write_tokens(&dir.join("later/test.npz"), 30, 3);
-    std::fs::write(dir.join("run.toml"), format!("{}[task]\nname = \"arrays\"\npath = \"data\"\nvocab = 6\n", TINY.replace("steps = 40", "steps = 60"))).unwrap();
+    std::fs::write(
+        dir.join("run.toml"),
+        format!("{}[task]\nname = \"arrays\"\npath = \"data\"\nvocab = 6\n", TINY.replace("steps = 40", "steps = 60")),
+    )
+    .unwrap();
     ok(fpt(&dir, &["train", "--config", "run.toml", "--out", "run", "--device", "cpu"]));
     let summary = read_summary(&dir.join("run")).unwrap();
     ok(fpt(&dir, &["eval", "--run", "run", "--device", "cpu", "--out", "ev"]));
@@ -233,9 +251,15 @@ fn arrays_run_evaluates_other_data_and_predicts() {
 
     // Inputs of the wrong kind or size.
     std::fs::write(dir.join("floats.npy"), npy(&[2, 10, 1], &[0f32; 20])).unwrap();
-    one_line_error(fpt(&dir, &["predict", "--run", "run", "--inputs", "floats.npy", "--out", "p.csv", "--device", "cpu"]), &["floats.npy", "[N, T]"]);
+    one_line_error(
+        fpt(&dir, &["predict", "--run", "run", "--inputs", "floats.npy", "--out", "p.csv", "--device", "cpu"]),
+        &["floats.npy", "[N, T]"],
+    );
     std::fs::write(dir.join("big.npy"), npy(&[1, 3], &[1i64, 2, 9])).unwrap();
-    one_line_error(fpt(&dir, &["predict", "--run", "run", "--inputs", "big.npy", "--out", "p.csv", "--device", "cpu"]), &["big.npy", "id 9 is outside the vocabulary 0..6"]);
+    one_line_error(
+        fpt(&dir, &["predict", "--run", "run", "--inputs", "big.npy", "--out", "p.csv", "--device", "cpu"]),
+        &["big.npy", "id 9 is outside the vocabulary 0..6"],
+    );
 }
 
 /// A tiny GPT-2 checkpoint folder as Hugging Face writes it; `shift` changes every weight.
@@ -286,15 +310,25 @@ fn eval_and_predict_check_the_backbone() {
 
     // A random init is its seed: another seed is another backbone.
     let random = dir.join("random.toml");
-    std::fs::write(&random, format!("{}[task]\nname = \"image-folder\"\npath = \"images\"\ncolor = \"grey\"\n", TINY.replace("steps = 40", "steps = 2"))).unwrap();
+    std::fs::write(
+        &random,
+        format!("{}[task]\nname = \"image-folder\"\npath = \"images\"\ncolor = \"grey\"\n", TINY.replace("steps = 40", "steps = 2")),
+    )
+    .unwrap();
     ok(fpt(&dir, &["train", "--config", "random.toml", "--out", "r", "--device", "cpu"]));
     let cfg = std::fs::read_to_string(dir.join("r/config.toml")).unwrap();
     std::fs::write(dir.join("r/config.toml"), cfg.replace("seed = 0", "seed = 1")).unwrap();
-    one_line_error(fpt(&dir, &["eval", "--run", "r", "--device", "cpu"]), &["random init, seed 0, drawn on cpu", "random init, seed 1", "--device"]);
+    one_line_error(
+        fpt(&dir, &["eval", "--run", "r", "--device", "cpu"]),
+        &["random init, seed 0, drawn on cpu", "random init, seed 1", "--device"],
+    );
 
     // Not a run; a run without a checkpoint.
     one_line_error(fpt(&dir, &["eval", "--run", "nothing", "--device", "cpu"]), &["nothing", "no such run directory"]);
     std::fs::create_dir_all(dir.join("fresh")).unwrap();
     std::fs::copy(dir.join("r/config.toml"), dir.join("fresh/config.toml")).unwrap();
-    one_line_error(fpt(&dir, &["predict", "--run", "fresh", "--inputs", "images/test", "--out", "p.csv", "--device", "cpu"]), &["fresh", "no checkpoint.safetensors"]);
+    one_line_error(
+        fpt(&dir, &["predict", "--run", "fresh", "--inputs", "images/test", "--out", "p.csv", "--device", "cpu"]),
+        &["fresh", "no checkpoint.safetensors"],
+    );
 }

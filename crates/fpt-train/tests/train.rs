@@ -100,7 +100,12 @@ fn full_transformer_learns_bit_xor_and_the_run_directory_is_complete() {
     assert_eq!(read_metrics(&out).unwrap(), lines, "a completed run is never redone");
 
     // TensorBoard's own reader sees the same curve.
-    let events = std::fs::read_dir(&out).unwrap().filter_map(|e| e.ok()).map(|e| e.path()).find(|p| p.file_name().unwrap().to_string_lossy().starts_with("events.out.tfevents")).expect("an event file");
+    let events = std::fs::read_dir(&out)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("events.out.tfevents"))
+        .expect("an event file");
     let script = format!(
         "from tensorboard.backend.event_processing.event_accumulator import EventAccumulator as E\n\
          e = E({:?}); e.Reload()\n\
@@ -250,10 +255,23 @@ fn bit_memory_pretraining_round_trips_through_transformers() {
     let out = dir.join("bitmem-gpt2");
     let res = fpt(
         &[
-            "pretrain", "--task", "bit-memory", "--model", "gpt2", "--out", out.to_str().unwrap(), "--steps", "30",
-            "--set", "task={name=\"bit-memory\",n=20,patterns=3,patch=5,eval_examples=50}",
-            "--set", "model.shape={n_layer=2,n_embd=32,n_head=4,n_positions=32}",
-            "--set", "train.eval_every=30", "--set", "train.log_every=10",
+            "pretrain",
+            "--task",
+            "bit-memory",
+            "--model",
+            "gpt2",
+            "--out",
+            out.to_str().unwrap(),
+            "--steps",
+            "30",
+            "--set",
+            "task={name=\"bit-memory\",n=20,patterns=3,patch=5,eval_examples=50}",
+            "--set",
+            "model.shape={n_layer=2,n_embd=32,n_head=4,n_positions=32}",
+            "--set",
+            "train.eval_every=30",
+            "--set",
+            "train.log_every=10",
         ],
         &[],
     );
@@ -281,7 +299,12 @@ fn bit_memory_pretraining_round_trips_through_transformers() {
     );
     let py = Command::new(common::venv_python()).args(["-c", &script]).output().unwrap();
     assert!(py.status.success(), "{}", String::from_utf8_lossy(&py.stderr));
-    common::assert_parity("pretrained export", &common::read_tensor(&ours, "last_hidden_state"), &dir.join("reference.safetensors"), "last_hidden_state");
+    common::assert_parity(
+        "pretrained export",
+        &common::read_tensor(&ours, "last_hidden_state"),
+        &dir.join("reference.safetensors"),
+        "last_hidden_state",
+    );
 
     // And a run can start from it.
     let text = XOR
@@ -328,7 +351,10 @@ fn statistics_init_and_the_lstm_baseline_train() {
     ok(&train(&config, &dir.join("lstm"), &[], &[]));
     let summary = read_summary(&dir.join("lstm")).unwrap();
     assert_eq!(summary.status, Status::Completed);
-    let bad = write_config(&dir, &lstm.replace("init = \"random\"", "init = \"pretrained\"").replace("[model.shape]\nn_layer = 2\nn_embd = 16\n", ""));
+    let bad = write_config(
+        &dir,
+        &lstm.replace("init = \"random\"", "init = \"pretrained\"").replace("[model.shape]\nn_layer = 2\nn_embd = 16\n", ""),
+    );
     let res = train(&bad, &dir.join("lstm-bad"), &[], &[]);
     assert!(String::from_utf8_lossy(&res.stderr).contains("no pretrained weights"), "{}", String::from_utf8_lossy(&res.stderr));
 }
@@ -401,13 +427,15 @@ fn listops_counts_reach_the_summary_in_both_modes() {
     assert!(text.contains("\"dropped\": 1") && text.contains("\"eval_examples\": 4"), "{text}");
 
     // The reference's preprocessing, evaluated on val as the reference does.
-    let reference = format!("{task}overflow = \"truncate\"\ntokenizer = \"alphanumeric\"\npadding = \"fixed\"\n{TINY_TOKENS}eval_split = \"val\"\n");
+    let reference =
+        format!("{task}overflow = \"truncate\"\ntokenizer = \"alphanumeric\"\npadding = \"fixed\"\n{TINY_TOKENS}eval_split = \"val\"\n");
     let config = write_config(&dir, &reference.replace("max_len = 12", "max_len = 10"));
     ok(&train(&config, &dir.join("reference"), &[], &[]));
     let report = read_summary(&dir.join("reference")).unwrap().data.unwrap();
     assert_eq!((report.padding, report.eval_split, report.eval_examples), (fpt_tasks::Padding::Fixed, fpt_tasks::Split::Val, 5));
     for c in &report.splits {
-        assert_eq!((c.source, c.kept, c.dropped, c.truncated), (5, 5, 0, 2), "{c:?}"); // 11 and 29 tokens without `]`
+        assert_eq!((c.source, c.kept, c.dropped, c.truncated), (5, 5, 0, 2), "{c:?}");
+        // 11 and 29 tokens without `]`
     }
 }
 
@@ -425,7 +453,10 @@ fn homology_reference_mode_skips_counts_and_scales() {
         body.push(record(20, 1));
         std::fs::write(data.join(format!("remote_homology_{f}.json")), format!("[{}]", body.join(","))).unwrap();
     }
-    let task = format!("seed = 1\n[task]\nname = \"remote-homology\"\npath = \"{}\"\nmax_len = 20\nlong = \"skip_batch\"\npadding = \"batch\"\n", data.display());
+    let task = format!(
+        "seed = 1\n[task]\nname = \"remote-homology\"\npath = \"{}\"\nmax_len = 20\nlong = \"skip_batch\"\npadding = \"batch\"\n",
+        data.display()
+    );
     let config = write_config(&dir, &format!("{task}{TINY_TOKENS}eval_split = \"val\"\n"));
     let run = dir.join("run");
     ok(&train(&config, &run, &[], &[]));

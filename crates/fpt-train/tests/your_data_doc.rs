@@ -56,7 +56,11 @@ fn write_images(root: &Path) {
                         _ => v > -0.3 && v < 0.3 && u.abs() < (v + 0.3) / 1.2,
                     };
                     let shade = (i * 9 % 60) as u8;
-                    if inside { image::Rgb([220 - shade, 180, 40 + shade]) } else { image::Rgb([20 + shade, 30, 60]) }
+                    if inside {
+                        image::Rgb([220 - shade, 180, 40 + shade])
+                    } else {
+                        image::Rgb([20 + shade, 30, 60])
+                    }
                 });
                 img.save(dir.join(format!("{i:04}.png"))).unwrap();
             }
@@ -103,7 +107,9 @@ fn the_your_data_page_runs() {
             }
             Some("python") => Command::new(venv_python()).args(["-c", &body]).current_dir(&work).output().unwrap(),
             Some("sh") => {
-                commands.extend(body.lines().filter(|l| l.starts_with("fpt ")).map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" ")));
+                commands.extend(
+                    body.lines().filter(|l| l.starts_with("fpt ")).map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" ")),
+                );
                 Command::new("bash")
                     .args(["-euo", "pipefail", "-c", &format!("{SHORT_TRAINING}{body}")])
                     .current_dir(&work)
@@ -124,7 +130,8 @@ fn the_your_data_page_runs() {
         assert!(commands.iter().any(|x| x == c), "the page no longer runs `{c}`: {commands:?}");
     }
     assert_eq!(files, vec!["images.toml", "arrays.toml"]);
-    let eval: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(work.join("runs/images/eval-test/eval.json")).unwrap()).unwrap();
+    let eval: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(work.join("runs/images/eval-test/eval.json")).unwrap()).unwrap();
     let summary = fpt_train::trainer::read_summary(&work.join("runs/images")).unwrap();
     assert_eq!(eval["accuracy"].as_f64(), summary.final_eval_acc);
     assert_eq!(eval["class_names"], serde_json::json!(["circle", "square", "triangle"]));

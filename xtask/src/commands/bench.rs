@@ -104,7 +104,11 @@ fn run_json(cmd: &mut Command) -> Result<Value> {
         bail!("{} failed with {}:\n{}", describe(cmd), out.status, String::from_utf8_lossy(&out.stderr));
     }
     let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().rev().find(|l| l.trim_start().starts_with('{')).with_context(|| format!("{} printed no JSON line:\n{text}", describe(cmd)))?;
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .with_context(|| format!("{} printed no JSON line:\n{text}", describe(cmd)))?;
     serde_json::from_str(line).with_context(|| format!("{}: not JSON: {line}", describe(cmd)))
 }
 
@@ -113,7 +117,12 @@ fn num(v: &Value, key: &str) -> Result<f64> {
 }
 
 fn losses(v: &Value) -> Result<Vec<f64>> {
-    v.get("losses").and_then(Value::as_array).context("bench output lacks losses")?.iter().map(|l| l.as_f64().context("a loss is not a number")).collect()
+    v.get("losses")
+        .and_then(Value::as_array)
+        .context("bench output lacks losses")?
+        .iter()
+        .map(|l| l.as_f64().context("a loss is not a number"))
+        .collect()
 }
 
 struct Runner {
@@ -255,7 +264,8 @@ pub fn targets(r: &Report) -> Vec<Target> {
     for ours in r.measurements.iter().filter(|m| m.implementation == "fpt") {
         let Some(reference) = find(&r.measurements, "reference", &ours.shape, &ours.precision) else { continue };
         let speed = ours.samples_per_s / reference.samples_per_s;
-        let (goal, want) = if ours.precision == "bf16" { ("≥ 1.30× the reference under autocast", 1.3) } else { ("≥ 1.05× the reference", 1.05) };
+        let (goal, want) =
+            if ours.precision == "bf16" { ("≥ 1.30× the reference under autocast", 1.3) } else { ("≥ 1.05× the reference", 1.05) };
         let tag = format!("{} {}", ours.shape, ours.precision);
         out.push(Target { name: format!("speed {tag}"), goal: goal.into(), value: format!("{speed:.2}×"), met: speed >= want });
         out.push(Target {
@@ -266,11 +276,21 @@ pub fn targets(r: &Report) -> Vec<Target> {
         });
         if ours.precision == "bf16" {
             let frac = ours.gflops.unwrap_or(0.0) / r.matmul_bf16_gflops;
-            out.push(Target { name: format!("bf16 peak fraction {}", ours.shape), goal: "≥ 65% of the bf16 matmul peak".into(), value: format!("{:.0}%", frac * 100.0), met: frac >= 0.65 });
+            out.push(Target {
+                name: format!("bf16 peak fraction {}", ours.shape),
+                goal: "≥ 65% of the bf16 matmul peak".into(),
+                value: format!("{:.0}%", frac * 100.0),
+                met: frac >= 0.65,
+            });
         }
     }
     if let Some(d) = r.loss_curve_max_abs_diff {
-        out.push(Target { name: format!("loss curve ({} steps, fp32)", r.loss_curve_steps), goal: "max |Δloss| ≤ 1e-4".into(), value: format!("{d:.1e}"), met: d <= 1e-4 });
+        out.push(Target {
+            name: format!("loss curve ({} steps, fp32)", r.loss_curve_steps),
+            goal: "max |Δloss| ≤ 1e-4".into(),
+            value: format!("{d:.1e}"),
+            met: d <= 1e-4,
+        });
     }
     out
 }
@@ -280,15 +300,27 @@ pub fn render(r: &Report) -> String {
         "{} · {} threads · device {} · GPT-2 small shape, {} layers, batch 16 · best of {} rounds of {} timed steps\nlibtorch matmul peak (square 1024–4096, best of up to 6 each within 3 s): fp32 {:.0} GFLOP/s, bf16 {:.0} GFLOP/s\n\n",
         r.machine, r.threads, r.device, r.layers, r.rounds, r.steps, r.matmul_fp32_gflops, r.matmul_bf16_gflops
     );
-    s.push_str(&format!("{:<8} {:<9} {:<12} {:>10} {:>9} {:>12} {:>9} {:>7}\n", "shape", "precision", "impl", "samples/s", "ms/step", "peak RSS MB", "GFLOP/s", "% peak"));
+    s.push_str(&format!(
+        "{:<8} {:<9} {:<12} {:>10} {:>9} {:>12} {:>9} {:>7}\n",
+        "shape", "precision", "impl", "samples/s", "ms/step", "peak RSS MB", "GFLOP/s", "% peak"
+    ));
     for m in &r.measurements {
         let peak = if m.precision == "bf16" { r.matmul_bf16_gflops } else { r.matmul_fp32_gflops };
         let (gf, pct) = match m.gflops {
             Some(g) => (format!("{g:.0}"), format!("{:.0}%", 100.0 * g / peak)),
             None => ("-".into(), "-".into()),
         };
-        let name = if m.implementation == "reference" && m.precision == "bf16" { "ref+autocast" } else if m.implementation == "reference" { "reference" } else { "fpt" };
-        s.push_str(&format!("{:<8} {:<9} {:<12} {:>10.2} {:>9.1} {:>12.0} {:>9} {:>7}\n", m.shape, m.precision, name, m.samples_per_s, m.ms_per_step, m.peak_rss_mb, gf, pct));
+        let name = if m.implementation == "reference" && m.precision == "bf16" {
+            "ref+autocast"
+        } else if m.implementation == "reference" {
+            "reference"
+        } else {
+            "fpt"
+        };
+        s.push_str(&format!(
+            "{:<8} {:<9} {:<12} {:>10.2} {:>9.1} {:>12.0} {:>9} {:>7}\n",
+            m.shape, m.precision, name, m.samples_per_s, m.ms_per_step, m.peak_rss_mb, gf, pct
+        ));
     }
     s.push_str("\ntargets:\n");
     for t in &r.targets {
@@ -325,7 +357,15 @@ mod tests {
     use super::*;
 
     fn m(implementation: &str, precision: &str, sps: f64, rss: f64, gflops: Option<f64>) -> Measurement {
-        Measurement { implementation: implementation.into(), shape: "mnist".into(), precision: precision.into(), samples_per_s: sps, ms_per_step: 16e3 / sps, peak_rss_mb: rss, gflops }
+        Measurement {
+            implementation: implementation.into(),
+            shape: "mnist".into(),
+            precision: precision.into(),
+            samples_per_s: sps,
+            ms_per_step: 16e3 / sps,
+            peak_rss_mb: rss,
+            gflops,
+        }
     }
 
     #[test]

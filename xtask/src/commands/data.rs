@@ -179,12 +179,18 @@ fn listops(args: &ListopsArgs) -> Result<()> {
     setup::run(&setup::Args { no_build: false })?;
     let fpt = workspace_root().join("target/release/fpt");
     run_cmd(Command::new(fpt).current_dir(workspace_root()).args(["data", "generate-listops", "--out"]).arg(&args.out).args([
-        "--seed", &args.seed.to_string(),
-        "--train", &args.train.to_string(),
-        "--val", &args.val.to_string(),
-        "--test", &args.test.to_string(),
-        "--min-len", &args.min_len.to_string(),
-        "--max-len", &args.max_len.to_string(),
+        "--seed",
+        &args.seed.to_string(),
+        "--train",
+        &args.train.to_string(),
+        "--val",
+        &args.val.to_string(),
+        "--test",
+        &args.test.to_string(),
+        "--min-len",
+        &args.min_len.to_string(),
+        "--max-len",
+        &args.max_len.to_string(),
     ]))
 }
 
@@ -197,12 +203,7 @@ pub fn locate(root: &Path, set: &DataSet) -> (PathBuf, Vec<&'static str>) {
     if set.name == "fashion-mnist" && !dir.exists() && Path::new(DEBIAN_FASHION_MNIST).is_dir() {
         dir = PathBuf::from(DEBIAN_FASHION_MNIST);
     }
-    let missing = set
-        .needs
-        .iter()
-        .copied()
-        .filter(|f| !dir.join(f).is_file() && !dir.join(f.trim_end_matches(".gz")).is_file())
-        .collect();
+    let missing = set.needs.iter().copied().filter(|f| !dir.join(f).is_file() && !dir.join(f.trim_end_matches(".gz")).is_file()).collect();
     (dir, missing)
 }
 
@@ -210,7 +211,13 @@ fn status(root: &Path) -> Result<()> {
     println!("{:<16} {:<8} folder", "data set", "status");
     for set in DATASETS {
         let (dir, missing) = locate(root, set);
-        let state = if missing.is_empty() { "present" } else if missing.len() == set.needs.len() { "absent" } else { "partial" };
+        let state = if missing.is_empty() {
+            "present"
+        } else if missing.len() == set.needs.len() {
+            "absent"
+        } else {
+            "partial"
+        };
         println!("{:<16} {:<8} {}", set.name, state, dir.display());
         if state == "partial" {
             println!("{:<16} missing: {}", "", missing.join(", "));
@@ -247,7 +254,11 @@ pub fn verify(path: &Path, expected: Option<&str>, record_to: &Path) -> Result<S
         None => {
             let line = format!("{actual}  {}\n", path.file_name().and_then(|n| n.to_str()).unwrap_or("download"));
             std::fs::write(record_to, &line).with_context(|| format!("writing {}", record_to.display()))?;
-            eprintln!("note: no checksum is published for {}; observed sha256 {actual} (recorded in {})", path.display(), record_to.display());
+            eprintln!(
+                "note: no checksum is published for {}; observed sha256 {actual} (recorded in {})",
+                path.display(),
+                record_to.display()
+            );
         }
     }
     Ok(actual)
@@ -374,7 +385,8 @@ mod tests {
         }
         std::fs::write(src.join("batches.meta.txt"), "airplane\n").unwrap();
         let archive = dir.join("cifar-10-binary.tar.gz");
-        let status = Command::new("tar").arg("-czf").arg(&archive).arg("-C").arg(dir.join("src")).arg("cifar-10-batches-bin").status().unwrap();
+        let status =
+            Command::new("tar").arg("-czf").arg(&archive).arg("-C").arg(dir.join("src")).arg("cifar-10-batches-bin").status().unwrap();
         assert!(status.success());
         let root = dir.join("datasets");
         install(&archive, &cifar.sources[0], &root.join("cifar10")).unwrap();
@@ -397,11 +409,19 @@ mod tests {
         let archive = dir.join("pkg.tar.gz");
         assert!(Command::new("tar").arg("-czf").arg(&archive).arg("-C").arg(dir.join("src")).arg("pkg").status().unwrap().success());
         let abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
-        const GOOD: &[Member] = &[Member { path: "pkg/labels.idx1-ubyte", rename: Some("t10k-labels-idx1-ubyte"), sha256: Some("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad") }];
+        const GOOD: &[Member] = &[Member {
+            path: "pkg/labels.idx1-ubyte",
+            rename: Some("t10k-labels-idx1-ubyte"),
+            sha256: Some("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"),
+        }];
         let source = Source { url: "", file: "pkg.tar.gz", sha256: None, members: Some(GOOD) };
         install(&archive, &source, &dir.join("out")).unwrap();
         assert_eq!(sha256_file(&dir.join("out/t10k-labels-idx1-ubyte")).unwrap(), abc);
-        const BAD: &[Member] = &[Member { path: "pkg/labels.idx1-ubyte", rename: None, sha256: Some("0000000000000000000000000000000000000000000000000000000000000000") }];
+        const BAD: &[Member] = &[Member {
+            path: "pkg/labels.idx1-ubyte",
+            rename: None,
+            sha256: Some("0000000000000000000000000000000000000000000000000000000000000000"),
+        }];
         let err = install(&archive, &Source { members: Some(BAD), ..source }, &dir.join("bad")).unwrap_err().to_string();
         assert!(err.contains("pkg/labels.idx1-ubyte") && err.contains("published"), "{err}");
         assert!(!dir.join("bad/labels.idx1-ubyte").exists(), "a refused member must not be installed");

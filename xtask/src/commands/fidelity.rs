@@ -95,7 +95,11 @@ pub fn reference_args(cell: &Cell, root: &Path) -> Result<Vec<String>> {
                 None if task == "mnist" => root.join("datasets/mnist"),
                 None => {
                     let local = root.join("datasets/fashion-mnist");
-                    if local.is_dir() { local } else { PathBuf::from("/usr/share/datasets/fashion-mnist") }
+                    if local.is_dir() {
+                        local
+                    } else {
+                        PathBuf::from("/usr/share/datasets/fashion-mnist")
+                    }
                 }
             };
             args.extend(["--data".into(), dir.display().to_string(), "--patch".into(), int("task.patch").unwrap_or(4).to_string()]);
@@ -328,7 +332,14 @@ pub fn table(groups: &[GroupResult]) -> String {
             } else {
                 (String::new(), String::new())
             };
-            let _ = writeln!(md, "| {} | {} | {step} | {} | {} | {delta} | {two_se} | {verdict} | {params_cell} | {secs_cell} |", g.group, g.precision, side(&a), side(&b));
+            let _ = writeln!(
+                md,
+                "| {} | {} | {step} | {} | {} | {delta} | {two_se} | {verdict} | {params_cell} | {secs_cell} |",
+                g.group,
+                g.precision,
+                side(&a),
+                side(&b)
+            );
         }
     }
     md
@@ -354,8 +365,13 @@ fn write_results(path: &Path, groups: &[GroupResult], command: &str, elapsed: Op
          SE = sqrt(s₁²/n₁ + s₂²/n₂); a cell passes when every step passes and both sides train the same parameters.\n",
         cpu_model()
     );
-    let _ = writeln!(md, "{passed} of {} cells pass. Training and evaluation time, both sides, all seeds: {:.0} min{}.\n", groups.len(), total / 60.0,
-        elapsed.map(|e| format!(" (this invocation: {:.0} min wall)", e / 60.0)).unwrap_or_default());
+    let _ = writeln!(
+        md,
+        "{passed} of {} cells pass. Training and evaluation time, both sides, all seeds: {:.0} min{}.\n",
+        groups.len(),
+        total / 60.0,
+        elapsed.map(|e| format!(" (this invocation: {:.0} min wall)", e / 60.0)).unwrap_or_default()
+    );
     md.push_str(&table(groups));
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
@@ -492,7 +508,12 @@ mod tests {
             assert_eq!(value("--steps").unwrap(), train["steps"].as_integer().unwrap().to_string(), "{}", cell.name);
             assert_eq!(value("--batch").unwrap(), "32");
             assert_eq!(value("--seed").unwrap(), cfg["seed"].as_integer().unwrap().to_string());
-            assert_eq!(args.contains(&"--bf16".to_string()), train.get("precision").and_then(Value::as_str) == Some("bf16"), "{}", cell.name);
+            assert_eq!(
+                args.contains(&"--bf16".to_string()),
+                train.get("precision").and_then(Value::as_str) == Some("bf16"),
+                "{}",
+                cell.name
+            );
             let every = train["eval_every"].as_integer().unwrap();
             let steps = train["steps"].as_integer().unwrap();
             let eval_at: Vec<i64> = value("--eval-at").unwrap().split(',').map(|s| s.parse().unwrap()).collect();
@@ -539,13 +560,18 @@ mod tests {
         let write_ours = |cell: &Cell, acc: f64| {
             let dir = ours_dir(&runs, cell);
             std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(dir.join("summary.json"), r#"{"status": "completed", "total_time_s": 1.0, "trainable_params": 7, "final_eval_acc": null, "steps_to_target": null}"#).unwrap();
+            std::fs::write(
+                dir.join("summary.json"),
+                r#"{"status": "completed", "total_time_s": 1.0, "trainable_params": 7, "final_eval_acc": null, "steps_to_target": null}"#,
+            )
+            .unwrap();
             std::fs::write(dir.join("metrics.jsonl"), format!("{{\"step\": 1000, \"eval_acc\": {acc}}}\n")).unwrap();
         };
         let write_theirs = |cell: &Cell, acc: f64| {
             let path = reference_path(&runs, cell);
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(path, format!(r#"{{"trainable_params": 7, "evals": [{{"step": 1000, "eval_acc": {acc}}}], "wall_s": 1.0}}"#)).unwrap();
+            std::fs::write(path, format!(r#"{{"trainable_params": 7, "evals": [{{"step": 1000, "eval_acc": {acc}}}], "wall_s": 1.0}}"#))
+                .unwrap();
         };
         let by_seed = |s: i64| cells.iter().find(|c| seed_of(c) == s).unwrap();
         for s in 0..2 {
@@ -578,10 +604,22 @@ mod tests {
         };
         assert!(full.passed());
         assert!(table(&[full]).contains("| pass |"));
-        let partial = GroupResult { group: "y".into(), ours: vec![run(0.9, 5)], theirs: vec![run(0.9, 5), run(0.9, 5)], expected_seeds: 2, precision: "bf16".into() };
+        let partial = GroupResult {
+            group: "y".into(),
+            ours: vec![run(0.9, 5)],
+            theirs: vec![run(0.9, 5), run(0.9, 5)],
+            expected_seeds: 2,
+            precision: "bf16".into(),
+        };
         assert!(!partial.passed());
         assert!(table(&[partial]).contains("incomplete (1/2 seeds)"));
-        let differ = GroupResult { group: "z".into(), ours: vec![run(0.9, 5), run(0.9, 5)], theirs: vec![run(0.9, 6), run(0.9, 6)], expected_seeds: 2, precision: "fp32".into() };
+        let differ = GroupResult {
+            group: "z".into(),
+            ours: vec![run(0.9, 5), run(0.9, 5)],
+            theirs: vec![run(0.9, 6), run(0.9, 6)],
+            expected_seeds: 2,
+            precision: "fp32".into(),
+        };
         assert!(!differ.passed());
         assert!(table(&[differ]).contains("**differ**"));
     }

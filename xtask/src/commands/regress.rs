@@ -40,10 +40,17 @@ impl Row {
 }
 
 fn expectations(grid: &Grid, origin: &Path) -> Result<Vec<(String, f64, f64)>> {
-    let table = grid.extra.get("expectations").and_then(|v| v.as_table()).with_context(|| format!("{}: no [expectations] table", origin.display()))?;
+    let table = grid
+        .extra
+        .get("expectations")
+        .and_then(|v| v.as_table())
+        .with_context(|| format!("{}: no [expectations] table", origin.display()))?;
     let mut out = Vec::new();
     for cell in &grid.cells {
-        let e = table.get(&cell.name).and_then(|v| v.as_table()).with_context(|| format!("{}: no expectations.{} for cell {}", origin.display(), cell.name, cell.name))?;
+        let e = table
+            .get(&cell.name)
+            .and_then(|v| v.as_table())
+            .with_context(|| format!("{}: no expectations.{} for cell {}", origin.display(), cell.name, cell.name))?;
         let num = |k: &str| e.get(k).and_then(|v| v.as_float().or_else(|| v.as_integer().map(|i| i as f64)));
         let accuracy = num("accuracy").with_context(|| format!("{}: expectations.{}.accuracy missing", origin.display(), cell.name))?;
         let tolerance = num("tolerance").unwrap_or(0.0);

@@ -84,7 +84,8 @@ pub type Stop = AtomicUsize;
 pub fn stop_on_signals() -> Result<Arc<Stop>> {
     let stop = Arc::new(Stop::new(0));
     for signal in [libc::SIGTERM, libc::SIGINT] {
-        signal_hook::flag::register_usize(signal, stop.clone(), signal as usize).with_context(|| format!("installing a handler for signal {signal}"))?;
+        signal_hook::flag::register_usize(signal, stop.clone(), signal as usize)
+            .with_context(|| format!("installing a handler for signal {signal}"))?;
     }
     Ok(stop)
 }
@@ -200,7 +201,8 @@ fn run_cell(run: &GridRun, cell: &Cell, device: &str, stop: &Stop) -> Result<Cel
     let config = write_cell_config(&run.runs_dir, cell)?;
     let dir = run.runs_dir.join(&cell.name);
     let log_path = dir.join("train.log");
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).with_context(|| format!("opening {}", log_path.display()))?;
+    let log =
+        std::fs::OpenOptions::new().create(true).append(true).open(&log_path).with_context(|| format!("opening {}", log_path.display()))?;
     let mut cmd = Command::new(&run.fpt);
     cmd.args(["train", "--resume", "--device", device, "--config"]).arg(&config).arg("--out").arg(&dir);
     cmd.stdout(log.try_clone().with_context(|| format!("duplicating the handle of {}", log_path.display()))?).stderr(log);
@@ -244,7 +246,8 @@ pub struct Outcome {
 /// Runs the cells that are not done, one worker per device, until the queue is empty or `stop`
 /// is set.
 pub fn run_cells(run: &GridRun, cells: &[Cell], stop: &Stop) -> Outcome {
-    let queue: Mutex<VecDeque<Cell>> = Mutex::new(cells.iter().filter(|c| cell_state(&run.runs_dir.join(&c.name)) != CellState::Done).cloned().collect());
+    let queue: Mutex<VecDeque<Cell>> =
+        Mutex::new(cells.iter().filter(|c| cell_state(&run.runs_dir.join(&c.name)) != CellState::Done).cloned().collect());
     let outcome = Mutex::new(Outcome::default());
     let record = |f: &dyn Fn(&mut Outcome)| {
         if let Ok(mut o) = outcome.lock() {
@@ -375,7 +378,11 @@ pub fn emit_slurm(grid: &Grid, cells: &[Cell], runs_dir: &Path, fpt: &Path, path
 }
 
 fn absolute(p: &Path) -> PathBuf {
-    if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf()) }
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf())
+    }
 }
 
 pub fn run(args: &Args) -> Result<()> {
@@ -400,7 +407,12 @@ pub fn run(args: &Args) -> Result<()> {
     if let Some(path) = &args.emit_slurm {
         let path = absolute(path);
         emit_slurm(&grid, &cells, &runs_dir, &fpt, &path)?;
-        println!("wrote {} ({} array tasks); submit with `sbatch {}` after `cargo xtask setup`", path.display(), cells.len(), path.display());
+        println!(
+            "wrote {} ({} array tasks); submit with `sbatch {}` after `cargo xtask setup`",
+            path.display(),
+            cells.len(),
+            path.display()
+        );
         return Ok(());
     }
     setup::run(&setup::Args { no_build: false })?;
@@ -489,7 +501,12 @@ b = { "train.steps" = 200 }
         let dir = scratch("kill");
         let grid = grid::parse(TINY, Path::new("tiny.toml")).unwrap();
         let runs = dir.join("runs");
-        let mut run = GridRun { runs_dir: runs.clone(), fpt: fpt(), devices: vec!["cpu".into()], extra_env: vec![("FPT_STOP_AFTER_STEP".into(), "120".into())] };
+        let mut run = GridRun {
+            runs_dir: runs.clone(),
+            fpt: fpt(),
+            devices: vec!["cpu".into()],
+            extra_env: vec![("FPT_STOP_AFTER_STEP".into(), "120".into())],
+        };
         let failures = run_cells(&run, &grid.cells, &Stop::new(0)).failures;
         assert_eq!(failures.len(), 1, "{failures:?}");
         assert!(failures[0].contains("cell b failed"));
@@ -544,7 +561,13 @@ b = { "train.steps" = 200 }
         assert!(text.contains("#SBATCH --array=0-1") && text.contains("  a\n  b\n"), "{text}");
         assert!(Command::new("bash").arg("-n").arg(&script).status().unwrap().success());
         // Array task 1 on a CPU stand-in trains cell b into the grid's run directory.
-        let status = Command::new("bash").arg(&script).env("SLURM_ARRAY_TASK_ID", "1").env("FPT_DEVICE", "cpu").stdout(std::process::Stdio::null()).status().unwrap();
+        let status = Command::new("bash")
+            .arg(&script)
+            .env("SLURM_ARRAY_TASK_ID", "1")
+            .env("FPT_DEVICE", "cpu")
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
         assert!(status.success());
         assert_eq!(cell_state(&runs.join("b")), CellState::Done);
         assert_eq!(cell_state(&runs.join("a")), CellState::Pending);
@@ -553,10 +576,17 @@ b = { "train.steps" = 200 }
     #[test]
     fn regress_fails_when_an_expectation_is_raised() {
         let dir = scratch("regress");
-        let base = TINY.replace("[axes.cell]\na = { \"train.steps\" = 40 }\nb = { \"train.steps\" = 200 }\n", "[axes.cell]\nxor = { \"train.steps\" = 30 }\n");
+        let base = TINY.replace(
+            "[axes.cell]\na = { \"train.steps\" = 40 }\nb = { \"train.steps\" = 200 }\n",
+            "[axes.cell]\nxor = { \"train.steps\" = 30 }\n",
+        );
         for (expected, should_pass) in [(0.0, true), (1.01, false)] {
             let grid_file = dir.join(format!("grid-{expected}.toml"));
-            std::fs::write(&grid_file, format!("{base}\n[expectations.xor]\naccuracy = {expected}\ntolerance = 0.0\nproduced_by = \"test\"\n")).unwrap();
+            std::fs::write(
+                &grid_file,
+                format!("{base}\n[expectations.xor]\naccuracy = {expected}\ntolerance = 0.0\nproduced_by = \"test\"\n"),
+            )
+            .unwrap();
             let rows = regress::regress(&grid_file, &dir.join("runs"), &fpt()).unwrap();
             assert_eq!(rows.len(), 1);
             assert!(rows[0].got.is_some());
@@ -627,7 +657,9 @@ esac
         }
 
         fn events(run: &GridRun, cell: &str) -> Vec<String> {
-            std::fs::read_to_string(run.runs_dir.join(cell).join("events")).map(|t| t.lines().map(String::from).collect()).unwrap_or_default()
+            std::fs::read_to_string(run.runs_dir.join(cell).join("events"))
+                .map(|t| t.lines().map(String::from).collect())
+                .unwrap_or_default()
         }
 
         /// Polls until `cond` holds; false after `secs`.
@@ -701,7 +733,10 @@ esac
             let err = conclude(&outcome, "cargo xtask reproduce --grid fake.toml").unwrap_err();
             assert_eq!(crate::util::exit_code(&err), 143);
             let text = format!("{err:#}");
-            assert!(text.starts_with("stopped by SIGTERM") && (text.contains("resumes them): a, b") || text.contains("resumes them): b, a")), "{text}");
+            assert!(
+                text.starts_with("stopped by SIGTERM") && (text.contains("resumes them): a, b") || text.contains("resumes them): b, a")),
+                "{text}"
+            );
             assert!(text.contains("1 cell(s) not started"), "{text}");
 
             let by_sigint = Outcome { signal: libc::SIGINT as usize, ..outcome };
@@ -730,7 +765,12 @@ esac
             if let Some(dir) = std::env::var_os(CHILD_ENV) {
                 // The child: the same path as `cargo xtask reproduce`, minus set-up and results.
                 let dir = PathBuf::from(dir);
-                let run = GridRun { runs_dir: dir.join("runs"), fpt: dir.join("fpt"), devices: vec!["cpu".into()], extra_env: vec![("FAKE_a".into(), "train".into())] };
+                let run = GridRun {
+                    runs_dir: dir.join("runs"),
+                    fpt: dir.join("fpt"),
+                    devices: vec!["cpu".into()],
+                    extra_env: vec![("FAKE_a".into(), "train".into())],
+                };
                 let stop = stop_on_signals().unwrap();
                 let outcome = run_cells(&run, &grid.cells, &stop);
                 let code = conclude(&outcome, "rerun").map_or_else(
@@ -798,7 +838,8 @@ esac
             write_cell_config(&dir, &grid.cells[0]).unwrap();
             assert_ne!(std::fs::metadata(&path).unwrap().ino(), inode, "changed: a new file renamed over it");
             assert!(std::fs::read_to_string(&path).unwrap().contains("seed = 7"));
-            let names: Vec<String> = std::fs::read_dir(dir.join("a")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+            let names: Vec<String> =
+                std::fs::read_dir(dir.join("a")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
             assert_eq!(names, vec!["cell.toml"], "no temp file left");
         }
 
@@ -817,7 +858,11 @@ esac
             let held = task("0").output().unwrap();
             assert_eq!(held.status.code(), Some(0), "{held:?}");
             assert!(String::from_utf8_lossy(&held.stdout).contains("cell a is being trained by another process"), "{held:?}");
-            assert_eq!(task("1").stdout(Stdio::null()).stderr(Stdio::null()).status().unwrap().code(), Some(1), "a failure still fails the task");
+            assert_eq!(
+                task("1").stdout(Stdio::null()).stderr(Stdio::null()).status().unwrap().code(),
+                Some(1),
+                "a failure still fails the task"
+            );
 
             let mut shell = task("2").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
             let c_events = runs.join("c/events");

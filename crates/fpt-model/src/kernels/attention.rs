@@ -75,7 +75,8 @@ mod tests {
         // span about ±6.
         let wave = |freq: f64, amp: f64| (Tensor::arange(2 * 4 * 16 * 8, opts) * freq).sin().view([2, 4, 16, 8]) * amp;
         let (q, k, v) = (wave(0.37, 2.0), wave(0.71, 2.0), wave(1.13, 1.0));
-        let allowed = Tensor::arange(16, (Kind::Int64, Device::Cpu)).unsqueeze(0).le_tensor(&Tensor::from_slice(&[3i64, 9, 15]).unsqueeze(1));
+        let allowed =
+            Tensor::arange(16, (Kind::Int64, Device::Cpu)).unsqueeze(0).le_tensor(&Tensor::from_slice(&[3i64, 9, 15]).unsqueeze(1));
         let q3 = q.narrow(2, 0, 3);
         for (q, allowed, causal) in [(&q, None, true), (&q, None, false), (&q3, Some(&allowed), false)] {
             let leaves = |kind: Kind| [q, &k, &v].map(|t| t.to_kind(kind).detach().set_requires_grad(true));

@@ -82,7 +82,11 @@ fn gelu_tanh_fill_portable(input: &[u16], value: &mut [u16], slope: Option<&mut 
     let f32_to_bf16 = |x: f32| {
         let bits = x.to_bits();
         let rounded = (bits.wrapping_add(0x7FFF + ((bits >> 16) & 1)) >> 16) as u16;
-        if x.is_nan() { 0x7FC0 } else { rounded }
+        if x.is_nan() {
+            0x7FC0
+        } else {
+            rounded
+        }
     };
     // One expression for both loops, so values do not depend on the slope's presence (the
     // value-only loop drops the slope's arithmetic after inlining).
@@ -146,10 +150,7 @@ mod tests {
     fn bf16_gelu_matches_libtorch_values_and_gradients_within_one_bf16_step() {
         // Every bf16 value in [-12, 12] (all exponents, all mantissas), plus huge finite ones
         // (values only: libtorch's slope there is NaN).
-        let grid: Vec<f32> = (0..=u16::MAX)
-            .map(|b| f32::from_bits((b as u32) << 16))
-            .filter(|x| x.abs() <= 12.0)
-            .collect();
+        let grid: Vec<f32> = (0..=u16::MAX).map(|b| f32::from_bits((b as u32) << 16)).filter(|x| x.abs() <= 12.0).collect();
         let x = Tensor::from_slice(&grid).to_kind(Kind::BFloat16);
         let (ours_leaf, ref_leaf) = (x.detach().set_requires_grad(true), x.detach().set_requires_grad(true));
         let ours = gelu_tanh(&ours_leaf);

@@ -19,11 +19,17 @@ use tch::{nn, Device, Kind, Tensor};
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Init {
     /// normal(0, std): Hugging Face's weights and embeddings.
-    Normal { std: f64 },
+    Normal {
+        std: f64,
+    },
     /// uniform(-bound, bound): PyTorch's `nn.Linear` default and the reference LSTM's.
-    Uniform { bound: f64 },
+    Uniform {
+        bound: f64,
+    },
     /// PyTorch's orthogonal init with `gain`: the FPT input projection.
-    Orthogonal { gain: f64 },
+    Orthogonal {
+        gain: f64,
+    },
     Zeros,
     Ones,
 }
@@ -136,8 +142,7 @@ mod tests {
     #[test]
     fn a_parameter_too_large_to_allocate_is_an_error_not_a_panic() {
         let vs = nn::VarStore::new(Device::Cpu);
-        let err = new_param(&(vs.root() / "wte"), "weight", &[1_000_000_000_000, 768], Init::Normal { std: 0.02 })
-            .unwrap_err();
+        let err = new_param(&(vs.root() / "wte"), "weight", &[1_000_000_000_000, 768], Init::Normal { std: 0.02 }).unwrap_err();
         let text = format!("{err:#}");
         assert!(text.contains("wte.weight") && text.contains("available"), "{text}");
         assert!(vs.variables().is_empty());

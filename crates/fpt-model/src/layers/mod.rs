@@ -15,5 +15,5 @@ mod rows;
 pub use activation::Activation;
 pub use linear::Linear;
 pub use norm::{LayerNorm, RmsNorm};
-pub(crate) use rows::{check_inputs_embeds, check_positions, gather_rows, Queries};
 pub use rows::Rows;
+pub(crate) use rows::{check_inputs_embeds, check_positions, gather_rows, Queries};

@@ -85,7 +85,13 @@ pub(crate) fn check_positions(positions: &Tensor, batch: i64, seq: i64) -> Resul
 /// Checks that `inputs_embeds` is `[batch, seq, width]` with the model's `width` and
 /// 1..=`max_positions` tokens, naming the config fields (`width_field`, `positions_field`) in
 /// the errors; returns `[batch, seq, width]`.
-pub(crate) fn check_inputs_embeds(inputs_embeds: &Tensor, width: i64, width_field: &str, max_positions: i64, positions_field: &str) -> Result<[i64; 3]> {
+pub(crate) fn check_inputs_embeds(
+    inputs_embeds: &Tensor,
+    width: i64,
+    width_field: &str,
+    max_positions: i64,
+    positions_field: &str,
+) -> Result<[i64; 3]> {
     let size = inputs_embeds.size();
     let &[b, t, w] = size.as_slice() else {
         bail!("inputs_embeds must have rank 3 [batch, seq, width], got shape {size:?}");

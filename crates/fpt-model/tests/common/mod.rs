@@ -12,14 +12,8 @@ pub fn workspace_root() -> PathBuf {
 /// The venv's python (`cargo xtask setup` makes it). A missing venv fails the test: parity is
 /// part of what the suite checks, never silently skipped.
 pub fn venv_python() -> PathBuf {
-    let python = std::env::var_os("FPT_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join(".venv/bin/python"));
-    assert!(
-        python.is_file(),
-        "{} not found: run `cargo xtask setup` (it installs torch and transformers into .venv)",
-        python.display()
-    );
+    let python = std::env::var_os("FPT_TEST_PYTHON").map(PathBuf::from).unwrap_or_else(|| workspace_root().join(".venv/bin/python"));
+    assert!(python.is_file(), "{} not found: run `cargo xtask setup` (it installs torch and transformers into .venv)", python.display());
     python
 }
 
@@ -43,12 +37,7 @@ fn make_fixtures(script: &str, tmp: &Path, tag: &str, cases: &[&str]) -> PathBuf
     let out = tmp.join(format!("{}-{tag}-{}", script.trim_end_matches(".py"), std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
     let script = workspace_root().join("crates/fpt-model/tests/reference").join(script);
-    let status = Command::new(venv_python())
-        .arg(&script)
-        .arg(&out)
-        .args(cases)
-        .status()
-        .expect("running the transformers fixture script");
+    let status = Command::new(venv_python()).arg(&script).arg(&out).args(cases).status().expect("running the transformers fixture script");
     assert!(status.success(), "{} failed ({status})", script.display());
     out
 }
@@ -60,11 +49,7 @@ pub fn read_tensor(path: &Path, name: &str) -> tch::Tensor {
 
 fn read_tensor_as(path: &Path, name: &str, kind: tch::Kind) -> tch::Tensor {
     let all = tch::Tensor::read_safetensors(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    all.into_iter()
-        .find(|(n, _)| n == name)
-        .unwrap_or_else(|| panic!("{} has no {name}", path.display()))
-        .1
-        .to_kind(kind)
+    all.into_iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("{} has no {name}", path.display())).1.to_kind(kind)
 }
 
 /// Reads one tensor as f64 (the fixtures' `*_f64` truths).

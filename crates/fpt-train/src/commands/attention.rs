@@ -6,8 +6,8 @@
 use crate::adam::Adam;
 use crate::config::RunConfig;
 use crate::device::parse_device;
-use crate::run_checkpoint;
 use crate::model_build::build_model;
+use crate::run_checkpoint;
 use crate::run_dir::CONFIG;
 use anyhow::{bail, Context, Result};
 use fpt_tasks::{batch::assemble, load_task, Split};
@@ -48,9 +48,12 @@ pub fn run_cli(args: &Args) -> Result<()> {
     }
     let (_vs, model, trainable) = build_model(&cfg, task.as_ref(), device)?;
     let mut adam = Adam::new(Default::default(), trainable);
-    run_checkpoint::load(&args.run, &mut adam, cfg.train.steps).with_context(|| format!("{} has no usable checkpoint", args.run.display()))?;
+    run_checkpoint::load(&args.run, &mut adam, cfg.train.steps)
+        .with_context(|| format!("{} has no usable checkpoint", args.run.display()))?;
     let batch = assemble(task.as_ref(), split, &[args.example], false, cfg.seed, 0, device);
-    let (maps, logits) = tch::no_grad(|| -> Result<(Vec<Tensor>, Tensor)> { Ok((model.attention_maps(&batch.x)?, model.forward_padded(&batch.x, batch.lengths.as_ref(), false)?)) })?;
+    let (maps, logits) = tch::no_grad(|| -> Result<(Vec<Tensor>, Tensor)> {
+        Ok((model.attention_maps(&batch.x)?, model.forward_padded(&batch.x, batch.lengths.as_ref(), false)?))
+    })?;
     let spec = task.spec();
     let pred = logits.reshape([-1, spec.classes as i64]).argmax(-1, false);
     let target = batch.y.reshape([-1]);
@@ -77,7 +80,8 @@ pub fn register_font() -> Result<()> {
     }
     let font = FONTS.iter().find_map(|p| std::fs::read(p).ok()).context("no DejaVuSans.ttf font found (Debian: fonts-dejavu-core)")?;
     let font: &'static [u8] = Box::leak(font.into_boxed_slice());
-    plotters::style::register_font("sans-serif", plotters::style::FontStyle::Normal, font).map_err(|_| anyhow::anyhow!("registering the font"))?;
+    plotters::style::register_font("sans-serif", plotters::style::FontStyle::Normal, font)
+        .map_err(|_| anyhow::anyhow!("registering the font"))?;
     let _ = DONE.set(());
     Ok(())
 }
@@ -106,7 +110,8 @@ fn render(maps: &[Tensor], title: &str, out: &Path) -> Result<()> {
                     let p = probs[hd * t * t + q * t + k] / max;
                     let shade = (255.0 * (1.0 - p)).round() as u8;
                     let (cx, cy) = (x0 + (k as u32 * cell) as i32, y0 + 16 + (q as u32 * cell) as i32);
-                    root.draw(&Rectangle::new([(cx, cy), (cx + cell as i32, cy + cell as i32)], RGBColor(shade, shade, 255).filled())).map_err(err)?;
+                    root.draw(&Rectangle::new([(cx, cy), (cx + cell as i32, cy + cell as i32)], RGBColor(shade, shade, 255).filled()))
+                        .map_err(err)?;
                 }
             }
         }

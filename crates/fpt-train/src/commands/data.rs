@@ -80,7 +80,9 @@ fn check(args: &CheckArgs) -> Result<()> {
     if !args.set.is_empty() {
         let mut table = toml::Table::try_from(&cfg).context("the task's settings as a table")?;
         crate::config::apply_overrides(&mut table, &args.set)?;
-        cfg = toml::Value::Table(table).try_into().with_context(|| format!("--set {}: not valid settings of task {}", args.set.join(" "), args.task))?;
+        cfg = toml::Value::Table(table)
+            .try_into()
+            .with_context(|| format!("--set {}: not valid settings of task {}", args.set.join(" "), args.task))?;
     }
     let task = load_task(&cfg, 0)?;
     let spec = task.spec();

@@ -113,11 +113,7 @@ pub fn run_cli(args: &Args) -> Result<()> {
     let accuracy = correct as f64 / predictions as f64 * task.accuracy_scale();
     let loss = loss_sum / examples as f64;
     let same_data = args.task_path.is_none() && split == run.cfg.train.eval_split;
-    let run_final = run
-        .summary
-        .as_ref()
-        .filter(|s| same_data && s.steps_done == loaded.step)
-        .and_then(|s| s.final_eval_acc);
+    let run_final = run.summary.as_ref().filter(|s| same_data && s.steps_done == loaded.step).and_then(|s| s.final_eval_acc);
     let class_names = run.class_names();
     let per_class_accuracy = confusion
         .iter()
@@ -152,7 +148,10 @@ pub fn run_cli(args: &Args) -> Result<()> {
         run.cfg.train.steps,
         if run.recorded.is_some() { "checked: the one it was trained on" } else { "not checked" }
     );
-    println!("{what}, {split} split: {n} examples{}", if skipped.examples > 0 { format!(" ({} in batches over the length limit skipped)", skipped.examples) } else { String::new() });
+    println!(
+        "{what}, {split} split: {n} examples{}",
+        if skipped.examples > 0 { format!(" ({} in batches over the length limit skipped)", skipped.examples) } else { String::new() }
+    );
     println!("accuracy {:.2}% ({correct} of {predictions} predictions), loss {loss:.4}", accuracy * 100.0);
     if let Some(a) = run_final {
         println!("the run's own evaluation at step {}: {:.2}%", loaded.step, a * 100.0);
@@ -196,7 +195,10 @@ fn print_confusion(report: &EvalReport) {
     let labels: Vec<String> = (0..n).map(|c| class_label(report, c)).collect();
     let first = labels.iter().map(|l| l.chars().count()).max().unwrap_or(1).max(4);
     let width = report.confusion.iter().flatten().max().map_or(1, |m| m.to_string().len()).max(3);
-    println!("confusion matrix (rows: true class, columns: predicted class {}):", (0..n).map(|c| c.to_string()).collect::<Vec<_>>().join(" "));
+    println!(
+        "confusion matrix (rows: true class, columns: predicted class {}):",
+        (0..n).map(|c| c.to_string()).collect::<Vec<_>>().join(" ")
+    );
     print!("{:>first$} ", "");
     for c in 0..n {
         print!(" {c:>width$}");
@@ -268,7 +270,8 @@ fn draw_confusion(report: &EvalReport, path: &Path) -> Result<()> {
             root.draw(&Rectangle::new([(x, y), (x + cell as i32, y + cell as i32)], RGBColor(shade, shade, 255).filled())).map_err(err)?;
             if cell >= 24 && v > 0 {
                 let color = if shade < 128 { &WHITE } else { &BLACK };
-                root.draw(&Text::new(v.to_string(), (x + 2, y + cell as i32 / 3), ("sans-serif", font).into_font().color(color))).map_err(err)?;
+                root.draw(&Text::new(v.to_string(), (x + 2, y + cell as i32 / 3), ("sans-serif", font).into_font().color(color)))
+                    .map_err(err)?;
             }
         }
     }

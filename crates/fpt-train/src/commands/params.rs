@@ -1,10 +1,10 @@
 //! `fpt params`: parameter counts per group, total and trainable, for a model and task shape.
 
+use crate::backbone::resolve_local;
 use crate::config::RunConfig;
 use crate::device::parse_device;
 use crate::model_build::{backbone_for, fpt_config};
 use anyhow::{bail, Context, Result};
-use crate::backbone::resolve_local;
 use fpt_model::{params::count_by_group, Fpt, FptConfig, FreezeSpec, InputSpec, ParamGroup};
 use tch::nn;
 
@@ -116,7 +116,14 @@ pub fn run(args: &Args) -> Result<()> {
     };
     println!(
         "model {} ({} layers, width {}, {} heads); {} tokens of {input_text}; {} outputs x {} read-out; freeze {}",
-        model, backbone.layers(), backbone.width(), backbone.heads(), tokens, cfg.classes, cfg.readout_tokens, freeze
+        model,
+        backbone.layers(),
+        backbone.width(),
+        backbone.heads(),
+        tokens,
+        cfg.classes,
+        cfg.readout_tokens,
+        freeze
     );
     println!("{:<16} {:>15} {:>15}", "group", "total", "trainable");
     let (mut total, mut trainable) = (0, 0);
@@ -129,11 +136,7 @@ pub fn run(args: &Args) -> Result<()> {
     if !freeze.is_frozen(ParamGroup::Positions) {
         // Only the first `tokens` rows of wpe ever receive a gradient.
         let unused = (backbone.max_positions() - tokens) * backbone.width();
-        println!(
-            "trainable counting only the {} position rows used: {}",
-            tokens,
-            thousands(trainable - unused)
-        );
+        println!("trainable counting only the {} position rows used: {}", tokens, thousands(trainable - unused));
     }
     Ok(())
 }

@@ -103,7 +103,11 @@ pub fn run_cli(args: &Args) -> Result<()> {
         }
         Format::Npy => {
             let file = std::fs::File::create(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
-            let mut w = npyz::WriteOptions::<f32>::new().default_dtype().shape(&shape).writer(std::io::BufWriter::new(file)).begin_nd()
+            let mut w = npyz::WriteOptions::<f32>::new()
+                .default_dtype()
+                .shape(&shape)
+                .writer(std::io::BufWriter::new(file))
+                .begin_nd()
                 .with_context(|| format!("writing {}", args.out.display()))?;
             w.extend(probabilities.iter().copied()).and_then(|_| w.finish()).with_context(|| format!("writing {}", args.out.display()))?;
         }

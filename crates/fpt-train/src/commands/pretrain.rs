@@ -6,8 +6,8 @@
 
 use crate::config::{Init, ModelConfig, RunConfig, TrainConfig};
 use crate::device::parse_device;
-use crate::run_checkpoint;
 use crate::model_build::{backbone_for, build_model};
+use crate::run_checkpoint;
 use crate::run_dir::{Status, CONFIG};
 use crate::trainer::{self, RunOptions};
 use anyhow::{bail, Context, Result};
@@ -103,7 +103,8 @@ pub fn export_backbone(run_dir: &Path, out: &Path) -> Result<()> {
     let mut json = serde_json::to_value(gpt2)?;
     json["architectures"] = serde_json::json!(["GPT2Model"]);
     json["model_type"] = serde_json::json!("gpt2");
-    std::fs::write(out.join("config.json"), serde_json::to_string_pretty(&json)?).with_context(|| format!("writing {}/config.json", out.display()))?;
+    std::fs::write(out.join("config.json"), serde_json::to_string_pretty(&json)?)
+        .with_context(|| format!("writing {}/config.json", out.display()))?;
     let metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
     let owned: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .iter()
@@ -114,7 +115,13 @@ pub fn export_backbone(run_dir: &Path, out: &Path) -> Result<()> {
         .collect::<Result<_>>()?;
     let views = owned
         .iter()
-        .map(|(n, shape, bytes)| Ok((n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes).map_err(|e| anyhow::anyhow!("{n}: {e}"))?)))
+        .map(|(n, shape, bytes)| {
+            Ok((
+                n.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+                    .map_err(|e| anyhow::anyhow!("{n}: {e}"))?,
+            ))
+        })
         .collect::<Result<Vec<_>>>()?;
     let data = safetensors::serialize(views, Some(metadata)).map_err(|e| anyhow::anyhow!("serialising model.safetensors: {e}"))?;
     std::fs::write(out.join("model.safetensors"), data).with_context(|| format!("writing {}/model.safetensors", out.display()))?;
