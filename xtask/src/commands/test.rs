@@ -1,9 +1,10 @@
-//! `cargo xtask test`: set-up (idempotent), every test of the workspace in release mode (so the
-//! tests reuse the build that produced `target/release/fpt`), then `cargo xtask regress`.
+//! `cargo xtask test`: the formatting check (`cargo fmt --check`, rules in `rustfmt.toml`),
+//! set-up (idempotent), every test of the workspace in release mode (so the tests reuse the build
+//! that produced `target/release/fpt`), then `cargo xtask regress`.
 
 use crate::commands::setup;
 use crate::util::{cargo, run_cmd};
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -13,6 +14,8 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> Result<()> {
+    // First, as it takes a second: a tree that `cargo fmt` would change fails here.
+    run_cmd(cargo().args(["fmt", "--all", "--check"])).context("the tree is not formatted: run `cargo fmt --all`")?;
     setup::run(&setup::Args { no_build: false })?;
     run_cmd(cargo().args(["test", "--release", "--workspace"]).args(&args.cargo_args))?;
     // The accuracy regression cells (a few minutes of tiny-model training).
