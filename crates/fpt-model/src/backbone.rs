@@ -4,6 +4,7 @@ use crate::bert::{Bert, BertConfig};
 use crate::freeze::{FreezeSpec, ParamGroup, ParamGroups};
 use crate::gpt2::{Gpt2, Gpt2Config};
 use crate::layers::{check_positions, gather_rows, Rows};
+use crate::llama::{Llama, LlamaConfig};
 use crate::lstm::{Lstm, LstmConfig};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -36,13 +37,15 @@ impl Precision {
 /// The backbone modules: one file each, below this one. The layout test (`lib.rs`) checks that
 /// each imports only the building blocks.
 #[cfg(test)]
-pub(crate) const BACKBONE_MODULES: [&str; 3] = ["gpt2", "bert", "lstm"];
+pub(crate) const BACKBONE_MODULES: [&str; 4] = ["gpt2", "bert", "lstm", "llama"];
 
 /// A backbone architecture and its hyper-parameters.
 #[derive(Clone, Debug, PartialEq)]
 pub enum BackboneConfig {
     Gpt2(Gpt2Config),
     Bert(BertConfig),
+    /// Llama-family decoders (SmolLM2).
+    Llama(LlamaConfig),
     /// The paper's layer-norm LSTM baseline (no checkpoint format: random init only).
     Lstm(LstmConfig),
 }
@@ -54,8 +57,8 @@ impl From<Gpt2Config> for BackboneConfig {
 }
 
 impl BackboneConfig {
-    /// Reads a Hugging Face `config.json`; `model_type` picks the architecture ("gpt2" or
-    /// "bert"; a file without it is read as GPT-2, as old GPT-2 configs have none).
+    /// Reads a Hugging Face `config.json`; `model_type` picks the architecture ("gpt2", "bert"
+    /// or "llama"; a file without it is read as GPT-2, as old GPT-2 configs have none).
     pub fn from_json_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading model config {}", path.display()))?;
         let value: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))?;
@@ -67,7 +70,8 @@ impl BackboneConfig {
                 cfg.validate().with_context(|| format!("model config {}", path.display()))?;
                 Ok(BackboneConfig::Bert(cfg))
             }
-            Some(other) => bail!("{}: model_type {other:?} is not supported (expected \"gpt2\" or \"bert\")", path.display()),
+            Some("llama") => Ok(BackboneConfig::Llama(LlamaConfig::from_json_file(path)?)),
+            Some(other) => bail!("{}: model_type {other:?} is not supported (expected \"gpt2\", \"bert\" or \"llama\")", path.display()),
         }
     }
 
@@ -75,6 +79,7 @@ impl BackboneConfig {
         match self {
             BackboneConfig::Gpt2(c) => c.n_embd,
             BackboneConfig::Bert(c) => c.hidden_size,
+            BackboneConfig::Llama(c) => c.hidden_size,
             BackboneConfig::Lstm(c) => c.hidden_size,
         }
     }
@@ -84,7 +89,17 @@ impl BackboneConfig {
         match self {
             BackboneConfig::Gpt2(c) => c.n_positions,
             BackboneConfig::Bert(c) => c.max_position_embeddings,
+            BackboneConfig::Llama(c) => c.max_position_embeddings,
             BackboneConfig::Lstm(_) => i64::MAX,
+        }
+    }
+
+    /// The most task tokens an FPT on this backbone takes: its positions less the rows the wrapper
+    /// puts first ([`Backbone::input_prefix`]: Llama's BOS row).
+    pub fn max_input_tokens(&self) -> i64 {
+        match self {
+            BackboneConfig::Llama(c) => c.max_position_embeddings - 1,
+            other => other.max_positions(),
         }
     }
 
@@ -92,6 +107,7 @@ impl BackboneConfig {
         match self {
             BackboneConfig::Gpt2(c) => c.n_layer,
             BackboneConfig::Bert(c) => c.num_hidden_layers,
+            BackboneConfig::Llama(c) => c.num_hidden_layers,
             BackboneConfig::Lstm(c) => c.num_layers,
         }
     }
@@ -101,6 +117,7 @@ impl BackboneConfig {
         match self {
             BackboneConfig::Gpt2(c) => c.n_head,
             BackboneConfig::Bert(c) => c.num_attention_heads,
+            BackboneConfig::Llama(c) => c.num_attention_heads,
             BackboneConfig::Lstm(_) => 0,
         }
     }
@@ -109,6 +126,7 @@ impl BackboneConfig {
         match self {
             BackboneConfig::Gpt2(_) => "gpt2",
             BackboneConfig::Bert(_) => "bert",
+            BackboneConfig::Llama(_) => "llama",
             BackboneConfig::Lstm(_) => "lstm",
         }
     }
@@ -118,6 +136,7 @@ impl BackboneConfig {
         match self {
             BackboneConfig::Gpt2(c) => BackboneConfig::Gpt2(c.with_dropout(p)),
             BackboneConfig::Bert(c) => BackboneConfig::Bert(c.with_dropout(p)),
+            BackboneConfig::Llama(c) => BackboneConfig::Llama(c.with_dropout(p)),
             BackboneConfig::Lstm(c) => BackboneConfig::Lstm(LstmConfig { dropout: p, ..c }),
         }
     }
@@ -148,6 +167,22 @@ impl BackboneConfig {
                 c.intermediate_size = inner.unwrap_or(c.intermediate_size);
                 c.validate()?;
             }
+            BackboneConfig::Llama(c) => {
+                if width.is_some() || heads.is_some() {
+                    // head_dim follows the new width / heads; key/value heads stay grouped when
+                    // they still divide the query heads, else every head gets its own.
+                    c.head_dim = None;
+                }
+                c.num_hidden_layers = layers.unwrap_or(c.num_hidden_layers);
+                c.hidden_size = width.unwrap_or(c.hidden_size);
+                c.num_attention_heads = heads.unwrap_or(c.num_attention_heads);
+                if c.num_attention_heads % c.kv_heads() != 0 {
+                    c.num_key_value_heads = None;
+                }
+                c.max_position_embeddings = positions.unwrap_or(c.max_position_embeddings);
+                c.intermediate_size = inner.unwrap_or(c.intermediate_size);
+                c.validate()?;
+            }
             BackboneConfig::Lstm(c) => {
                 if heads.is_some() || positions.is_some() || inner.is_some() {
                     bail!("the LSTM has no heads, positions or feed-forward width; set only n_layer and n_embd");
@@ -166,6 +201,7 @@ impl BackboneConfig {
 pub enum Backbone {
     Gpt2(Gpt2),
     Bert(Bert),
+    Llama(Llama),
     Lstm(Lstm),
 }
 
@@ -176,6 +212,7 @@ impl Backbone {
         Ok(match cfg {
             BackboneConfig::Gpt2(c) => Backbone::Gpt2(Gpt2::new(path, c)?),
             BackboneConfig::Bert(c) => Backbone::Bert(Bert::new(path, c)?),
+            BackboneConfig::Llama(c) => Backbone::Llama(Llama::new(path, c)?),
             BackboneConfig::Lstm(c) => Backbone::Lstm(Lstm::new(path, c)?),
         })
     }
@@ -190,6 +227,7 @@ impl Backbone {
         match self {
             Backbone::Gpt2(m) => m.forward_rows(inputs_embeds, train, rows),
             Backbone::Bert(m) => m.forward_rows(inputs_embeds, train, rows),
+            Backbone::Llama(m) => m.forward_rows(inputs_embeds, train, rows),
             Backbone::Lstm(m) => {
                 let h = m.forward_embeds(inputs_embeds, train)?;
                 Ok(match Rows::restricting(rows, h.size()[1])? {
@@ -200,7 +238,7 @@ impl Backbone {
         }
     }
 
-    /// Whether a position sees only itself and earlier ones (GPT-2, the LSTM): right padding
+    /// Whether a position sees only itself and earlier ones (GPT-2, Llama, the LSTM): right padding
     /// then cannot reach a read-out at or before the last real token, and needs no mask.
     pub fn is_causal(&self) -> bool {
         !matches!(self, Backbone::Bert(_))
@@ -220,6 +258,7 @@ impl Backbone {
         }
         match self {
             Backbone::Gpt2(m) => m.forward_at(inputs_embeds, train, positions),
+            Backbone::Llama(m) => m.forward_at(inputs_embeds, train, positions),
             Backbone::Bert(m) => m.forward_at(inputs_embeds, attention_mask, train, positions),
             Backbone::Lstm(m) => {
                 let h = m.forward_embeds(inputs_embeds, train)?;
@@ -255,12 +294,24 @@ impl Backbone {
         match self {
             Backbone::Gpt2(m) => m.set_compute_kind(kind),
             Backbone::Bert(m) => m.set_compute_kind(kind),
+            Backbone::Llama(m) => m.set_compute_kind(kind),
             Backbone::Lstm(_) if kind != Kind::Float => {
-                bail!("the LSTM baseline runs in fp32 only; bf16 is implemented for the transformer backbones (gpt2, bert)")
+                bail!("the LSTM baseline runs in fp32 only; bf16 is implemented for the transformer backbones (gpt2, bert, llama)")
             }
             Backbone::Lstm(_) => {}
         }
         Ok(())
+    }
+
+    /// Rows the FPT wrapper puts before the input tokens, `[1, n, width]` fp32: Llama's BOS
+    /// embedding (docs/model.md, "Llama backbone": without a position table a zero token at
+    /// position 0 stays zero through every layer and its gradient overflows); none for the
+    /// others.
+    pub fn input_prefix(&self) -> Option<Tensor> {
+        match self {
+            Backbone::Llama(m) => Some(m.bos_embedding()),
+            Backbone::Gpt2(_) | Backbone::Bert(_) | Backbone::Lstm(_) => None,
+        }
     }
 
     /// Every layer's attention probabilities `[batch, heads, seq, seq]` (eval mode).
@@ -268,6 +319,7 @@ impl Backbone {
         match self {
             Backbone::Gpt2(m) => m.attention_maps(inputs_embeds),
             Backbone::Bert(m) => m.attention_maps(inputs_embeds),
+            Backbone::Llama(m) => m.attention_maps(inputs_embeds),
             Backbone::Lstm(_) => bail!("the LSTM has no attention to show"),
         }
     }
@@ -276,6 +328,7 @@ impl Backbone {
         match self {
             Backbone::Gpt2(m) => BackboneConfig::Gpt2(m.config().clone()),
             Backbone::Bert(m) => BackboneConfig::Bert(m.config().clone()),
+            Backbone::Llama(m) => BackboneConfig::Llama(m.config().clone()),
             Backbone::Lstm(m) => BackboneConfig::Lstm(m.config().clone()),
         }
     }
@@ -287,12 +340,13 @@ impl ParamGroups for Backbone {
         match self {
             Backbone::Gpt2(m) => m.param_group(name),
             Backbone::Bert(m) => m.param_group(name),
+            Backbone::Llama(m) => m.param_group(name),
             Backbone::Lstm(m) => m.param_group(name),
         }
     }
 }
 
-/// Loads a Hugging Face directory (GPT-2 or BERT: config.json + safetensors) into a fresh
+/// Loads a Hugging Face directory (GPT-2, BERT or Llama: config.json + safetensors) into a fresh
 /// VarStore, every tensor frozen: what `fpt forward` and the parity checks use.
 pub fn load_backbone_dir(dir: &Path, device: tch::Device) -> Result<(nn::VarStore, Backbone)> {
     let cfg = BackboneConfig::from_json_file(&dir.join("config.json"))?;

@@ -1,14 +1,14 @@
 //! Reading Hugging Face checkpoint directories (safetensors only) into a VarStore.
 //!
 //! Name mapping: a checkpoint tensor `N` goes to the VarStore variable `N`, after removing a
-//! leading `transformer.` (what `GPT2LMHeadModel` and friends save) or `bert.` (`BertFor…`
-//! heads). Layouts are taken as they are (GPT-2's Conv1D weights are `[in, out]` in the file and
-//! in the VarStore; BERT's linears `[out, in]` in both). Tensors that are not part of the
-//! backbone FPT uses are skipped on purpose: task heads (`lm_head.*`, `cls.*`, BERT's
-//! `pooler.*`) and buffers (`h.{i}.attn.bias` / `h.{i}.attn.masked_bias` causal masks of older
-//! GPT-2 files, `embeddings.position_ids`). Anything else that is missing, unexpected or
-//! mis-shaped makes the load fail with a list of each one.
-
+//! leading `transformer.` (what `GPT2LMHeadModel` and friends save), `bert.` (`BertFor…`
+//! heads) or `model.` (`LlamaForCausalLM`). Layouts are taken as they are (GPT-2's Conv1D
+//! weights are `[in, out]` in the file and in the VarStore; BERT's and Llama's linears
+//! `[out, in]` in both). Tensors that are not part of the backbone FPT uses are skipped on
+//! purpose: task heads (`lm_head.*`, `cls.*`, BERT's `pooler.*`) and buffers (`h.{i}.attn.bias`
+//! / `h.{i}.attn.masked_bias` causal masks of older GPT-2 files, `embeddings.position_ids`,
+//! the `rotary_emb.inv_freq` of older Llama files). Anything else that is missing, unexpected
+//! or mis-shaped makes the load fail with a list of each one.
 use anyhow::{anyhow, bail, Context, Result};
 use safetensors::{Dtype, SafeTensors};
 use std::cell::RefCell;
@@ -99,8 +99,11 @@ fn kind_of(dtype: Dtype) -> Option<Kind> {
 
 /// Checkpoint name -> VarStore name, or `None` for tensors skipped on purpose.
 fn map_name(name: &str) -> Option<String> {
-    let name = name.strip_prefix("transformer.").or_else(|| name.strip_prefix("bert.")).unwrap_or(name);
+    let name =
+        name.strip_prefix("transformer.").or_else(|| name.strip_prefix("bert.")).or_else(|| name.strip_prefix("model.")).unwrap_or(name);
     let skip = ["lm_head.", "cls.", "pooler."].iter().any(|p| name.starts_with(p))
+        || name.starts_with("rotary_emb.")
+        || name.contains(".rotary_emb.")
         || name.ends_with(".attn.bias")
         || name.ends_with(".attn.masked_bias")
         || name == "embeddings.position_ids";
@@ -299,5 +302,10 @@ mod tests {
         assert_eq!(map_name("pooler.dense.weight"), None);
         assert_eq!(map_name("embeddings.position_ids"), None);
         assert_eq!(map_name("cls.predictions.bias"), None);
+        // Llama: LlamaForCausalLM's `model.` prefix, its LM head and rotary buffers of old files.
+        assert_eq!(map_name("model.layers.0.self_attn.q_proj.weight").as_deref(), Some("layers.0.self_attn.q_proj.weight"));
+        assert_eq!(map_name("model.embed_tokens.weight").as_deref(), Some("embed_tokens.weight"));
+        assert_eq!(map_name("model.layers.3.self_attn.rotary_emb.inv_freq"), None);
+        assert_eq!(map_name("model.rotary_emb.inv_freq"), None);
     }
 }

@@ -195,6 +195,10 @@ enum InputLayer {
 
 /// Input layer → backbone → output layer on the last `readout_tokens` positions.
 ///
+/// A Llama backbone gets its own BOS embedding row before the tokens (frozen with the token
+/// embedding; read-outs and lengths still count the input's tokens only): docs/model.md,
+/// "Llama backbone", on why the paper's recipe needs it there.
+///
 /// Variables: the backbone's under Hugging Face names at the path given to [`Fpt::new`]; the
 /// input layer under `input_layer.` (`hidden.{i}.*`, `proj.*` or `embedding.weight`); the output
 /// layer under `output_layer.` (`hidden.{i}.*`, `proj.*`).
@@ -266,9 +270,11 @@ impl Fpt {
         if seq < k {
             bail!("sequence of {seq} tokens is shorter than the {k} read-out tokens");
         }
+        let (embeds, n) = self.prefixed(embeds);
+        // Read-out rows are the input's tokens, after any prefix.
         let start = match self.cfg.readout {
-            Readout::Last => seq - k,
-            Readout::First => 0,
+            Readout::Last => n + seq - k,
+            Readout::First => n,
         };
         let last = self.backbone.forward_rows(&embeds, train, Some(Rows { start, len: k }))?.to_kind(Kind::Float);
         let logits = self.output_proj.forward(&self.output_hidden.forward(&last, train));
@@ -301,21 +307,39 @@ impl Fpt {
                 bail!("lengths span {lo}..={hi}; expected each in {k}..={seq} (at least the {k} read-out tokens, at most the sequence)");
             }
         }
-        let offsets = Tensor::arange(k, (Kind::Int64, embeds.device())).unsqueeze(0);
+        let (embeds, n) = self.prefixed(embeds);
+        // Positions count the prefix rows (before every example's tokens) too.
+        let offsets = Tensor::arange(k, (Kind::Int64, embeds.device())).unsqueeze(0) + n;
         let positions = match self.cfg.readout {
             Readout::Last => lengths.unsqueeze(1) - k + offsets,
             Readout::First => offsets.expand([b, k], false).contiguous(),
         };
         let mask = (!self.backbone.is_causal())
-            .then(|| Tensor::arange(seq, (Kind::Int64, embeds.device())).unsqueeze(0).lt_tensor(&lengths.unsqueeze(1)));
+            .then(|| Tensor::arange(seq + n, (Kind::Int64, embeds.device())).unsqueeze(0).lt_tensor(&(lengths.unsqueeze(1) + n)));
         let read = self.backbone.forward_at(&embeds, train, &positions, mask.as_ref())?.to_kind(Kind::Float);
         let logits = self.output_proj.forward(&self.output_hidden.forward(&read, train));
         Ok(if k == 1 { logits.squeeze_dim(1) } else { logits })
     }
 
-    /// The backbone's attention probabilities per layer, `[batch, heads, seq, seq]` (eval).
+    /// The backbone's attention probabilities per layer, `[batch, heads, seq, seq]` (eval); with
+    /// a prefix (Llama's BOS row) its positions come first, `seq` counting them.
     pub fn attention_maps(&self, x: &Tensor) -> Result<Vec<Tensor>> {
-        self.backbone.attention_maps(&self.embed(x, false)?)
+        let (embeds, _) = self.prefixed(self.embed(x, false)?);
+        self.backbone.attention_maps(&embeds)
+    }
+
+    /// `embeds` `[batch, seq, width]` with the backbone's input prefix
+    /// ([`Backbone::input_prefix`], Llama's BOS embedding) before every example's tokens, and how
+    /// many rows it added.
+    fn prefixed(&self, embeds: Tensor) -> (Tensor, i64) {
+        match self.backbone.input_prefix() {
+            None => (embeds, 0),
+            Some(prefix) => {
+                let (b, n, w) = (embeds.size()[0], prefix.size()[1], prefix.size()[2]);
+                let prefix = prefix.to_device(embeds.device()).to_kind(embeds.kind()).expand([b, n, w], false);
+                (Tensor::cat(&[&prefix, &embeds], 1), n)
+            }
+        }
     }
 
     /// The input layer: token features or ids to backbone-width embeddings, validated.

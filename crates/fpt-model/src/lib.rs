@@ -9,7 +9,7 @@
 //! - [`layers`]: the shared building blocks (parameter init, norms, linear layer, activations,
 //!   read-out rows, input checks); [`freeze`] (parameter groups and freeze specs),
 //!   [`checkpoint`] (safetensors loading), [`tolerance`];
-//! - one file per backbone ([`gpt2`], [`bert`], [`lstm`]), each with its config and its
+//! - one file per backbone ([`gpt2`], [`bert`], [`llama`], [`lstm`]), each with its config and its
 //!   parameter groups, importing only the modules above, never another backbone;
 //! - [`backbone`]: the enum over the backbones and their registration;
 //! - [`fpt`] (the wrapper) and [`params`].
@@ -22,6 +22,7 @@ pub mod freeze;
 pub mod gpt2;
 mod kernels;
 pub mod layers;
+pub mod llama;
 pub mod lstm;
 pub mod params;
 pub mod tolerance;
@@ -34,6 +35,7 @@ pub use fpt::{orth_gain_text, Fpt, FptConfig, InputSpec, Readout};
 pub use freeze::{FreezeSpec, ParamGroup, ParamGroups};
 pub use gpt2::{Gpt2, Gpt2Config, GPT2_PRESETS};
 pub use layers::{Activation, Rows};
+pub use llama::{Llama, LlamaConfig};
 pub use lstm::{Lstm, LstmConfig};
 
 /// The import rule of the crate's layout, checked on its source files: every module is

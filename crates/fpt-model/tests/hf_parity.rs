@@ -6,11 +6,15 @@
 //! exact GELU and ReLU, other eps, a `transformer.`-prefixed file and a sharded one). BERT: three
 //! random shapes (odd heads, `bert.`-prefixed masked-LM file with its head, sharded, gelu /
 //! relu / gelu_new) and the real all-MiniLM-L6-v2; and BERT with Hugging Face's `attention_mask`
-//! (rows right-padded to different lengths, one left-padded, one unpadded).
+//! (rows right-padded to different lengths, one left-padded, one unpadded). Llama: seven random
+//! `LlamaModel` shapes and the real SmolLM2-135M-Instruct.
 
 mod common;
 
-use common::{assert_parity, make_bert_fixtures, make_bert_mask_fixtures, make_gpt2_fixtures, max_abs_diff, read_f64, read_tensor};
+use common::{
+    assert_parity, make_bert_fixtures, make_bert_mask_fixtures, make_gpt2_fixtures, make_llama_fixtures, max_abs_diff, read_f64,
+    read_tensor,
+};
 use fpt_model::{load_backbone_dir, Backbone};
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
@@ -28,6 +32,34 @@ fn bert_and_minilm_match_transformers() {
     let cases = ["bert2x64", "bert3x96_mlm", "bert2x120_sharded", "minilm"];
     let fixtures = make_bert_fixtures(Path::new(env!("CARGO_TARGET_TMPDIR")), "parity", &cases);
     check_cases(&fixtures, &cases);
+}
+
+/// Llama (`LlamaModel`, eager attention) on seven random checkpoints: grouped- and multi-query
+/// attention, odd head counts, head_dim apart from width/heads, other theta and eps, llama3
+/// RoPE scaling, tied and untied embeddings, `model.`-prefixed, plain and sharded files.
+#[test]
+fn llama_matches_transformers() {
+    let cases = [
+        "llama2x64_gqa",
+        "llama3x96_odd_tied",
+        "llama2x120_h5kv1_sharded",
+        "llama2x64_rope_llama3_untied",
+        "llama2x64_headdim24",
+        "llama4x128_deep",
+        "llama1x30_single",
+    ];
+    let fixtures = make_llama_fixtures(Path::new(env!("CARGO_TARGET_TMPDIR")), "parity", &cases);
+    check_cases(&fixtures, &cases);
+}
+
+/// The real SmolLM2-135M-Instruct that `cargo xtask setup` converts (transformers' SDPA path;
+/// no attention maps). Fails, not skips, when it is missing.
+#[test]
+fn smollm2_matches_transformers() {
+    common::smollm2_dir();
+    // Its own tag: the two Llama tests run at once, and each fixture folder is removed first.
+    let fixtures = make_llama_fixtures(Path::new(env!("CARGO_TARGET_TMPDIR")), "smollm2", &["smollm2"]);
+    check_cases(&fixtures, &["smollm2"]);
 }
 
 /// The key-padding mask FPT gives BERT for right-padded batches is Hugging Face's
@@ -80,7 +112,7 @@ fn check_cases(fixtures: &Path, cases: &[&str]) {
         assert_parity(case, &inputs.grad(), &reference, "grad_inputs");
 
         // Attention maps (what `fpt attention` draws) equal transformers' output_attentions.
-        if case != "minilm" {
+        if case != "minilm" && case != "smollm2" {
             let maps = Tensor::stack(&model.attention_maps(&inputs.detach()).unwrap(), 0);
             assert_parity(case, &maps, &reference, "attentions");
         }

@@ -1,12 +1,14 @@
 //! Right padding, per backbone: an example padded in a batch gives what the example alone,
-//! unpadded, gives (eval) — GPT-2 and the LSTM (causal) read out at the last real token and need
-//! no mask; BERT (bidirectional) also masks the padding out of attention. Differences stay
+//! unpadded, gives (eval) — GPT-2, Llama and the LSTM (causal) read out at the last real token
+//! and need no mask; BERT (bidirectional) also masks the padding out of attention. Differences stay
 //! within `tolerance::reordering_bound` (the padded batch's GEMMs have other shapes); the fp64
 //! evaluation of the unpadded example is the truth. Also: a causal backbone refuses a mask, and
 //! bad lengths are errors.
 
 use fpt_model::tolerance::{max_abs_diff, reordering_bound};
-use fpt_model::{Backbone, BackboneConfig, BertConfig, Fpt, FptConfig, FreezeSpec, Gpt2Config, InputSpec, Lstm, LstmConfig, Readout};
+use fpt_model::{
+    Backbone, BackboneConfig, BertConfig, Fpt, FptConfig, FreezeSpec, Gpt2Config, InputSpec, LlamaConfig, Lstm, LstmConfig, Readout,
+};
 use tch::{nn, Device, Kind, Tensor};
 
 /// The tests seed libtorch's global generator (init, the LSTM's initial-state draws); they run
@@ -34,6 +36,12 @@ fn bert() -> BackboneConfig {
     }))
     .unwrap();
     BackboneConfig::Bert(cfg)
+}
+
+fn llama() -> BackboneConfig {
+    let mut cfg = LlamaConfig::custom(2, 32, 4, 2, 64);
+    cfg.max_position_embeddings = 16;
+    BackboneConfig::Llama(cfg)
 }
 
 /// The model and its fp64 twin (same weights).
@@ -68,13 +76,13 @@ fn padded_batch() -> (Tensor, Tensor) {
     (Tensor::from_slice(&rows).reshape([EXAMPLES.len() as i64, width as i64]), Tensor::from_slice(&lengths))
 }
 
-/// GPT-2 and BERT through the whole FPT (token embedding, backbone, output layer): each
+/// GPT-2, BERT and Llama through the whole FPT (token embedding, backbone, output layer): each
 /// example's logits in the padded batch equal its logits alone, for the last token and the
-/// last / first two tokens read out.
+/// last / first two tokens read out (Llama's with its BOS row first: positions shift by one).
 #[test]
-fn padded_examples_give_their_unpadded_logits_for_gpt2_and_bert() {
+fn padded_examples_give_their_unpadded_logits_for_gpt2_bert_and_llama() {
     let _serial = serial();
-    for (name, cfg) in [("gpt2", gpt2()), ("bert", bert())] {
+    for (name, cfg) in [("gpt2", gpt2()), ("bert", bert()), ("llama", llama())] {
         for (readout, k) in [(Readout::Last, 1), (Readout::Last, 2), (Readout::First, 2)] {
             let (model, model64, _vs, _vs64) = token_fpt(&cfg, readout, k);
             let (x, lengths) = padded_batch();

