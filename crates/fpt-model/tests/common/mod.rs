@@ -88,3 +88,8 @@ pub fn assert_parity(case: &str, ours: &tch::Tensor, reference: &Path, name: &st
         Err(line) => panic!("{line}"),
     }
 }
+
+/// `make_lstm_fixtures.py`: the vendored reference `LNLSTM` (`benches/reference/lnlstm.py`).
+pub fn make_lstm_fixtures(tmp: &Path, tag: &str) -> PathBuf {
+    make_fixtures("make_lstm_fixtures.py", tmp, tag, &[])
+}
