@@ -11,6 +11,9 @@ builds it (eval mode, fp32, given initial states):
   [1, n] flattened), perturbed away from the tiny init so that every term matters;
 - inputs_embeds, h0_{l}, c0_{l}, the output, a cotangent R, and the gradients of sum(out * R)
   with respect to the input (`grad_inputs`) and every parameter (`grad.{name}`);
+- `train_losses`, `train_grad_sq`, `train_zero_fraction`: in training mode (dropout 0.1), per
+  draw of the dropout masks, sum(out * R), the squared norm of its parameter gradient and the
+  fraction of exact zeros in the output;
 - the float64 truth (`*_f64`) and the reference's own fp32 noise (`*_noise`) of each, measured
   as `float64_reference.py` measures it.
 """
@@ -26,6 +29,7 @@ sys.path.insert(0, str(ROOT / "benches" / "reference"))
 from lnlstm import LNLSTM  # noqa: E402
 
 LAYERS, WIDTH, BATCH, SEQ = 2, 16, 3, 7
+TRAIN_DRAWS = 400
 
 
 def our_name(ref_name: str) -> str:
@@ -83,6 +87,24 @@ def main() -> None:
             noise[k] = torch.maximum(noise[k], (v - truth[k]).abs().max())
     tensors.update({f"{k}_f64": v for k, v in truth.items()})
     tensors.update({f"{k}_noise": v for k, v in noise.items()})
+    # Training mode: the only randomness left is dropout (p = 0.1 on every step's h). Its
+    # statistics over many draws: the loss sum(out * R), and the squared norm of its gradient
+    # with respect to the parameters (what clipping and Adam see).
+    train = copy.deepcopy(model).train()
+    hiddens = [(h.unsqueeze(0), c.unsqueeze(0)) for h, c in states]
+    losses, grad_sq, zeros = [], [], []
+    torch.manual_seed(5)
+    for _ in range(TRAIN_DRAWS):
+        train.zero_grad()
+        y, _ = train(x, hiddens)
+        loss = (y * r).sum()
+        loss.backward()
+        losses.append(loss.item())
+        zeros.append(float((y == 0).double().mean()))
+        grad_sq.append(sum(float(p.grad.pow(2).sum()) for p in train.parameters()))
+    tensors["train_losses"] = torch.tensor(losses, dtype=torch.float64)
+    tensors["train_grad_sq"] = torch.tensor(grad_sq, dtype=torch.float64)
+    tensors["train_zero_fraction"] = torch.tensor(zeros, dtype=torch.float64)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / "reference.safetensors"))
     print(f"wrote the LNLSTM reference case to {out}")
 
