@@ -26,7 +26,7 @@ enum Command {
     Eval(commands::eval::Args),
     /// Predict with a trained run: class and probabilities per example of images or arrays.
     Predict(commands::predict::Args),
-    /// Time the FPT train step of a frozen GPT-2 (or the matmul peak) and print JSON.
+    /// Time the FPT train step of a frozen backbone (gpt2, minilm, smollm2, lstm) or the matmul peak, and print JSON.
     Bench(commands::bench::Args),
     /// Check data sets, generate ListOps.
     #[command(subcommand)]

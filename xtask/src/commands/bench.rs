@@ -1,8 +1,9 @@
 //! `cargo xtask bench`: our FPT train step (`fpt bench`) against the PyTorch reference
-//! (`benches/ref_fpt_bench.py`: Hugging Face `GPT2Model`, frozen as the paper's code freezes it),
-//! same thread count, same shapes, one invocation; plus the libtorch matmul peak measured in
-//! the same run, and a loss-curve comparison from shared initial weights. Prints a table and
-//! the targets of issue 6; `--json FILE` writes the same figures.
+//! (`benches/ref_fpt_bench.py`: Hugging Face `GPT2Model`, `BertModel`, `LlamaModel` or the
+//! authors' `LNLSTM`, frozen as the paper's code freezes it), same thread count, same shapes,
+//! one invocation; plus the libtorch matmul peak measured in the same run, and a loss-curve
+//! comparison from shared initial weights (gpt2). Prints a table and the targets of issue 6
+//! (gpt2 rows); `--json FILE` writes the same figures.
 
 use crate::commands::setup;
 use crate::util::{describe, workspace_root};
@@ -29,9 +30,16 @@ pub struct Args {
     /// Intra-op threads for both implementations (0: one per core, libtorch's default).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
-    /// GPT-2 small's shape with this many layers (12 is GPT-2 small).
+    /// GPT-2 small's shape with this many layers (12 is GPT-2 small); the gpt2 rows only (minilm
+    /// and smollm2 keep their own, the lstm is the paper's 3 × 768).
     #[arg(long, default_value_t = 12)]
     pub layers: usize,
+    /// Comma-separated backbones: gpt2 (random init), minilm (all-MiniLM-L6-v2), smollm2
+    /// (SmolLM2-135M), lstm (the paper's layer-norm LSTM; fp32 only). The pretrained ones are read
+    /// from `.venv/minilm` and `.venv/smollm2` (`cargo xtask setup`), or $FPT_MINILM_DIR and
+    /// $FPT_SMOLLM2_DIR, the same directory for both implementations.
+    #[arg(long, default_value = "gpt2")]
+    pub backbones: String,
     /// cpu | cuda (both implementations)
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -52,10 +60,14 @@ pub struct Args {
     pub python: Option<PathBuf>,
 }
 
-/// One implementation's figures for one shape and precision.
+/// One implementation's figures for one backbone, shape and precision.
 #[derive(Debug, Clone, Serialize)]
 pub struct Measurement {
     pub implementation: String,
+    pub backbone: String,
+    /// The backbone's layers and width, as the implementation reports them.
+    pub layers: i64,
+    pub width: i64,
     pub shape: String,
     pub precision: String,
     pub samples_per_s: f64,
@@ -78,6 +90,8 @@ pub struct Report {
     pub machine: String,
     pub threads: i64,
     pub device: String,
+    pub backbones: Vec<String>,
+    /// gpt2's layers.
     pub layers: usize,
     pub steps: usize,
     pub rounds: usize,
@@ -95,6 +109,53 @@ fn shape_dims(shape: &str) -> Result<(usize, usize)> {
         "cifar10" => Ok((64, 48)),
         other => bail!("--shapes: unknown shape {other:?} (expected mnist or cifar10)"),
     }
+}
+
+/// The backbones `fpt bench` and the reference both build.
+pub const BACKBONES: [&str; 4] = ["gpt2", "minilm", "smollm2", "lstm"];
+
+fn parse_backbones(text: &str) -> Result<Vec<String>> {
+    let mut out: Vec<String> = Vec::new();
+    for name in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        if !BACKBONES.contains(&name) {
+            bail!("--backbones: unknown backbone {name:?} (expected {})", BACKBONES.join(", "));
+        }
+        if !out.iter().any(|b| b == name) {
+            out.push(name.to_string());
+        }
+    }
+    if out.is_empty() {
+        bail!("--backbones: name at least one of {}", BACKBONES.join(", "));
+    }
+    Ok(out)
+}
+
+/// The Hugging Face directory of a pretrained backbone, as `cargo xtask setup` installs it (or
+/// $FPT_MINILM_DIR / $FPT_SMOLLM2_DIR), passed to both implementations; `None` for the random ones.
+fn model_dir(root: &Path, backbone: &str) -> Result<Option<PathBuf>> {
+    let (env, default) = match backbone {
+        "minilm" => ("FPT_MINILM_DIR", ".venv/minilm"),
+        "smollm2" => ("FPT_SMOLLM2_DIR", ".venv/smollm2"),
+        _ => return Ok(None),
+    };
+    let dir = std::env::var_os(env).map(PathBuf::from).unwrap_or_else(|| root.join(default));
+    if !dir.join("config.json").is_file() {
+        bail!("backbone {backbone}: {} holds no config.json; run `cargo xtask setup` or set {env}", dir.display());
+    }
+    Ok(Some(dir))
+}
+
+/// The flags both implementations take for `backbone`: its name, its directory, and `--layers`
+/// for gpt2.
+fn backbone_flags(backbone: &str, layers: usize, dir: Option<&Path>) -> Vec<String> {
+    let mut flags = vec!["--backbone".to_string(), backbone.to_string()];
+    if backbone == "gpt2" {
+        flags.extend(["--layers".to_string(), layers.to_string()]);
+    }
+    if let Some(dir) = dir {
+        flags.extend(["--model-dir".to_string(), dir.display().to_string()]);
+    }
+    flags
 }
 
 fn run_json(cmd: &mut Command) -> Result<Value> {
@@ -130,28 +191,37 @@ struct Runner {
     python: PathBuf,
     script: PathBuf,
     threads: usize,
-    layers: usize,
     device: String,
 }
 
+/// What one measurement runs: the backbone's flags ([`backbone_flags`]), the shape, the steps.
+struct Job<'a> {
+    backbone: &'a [String],
+    tokens: usize,
+    dim: usize,
+    steps: usize,
+    warmup: usize,
+}
+
 impl Runner {
-    fn common(&self, cmd: &mut Command, tokens: usize, dim: usize, steps: usize, warmup: usize) {
-        cmd.current_dir(workspace_root()).args(["--tokens", &tokens.to_string(), "--dim", &dim.to_string()]);
-        cmd.args(["--steps", &steps.to_string(), "--warmup", &warmup.to_string()]);
-        cmd.args(["--layers", &self.layers.to_string(), "--threads", &self.threads.to_string(), "--device", &self.device]);
+    fn common(&self, cmd: &mut Command, job: &Job) {
+        cmd.current_dir(workspace_root()).args(job.backbone);
+        cmd.args(["--tokens", &job.tokens.to_string(), "--dim", &job.dim.to_string()]);
+        cmd.args(["--steps", &job.steps.to_string(), "--warmup", &job.warmup.to_string()]);
+        cmd.args(["--threads", &self.threads.to_string(), "--device", &self.device]);
     }
 
-    fn ours(&self, tokens: usize, dim: usize, steps: usize, warmup: usize, extra: &[&str]) -> Result<Value> {
+    fn ours(&self, job: &Job, extra: &[&str]) -> Result<Value> {
         let mut cmd = Command::new(&self.fpt);
         cmd.arg("bench");
-        self.common(&mut cmd, tokens, dim, steps, warmup);
+        self.common(&mut cmd, job);
         run_json(cmd.args(extra))
     }
 
-    fn reference(&self, tokens: usize, dim: usize, steps: usize, warmup: usize, extra: &[&str]) -> Result<Value> {
+    fn reference(&self, job: &Job, extra: &[&str]) -> Result<Value> {
         let mut cmd = Command::new(&self.python);
         cmd.arg(&self.script);
-        self.common(&mut cmd, tokens, dim, steps, warmup);
+        self.common(&mut cmd, job);
         run_json(cmd.args(extra))
     }
 }
@@ -172,9 +242,11 @@ pub fn measure(args: &Args) -> Result<Report> {
         python: args.python.clone().unwrap_or_else(|| root.join(".venv/bin/python")),
         script: root.join("benches/ref_fpt_bench.py"),
         threads: args.threads,
-        layers: args.layers,
         device: args.device.clone(),
     };
+    let backbones = parse_backbones(&args.backbones)?;
+    let flags: Vec<Vec<String>> =
+        backbones.iter().map(|b| Ok(backbone_flags(b, args.layers, model_dir(&root, b)?.as_deref()))).collect::<Result<_>>()?;
     if !runner.fpt.exists() || (args.python.is_none() && !runner.python.exists()) {
         bail!("{} or {} is missing; run `cargo xtask setup` first", runner.fpt.display(), runner.python.display());
     }
@@ -185,68 +257,86 @@ pub fn measure(args: &Args) -> Result<Report> {
     };
     let mut measurements = Vec::new();
     let mut threads = 0;
-    for shape in args.shapes.split(',').map(str::trim) {
-        let (tokens, dim) = shape_dims(shape)?;
-        for precision in args.precisions.split(',').map(str::trim) {
-            let (ours_flags, ref_flags): (&[&str], &[&str]) = match precision {
-                "fp32" => (&["--precision", "fp32"], &[]),
-                "bf16" => (&["--precision", "bf16"], &["--bf16"]),
-                other => bail!("--precisions: unknown precision {other:?} (expected fp32 or bf16)"),
-            };
-            let (mut r, mut o): (Option<Value>, Option<Value>) = (None, None);
-            let faster = |best: Option<Value>, new: Value| -> Result<Option<Value>> {
-                Ok(Some(match best {
-                    Some(b) if num(&b, "samples_per_s")? >= num(&new, "samples_per_s")? => b,
-                    _ => new,
-                }))
-            };
-            for _ in 0..args.rounds.max(1) {
-                r = faster(r, runner.reference(tokens, dim, args.steps, args.warmup, ref_flags)?)?;
-                o = faster(o, runner.ours(tokens, dim, args.steps, args.warmup, ours_flags)?)?;
-            }
-            let (r, o) = (r.context("no reference measurement")?, o.context("no measurement of ours")?);
-            threads = num(&o, "threads")? as i64;
-            if num(&r, "threads")? as i64 != threads {
-                bail!("the reference ran {} threads and ours {threads}; pass --threads", num(&r, "threads")?);
-            }
-            for (name, v) in [("reference", &r), ("fpt", &o)] {
-                measurements.push(Measurement {
-                    implementation: name.into(),
-                    shape: shape.into(),
-                    precision: precision.into(),
-                    samples_per_s: num(v, "samples_per_s")?,
-                    ms_per_step: num(v, "ms_per_step")?,
-                    peak_rss_mb: num(v, "peak_rss_mb")?,
-                    gflops: v.get("gflops").and_then(Value::as_f64),
-                });
+    for (backbone, flags) in backbones.iter().zip(&flags) {
+        for shape in args.shapes.split(',').map(str::trim) {
+            let (tokens, dim) = shape_dims(shape)?;
+            for precision in args.precisions.split(',').map(str::trim) {
+                let (ours_flags, ref_flags): (&[&str], &[&str]) = match precision {
+                    "fp32" => (&["--precision", "fp32"], &[]),
+                    "bf16" => (&["--precision", "bf16"], &["--bf16"]),
+                    other => bail!("--precisions: unknown precision {other:?} (expected fp32 or bf16)"),
+                };
+                if backbone == "lstm" && precision == "bf16" {
+                    eprintln!("lstm {shape} bf16: skipped (our LSTM baseline runs in fp32 only)");
+                    continue;
+                }
+                let job = Job { backbone: flags, tokens, dim, steps: args.steps, warmup: args.warmup };
+                let (mut r, mut o): (Option<Value>, Option<Value>) = (None, None);
+                let faster = |best: Option<Value>, new: Value| -> Result<Option<Value>> {
+                    Ok(Some(match best {
+                        Some(b) if num(&b, "samples_per_s")? >= num(&new, "samples_per_s")? => b,
+                        _ => new,
+                    }))
+                };
+                for _ in 0..args.rounds.max(1) {
+                    r = faster(r, runner.reference(&job, ref_flags)?)?;
+                    o = faster(o, runner.ours(&job, ours_flags)?)?;
+                }
+                let (r, o) = (r.context("no reference measurement")?, o.context("no measurement of ours")?);
+                threads = num(&o, "threads")? as i64;
+                if num(&r, "threads")? as i64 != threads {
+                    bail!("the reference ran {} threads and ours {threads}; pass --threads", num(&r, "threads")?);
+                }
+                for (name, v) in [("reference", &r), ("fpt", &o)] {
+                    measurements.push(Measurement {
+                        implementation: name.into(),
+                        backbone: backbone.clone(),
+                        layers: num(v, "layers")? as i64,
+                        width: num(v, "width")? as i64,
+                        shape: shape.into(),
+                        precision: precision.into(),
+                        samples_per_s: num(v, "samples_per_s")?,
+                        ms_per_step: num(v, "ms_per_step")?,
+                        peak_rss_mb: num(v, "peak_rss_mb")?,
+                        gflops: v.get("gflops").and_then(Value::as_f64),
+                    });
+                }
             }
         }
     }
-    // Loss curves from the same initial weights and batch, dropout off, no warm-up.
+    // Loss curves from the same initial weights and batch, dropout off, no warm-up (gpt2: the
+    // reference saves GPT2Model's weights for `fpt bench --init`).
     let curve_steps = 20;
-    let init = std::env::temp_dir().join(format!("fpt-bench-init-{}.safetensors", std::process::id()));
-    let init_s = init.to_string_lossy().into_owned();
-    let (tokens, dim) = shape_dims("mnist")?;
-    let r = runner.reference(tokens, dim, curve_steps, 0, &["--dropout", "0", "--save-init", &init_s])?;
-    let o = runner.ours(tokens, dim, curve_steps, 0, &["--dropout", "0", "--init", &init_s]);
-    let _ = std::fs::remove_file(&init);
-    let (lr, lo) = (losses(&r)?, losses(&o?)?);
-    if lr.len() != lo.len() || lr.is_empty() {
-        bail!("loss curves of different lengths: reference {}, ours {}", lr.len(), lo.len());
-    }
-    let max_diff = lr.iter().zip(&lo).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    let max_diff = match backbones.iter().position(|b| b == "gpt2") {
+        None => None,
+        Some(i) => {
+            let init = std::env::temp_dir().join(format!("fpt-bench-init-{}.safetensors", std::process::id()));
+            let init_s = init.to_string_lossy().into_owned();
+            let (tokens, dim) = shape_dims("mnist")?;
+            let job = Job { backbone: &flags[i], tokens, dim, steps: curve_steps, warmup: 0 };
+            let r = runner.reference(&job, &["--dropout", "0", "--save-init", &init_s])?;
+            let o = runner.ours(&job, &["--dropout", "0", "--init", &init_s]);
+            let _ = std::fs::remove_file(&init);
+            let (lr, lo) = (losses(&r)?, losses(&o?)?);
+            if lr.len() != lo.len() || lr.is_empty() {
+                bail!("loss curves of different lengths: reference {}, ours {}", lr.len(), lo.len());
+            }
+            Some(lr.iter().zip(&lo).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max))
+        }
+    };
 
     let mut report = Report {
         machine: machine(),
         threads,
         device: args.device.clone(),
+        backbones,
         layers: args.layers,
         steps: args.steps,
         rounds: args.rounds.max(1),
         matmul_fp32_gflops: num(&peak, "fp32_gflops")?,
         matmul_bf16_gflops: num(&peak, "bf16_gflops")?,
         measurements,
-        loss_curve_max_abs_diff: Some(max_diff),
+        loss_curve_max_abs_diff: max_diff,
         loss_curve_steps: curve_steps,
         targets: Vec::new(),
     };
@@ -254,15 +344,16 @@ pub fn measure(args: &Args) -> Result<Report> {
     Ok(report)
 }
 
-fn find<'a>(ms: &'a [Measurement], implementation: &str, shape: &str, precision: &str) -> Option<&'a Measurement> {
-    ms.iter().find(|m| m.implementation == implementation && m.shape == shape && m.precision == precision)
+fn find<'a>(ms: &'a [Measurement], implementation: &str, backbone: &str, shape: &str, precision: &str) -> Option<&'a Measurement> {
+    ms.iter().find(|m| m.implementation == implementation && m.backbone == backbone && m.shape == shape && m.precision == precision)
 }
 
-/// Issue 6's targets, each from figures of this one run.
+/// Issue 6's targets, each from figures of this one run: the gpt2 rows only (the targets were
+/// set for GPT-2 small; the other backbones are measured, not judged).
 pub fn targets(r: &Report) -> Vec<Target> {
     let mut out = Vec::new();
-    for ours in r.measurements.iter().filter(|m| m.implementation == "fpt") {
-        let Some(reference) = find(&r.measurements, "reference", &ours.shape, &ours.precision) else { continue };
+    for ours in r.measurements.iter().filter(|m| m.implementation == "fpt" && m.backbone == "gpt2") {
+        let Some(reference) = find(&r.measurements, "reference", "gpt2", &ours.shape, &ours.precision) else { continue };
         let speed = ours.samples_per_s / reference.samples_per_s;
         let (goal, want) =
             if ours.precision == "bf16" { ("≥ 1.30× the reference under autocast", 1.3) } else { ("≥ 1.05× the reference", 1.05) };
@@ -295,14 +386,37 @@ pub fn targets(r: &Report) -> Vec<Target> {
     out
 }
 
+/// A backbone as the header names it, with the shape our side reported.
+fn describe_backbone(r: &Report, backbone: &str) -> String {
+    let what = match backbone {
+        "gpt2" => "GPT-2 small's shape, random init",
+        "minilm" => "all-MiniLM-L6-v2",
+        "smollm2" => "SmolLM2-135M, BOS row first",
+        "lstm" => "layer-norm LSTM, random init",
+        _ => "",
+    };
+    match r.measurements.iter().find(|m| m.backbone == backbone) {
+        Some(m) => format!("{backbone} ({what}, {} layers × {})", m.layers, m.width),
+        None => format!("{backbone} ({what})"),
+    }
+}
+
 pub fn render(r: &Report) -> String {
+    let backbones: Vec<String> = r.backbones.iter().map(|b| describe_backbone(r, b)).collect();
     let mut s = format!(
-        "{} · {} threads · device {} · GPT-2 small shape, {} layers, batch 16 · best of {} rounds of {} timed steps\nlibtorch matmul peak (square 1024–4096, best of up to 6 each within 3 s): fp32 {:.0} GFLOP/s, bf16 {:.0} GFLOP/s\n\n",
-        r.machine, r.threads, r.device, r.layers, r.rounds, r.steps, r.matmul_fp32_gflops, r.matmul_bf16_gflops
+        "{} · {} threads · device {} · batch 16 · best of {} rounds of {} timed steps\nbackbones: {}\nlibtorch matmul peak (square 1024–4096, best of up to 6 each within 3 s): fp32 {:.0} GFLOP/s, bf16 {:.0} GFLOP/s\n\n",
+        r.machine,
+        r.threads,
+        r.device,
+        r.rounds,
+        r.steps,
+        backbones.join(", "),
+        r.matmul_fp32_gflops,
+        r.matmul_bf16_gflops
     );
     s.push_str(&format!(
-        "{:<8} {:<9} {:<12} {:>10} {:>9} {:>12} {:>9} {:>7}\n",
-        "shape", "precision", "impl", "samples/s", "ms/step", "peak RSS MB", "GFLOP/s", "% peak"
+        "{:<8} {:<8} {:<9} {:<12} {:>10} {:>9} {:>12} {:>9} {:>7}\n",
+        "backbone", "shape", "precision", "impl", "samples/s", "ms/step", "peak RSS MB", "GFLOP/s", "% peak"
     ));
     for m in &r.measurements {
         let peak = if m.precision == "bf16" { r.matmul_bf16_gflops } else { r.matmul_fp32_gflops };
@@ -318,11 +432,11 @@ pub fn render(r: &Report) -> String {
             "fpt"
         };
         s.push_str(&format!(
-            "{:<8} {:<9} {:<12} {:>10.2} {:>9.1} {:>12.0} {:>9} {:>7}\n",
-            m.shape, m.precision, name, m.samples_per_s, m.ms_per_step, m.peak_rss_mb, gf, pct
+            "{:<8} {:<8} {:<9} {:<12} {:>10.2} {:>9.1} {:>12.0} {:>9} {:>7}\n",
+            m.backbone, m.shape, m.precision, name, m.samples_per_s, m.ms_per_step, m.peak_rss_mb, gf, pct
         ));
     }
-    s.push_str("\ntargets:\n");
+    s.push_str("\ntargets (gpt2 rows):\n");
     for t in &r.targets {
         s.push_str(&format!("  [{}] {:<28} {:<36} {}\n", if t.met { "met " } else { "MISS" }, t.name, t.goal, t.value));
     }
@@ -356,9 +470,13 @@ fn write_json(path: &Path, report: &Report) -> Result<()> {
 mod tests {
     use super::*;
 
-    fn m(implementation: &str, precision: &str, sps: f64, rss: f64, gflops: Option<f64>) -> Measurement {
+    fn m(implementation: &str, backbone: &str, precision: &str, sps: f64, rss: f64, gflops: Option<f64>) -> Measurement {
+        let (layers, width) = if backbone == "minilm" { (6, 384) } else { (12, 768) };
         Measurement {
             implementation: implementation.into(),
+            backbone: backbone.into(),
+            layers,
+            width,
             shape: "mnist".into(),
             precision: precision.into(),
             samples_per_s: sps,
@@ -368,28 +486,38 @@ mod tests {
         }
     }
 
-    #[test]
-    fn targets_compare_within_one_run() {
+    fn report(measurements: Vec<Measurement>, backbones: &[&str], loss_curve: Option<f64>) -> Report {
         let mut r = Report {
             machine: "test".into(),
             threads: 2,
             device: "cpu".into(),
+            backbones: backbones.iter().map(|b| b.to_string()).collect(),
             layers: 12,
             steps: 20,
             rounds: 2,
             matmul_fp32_gflops: 200.0,
             matmul_bf16_gflops: 400.0,
-            measurements: vec![
-                m("reference", "fp32", 10.0, 2000.0, None),
-                m("fpt", "fp32", 10.6, 1500.0, Some(150.0)),
-                m("reference", "bf16", 10.0, 2000.0, None),
-                m("fpt", "bf16", 12.0, 2100.0, Some(270.0)),
-            ],
-            loss_curve_max_abs_diff: Some(2e-5),
+            measurements,
+            loss_curve_max_abs_diff: loss_curve,
             loss_curve_steps: 20,
             targets: vec![],
         };
         r.targets = targets(&r);
+        r
+    }
+
+    #[test]
+    fn targets_compare_within_one_run() {
+        let r = report(
+            vec![
+                m("reference", "gpt2", "fp32", 10.0, 2000.0, None),
+                m("fpt", "gpt2", "fp32", 10.6, 1500.0, Some(150.0)),
+                m("reference", "gpt2", "bf16", 10.0, 2000.0, None),
+                m("fpt", "gpt2", "bf16", 12.0, 2100.0, Some(270.0)),
+            ],
+            &["gpt2"],
+            Some(2e-5),
+        );
         let met = |name: &str| r.targets.iter().find(|t| t.name == name).unwrap_or_else(|| panic!("no target {name}")).met;
         assert!(met("speed mnist fp32"));
         assert!(!met("speed mnist bf16"), "1.2× is below 1.3×");
@@ -399,6 +527,49 @@ mod tests {
         assert!(met("loss curve (20 steps, fp32)"));
         let text = render(&r);
         assert!(text.contains("ref+autocast") && text.contains("MISS") && text.contains("68%"), "{text}");
+        assert!(text.contains("gpt2 (GPT-2 small's shape, random init, 12 layers × 768)"), "{text}");
+    }
+
+    #[test]
+    fn targets_judge_the_gpt2_rows_only() {
+        // minilm's ours is slower than its reference: measured and shown, not a target.
+        let r = report(
+            vec![
+                m("reference", "gpt2", "fp32", 10.0, 2000.0, None),
+                m("fpt", "gpt2", "fp32", 10.6, 1500.0, Some(150.0)),
+                m("reference", "minilm", "fp32", 50.0, 800.0, None),
+                m("fpt", "minilm", "fp32", 40.0, 900.0, Some(100.0)),
+            ],
+            &["gpt2", "minilm"],
+            None,
+        );
+        let names: Vec<&str> = r.targets.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["speed mnist fp32", "peak RSS mnist fp32"]);
+        assert!(r.targets.iter().all(|t| t.met), "{:?}", r.targets);
+        // A run without gpt2 has rows and no targets (and no loss curve).
+        let r = report(r.measurements.iter().filter(|m| m.backbone == "minilm").cloned().collect(), &["minilm"], None);
+        assert!(r.targets.is_empty());
+        let text = render(&r);
+        let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("minilm ")).collect();
+        assert_eq!(rows.len(), 2, "{text}");
+        assert!(rows[1].split_whitespace().take(4).eq(["minilm", "mnist", "fp32", "fpt"]), "{text}");
+        assert!(text.contains("backbone shape") && text.contains("minilm (all-MiniLM-L6-v2, 6 layers × 384)"), "{text}");
+        let json: Value = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["measurements"][0]["backbone"], "minilm");
+        assert_eq!(json["backbones"][0], "minilm");
+    }
+
+    #[test]
+    fn backbones_parse_and_bring_their_flags() {
+        assert_eq!(parse_backbones("gpt2").unwrap(), ["gpt2"]);
+        assert_eq!(parse_backbones(" gpt2,minilm ,smollm2,lstm,gpt2").unwrap(), ["gpt2", "minilm", "smollm2", "lstm"]);
+        assert!(parse_backbones("gpt2,bert").unwrap_err().to_string().contains("unknown backbone \"bert\""));
+        assert!(parse_backbones(",").is_err());
+        assert_eq!(backbone_flags("gpt2", 3, None), ["--backbone", "gpt2", "--layers", "3"]);
+        assert_eq!(backbone_flags("lstm", 3, None), ["--backbone", "lstm"]);
+        assert_eq!(backbone_flags("smollm2", 3, Some(Path::new("/m/smollm2"))), ["--backbone", "smollm2", "--model-dir", "/m/smollm2"]);
+        assert_eq!(model_dir(Path::new("/nonexistent"), "gpt2").unwrap(), None);
+        assert_eq!(model_dir(Path::new("/nonexistent"), "lstm").unwrap(), None);
     }
 
     #[test]
