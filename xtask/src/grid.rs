@@ -14,8 +14,8 @@
 //! full = { "model.freeze" = "full" }
 //! [axes.seed]
 //! s0 = { seed = 0 }
-//! [[exclude]]                # skip combinations
-//! task = "fashion-mnist"
+//! [[exclude]]                # skip combinations (a label, or an array: any of them)
+//! task = ["fashion-mnist", "bit-xor"]
 //! freeze = "full"
 //! [[override]]               # settings for combinations, applied after the axes, in order
 //! when = { task = "bit-xor", freeze = "frozen" }
@@ -153,23 +153,26 @@ pub fn parse(text: &str, path: &Path) -> Result<Grid> {
         cells = next;
     }
     for (kind, conditions) in excludes.iter().map(|e| ("exclude", e)).chain(overrides.iter().map(|(w, _)| ("override", w))) {
-        for (axis, label) in conditions {
-            if !axes.contains_key(axis) {
+        for (axis, labels) in conditions {
+            let Some(Value::Table(values)) = axes.get(axis) else {
                 bail!("{}: {kind} names axis {axis:?}, which the grid does not have", path.display());
-            }
-            if label.as_str().is_none() {
-                bail!("{}: {kind} {axis} must be a label string", path.display());
+            };
+            let Some(labels) = condition_labels(labels) else {
+                bail!("{}: {kind} {axis} must be a label string or an array of label strings", path.display());
+            };
+            if let Some(unknown) = labels.iter().find(|l| !values.contains_key(**l)) {
+                bail!("{}: {kind} {axis} = {unknown:?}: the axis has no such label", path.display());
             }
         }
     }
     for cell in &mut cells {
         for (when, set) in &overrides {
-            if when.iter().all(|(axis, label)| cell.label(axis) == label.as_str()) {
+            if conditions_hold(when, cell) {
                 merge(&mut cell.config, set).with_context(|| format!("{}: an [[override]] of {when}", path.display()))?;
             }
         }
     }
-    cells.retain(|cell| !excludes.iter().any(|ex| ex.iter().all(|(axis, label)| cell.label(axis) == label.as_str())));
+    cells.retain(|cell| !excludes.iter().any(|ex| conditions_hold(ex, cell)));
     for cell in &mut cells {
         cell.name = if cell.labels.is_empty() {
             "default".into()
@@ -183,6 +186,23 @@ pub fn parse(text: &str, path: &Path) -> Result<Grid> {
         bail!("{}: every cell is excluded", path.display());
     }
     Ok(Grid { name, cells, extra: table })
+}
+
+/// A condition's labels: one label, or an array meaning any of them.
+fn condition_labels(value: &Value) -> Option<Vec<&str>> {
+    match value {
+        Value::String(label) => Some(vec![label.as_str()]),
+        Value::Array(items) if !items.is_empty() => items.iter().map(Value::as_str).collect(),
+        _ => None,
+    }
+}
+
+/// Whether `cell` has, on every axis the conditions name, one of the labels given (validated).
+fn conditions_hold(conditions: &Table, cell: &Cell) -> bool {
+    conditions.iter().all(|(axis, labels)| {
+        let labels = condition_labels(labels).unwrap_or_default();
+        cell.label(axis).is_some_and(|l| labels.contains(&l))
+    })
 }
 
 /// `*` matches any run of characters; otherwise a substring match.
@@ -264,6 +284,19 @@ set = { "train.lr" = 0.01 }
         assert_eq!((lr(0), lr(1), lr(5)), (Some(0.001), Some(0.01), Some(0.01)));
     }
 
+    /// A condition may list labels: the exclusion (or override) applies to any of them.
+    #[test]
+    fn conditions_may_list_labels() {
+        let grid = "[axes.task]\na = {}\nb = {}\nc = {}\n[axes.model]\nm = {}\nn = {}\n\
+                    [[exclude]]\nmodel = \"n\"\ntask = [\"b\", \"c\"]\n\
+                    [[override]]\nwhen = { task = [\"a\", \"c\"] }\nset = { \"train.steps\" = 7 }\n";
+        let g = parse(grid, Path::new("t.toml")).unwrap();
+        let names: Vec<&str> = g.cells.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["a__m", "a__n", "b__m", "c__m"]);
+        let steps: Vec<Option<i64>> = g.cells.iter().map(|c| c.config.get("train").and_then(|t| t["steps"].as_integer())).collect();
+        assert_eq!(steps, [Some(7), Some(7), None, Some(7)]);
+    }
+
     #[test]
     fn rejects_bad_grids() {
         for (bad, needle) in [
@@ -275,6 +308,10 @@ set = { "train.lr" = 0.01 }
             ("[axes.task]\nx = {}\n[[override]]\nwhen = { task = \"x\" }\n", "needs when"),
             ("[axes.task]\nx = {}\n[[override]]\nwhen = { task = \"x\" }\nset = {}\nif = 1\n", "unknown key"),
             ("[axes]\ntask = {}\n", "no values"),
+            ("[axes.task]\nx = {}\ny = {}\n[[exclude]]\ntask = \"z\"\n", "no such label"),
+            ("[axes.task]\nx = {}\ny = {}\n[[exclude]]\ntask = [\"x\", \"zz\"]\n", "no such label"),
+            ("[axes.task]\nx = {}\ny = {}\n[[exclude]]\ntask = []\n", "array of label strings"),
+            ("[axes.task]\nx = {}\ny = {}\n[[override]]\nwhen = { task = 3 }\nset = {}\n", "array of label strings"),
         ] {
             let err = format!("{:#}", parse(bad, Path::new("bad.toml")).unwrap_err());
             assert!(err.contains(needle) && err.contains("bad.toml"), "{needle}: {err}");
