@@ -189,7 +189,7 @@ fn lstm() -> ResolvedBackbone {
     ResolvedBackbone {
         config: BackboneConfig::Lstm(fpt_model::LstmConfig::default()),
         weights: None,
-        source: "the paper's layer-norm LSTM (3 × 768)".into(),
+        source: "the paper's layer-norm LSTM (model.shape, default 3 × 768)".into(),
     }
 }
 
