@@ -90,8 +90,14 @@ pub fn parse(text: &str, path: &Path) -> Result<Grid> {
         Some(other) => bail!("{}: name {other} must be a plain name (letters, digits, - _ .)", path.display()),
         None => path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "grid".into()),
     };
+    // Dotted keys mean nested tables here as in the axes (`"model.backbone" = …`); fpt itself
+    // would refuse a literal "model.backbone" field.
     let defaults = match table.remove("defaults") {
-        Some(Value::Table(t)) => t,
+        Some(Value::Table(t)) => {
+            let mut defaults = Table::new();
+            merge(&mut defaults, &t).with_context(|| format!("{}: [defaults]", path.display()))?;
+            defaults
+        }
         None => Table::new(),
         Some(_) => bail!("{}: [defaults] must be a table", path.display()),
     };
@@ -282,6 +288,19 @@ set = { "train.lr" = 0.01 }
         assert!(g.cells[0].config["train"].get("batch_size").is_none());
         let lr = |i: usize| g.cells[i].config["train"]["lr"].as_float();
         assert_eq!((lr(0), lr(1), lr(5)), (Some(0.001), Some(0.01), Some(0.01)));
+    }
+
+    /// `[defaults]` takes dotted keys as the axes do (experiments/smollm2.toml's cells failed
+    /// with "unknown field `model.backbone`" before).
+    #[test]
+    fn dotted_keys_in_defaults_are_nested_tables() {
+        let grid = "[defaults]\nseed = 3\n\"model.backbone\" = \"smollm2\"\n[defaults.train]\nsteps = 9\n[axes.task]\na = { \"model.init\" = \"random\" }\n";
+        let g = parse(grid, Path::new("t.toml")).unwrap();
+        let cfg = &g.cells[0].config;
+        assert_eq!(cfg["model"]["backbone"].as_str(), Some("smollm2"));
+        assert_eq!(cfg["model"]["init"].as_str(), Some("random"));
+        assert_eq!(cfg["train"]["steps"].as_integer(), Some(9));
+        assert!(cfg.get("model.backbone").is_none(), "{cfg}");
     }
 
     /// A condition may list labels: the exclusion (or override) applies to any of them.

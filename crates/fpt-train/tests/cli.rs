@@ -167,3 +167,27 @@ fn params_reports_the_cifar10_budget_of_gpt2_small() {
         "n_positions",
     );
 }
+
+/// `fpt train --check` validates a config (and its --set values) without training or writing a
+/// run directory; `cargo xtask reproduce --dry-run` relies on it.
+#[test]
+fn train_check_validates_without_training() {
+    let dir = tmp().join("train-check");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("good.toml");
+    std::fs::write(&good, "seed = 0\n[task]\nname = \"bit-xor\"\n[model]\nbackbone = \"gpt2\"\ninit = \"random\"\n[train]\nsteps = 5\n")
+        .unwrap();
+    let out_dir = dir.join("run");
+    let out = fpt(&["train", "--check", "--config", good.to_str().unwrap(), "--out", out_dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("a valid run config"));
+    assert!(!out_dir.exists(), "--check must not create the run directory");
+    // A bad --set value and a bad field name each fail with one line naming the culprit.
+    let out = fpt(&["train", "--check", "--config", good.to_str().unwrap(), "--set", "train.steps=0"]);
+    assert_one_line_error(&out, "--set train.steps=0");
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "seed = 0\n\"model.backbone\" = \"gpt2\"\n[task]\nname = \"bit-xor\"\n").unwrap();
+    let out = fpt(&["train", "--check", "--config", bad.to_str().unwrap()]);
+    assert_one_line_error(&out, "unknown field `model.backbone`");
+}

@@ -385,6 +385,31 @@ fn absolute(p: &Path) -> PathBuf {
     }
 }
 
+/// Checks every cell's run config with `fpt train --check` (the run config's own parser and
+/// validation, nothing trained), so a dry run catches a grid that would fail cell by cell.
+/// Returns one line per invalid cell.
+fn check_cell_configs(fpt: &Path, cells: &[Cell]) -> Result<Vec<String>> {
+    let dir = std::env::temp_dir().join(format!("fpt-dry-run-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut invalid = Vec::new();
+    for cell in cells {
+        let path = dir.join(format!("{}.toml", cell.name));
+        let text = toml::to_string(&cell.config).with_context(|| format!("cell {}: writing its config as TOML", cell.name))?;
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        let out = Command::new(fpt)
+            .args(["train", "--check", "--config"])
+            .arg(&path)
+            .output()
+            .with_context(|| format!("running {}", fpt.display()))?;
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr).lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
+            invalid.push(format!("  {}: {err}", cell.name));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(invalid)
+}
+
 pub fn run(args: &Args) -> Result<()> {
     let root = workspace_root();
     let grid_path = args.grid.as_deref().map(absolute).unwrap_or_else(|| root.join("experiments/cpu.toml"));
@@ -399,8 +424,17 @@ pub fn run(args: &Args) -> Result<()> {
 
     if args.dry_run {
         println!("grid {} ({}): {} cells → {}", grid.name, grid_path.display(), cells.len(), runs_dir.display());
+        let invalid = if fpt.is_file() {
+            check_cell_configs(&fpt, &cells)?
+        } else {
+            println!("(cell configs not checked: {} is not built; `cargo xtask setup` builds it)", fpt.display());
+            Vec::new()
+        };
         for cell in &cells {
             println!("  {:<40} {}", cell.name, describe_state(&runs_dir.join(&cell.name)));
+        }
+        if !invalid.is_empty() {
+            bail!("{} of {} cells have an invalid run config:\n{}", invalid.len(), cells.len(), invalid.join("\n"));
         }
         return Ok(());
     }

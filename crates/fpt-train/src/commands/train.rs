@@ -24,12 +24,20 @@ pub struct Args {
     /// with no checkpoint starts from step 0).
     #[arg(long)]
     pub resume: bool,
+    /// Only read and validate the config (with --set) and train nothing
+    /// (`cargo xtask reproduce --dry-run` checks every cell this way).
+    #[arg(long)]
+    pub check: bool,
 }
 
 pub fn run_cli(args: &Args) -> Result<()> {
     let device = parse_device(&args.device)?;
-    crate::signals::install()?;
     let cfg = RunConfig::load(&args.config, &args.set)?;
+    if args.check {
+        println!("{}: a valid run config", args.config.display());
+        return Ok(());
+    }
+    crate::signals::install()?;
     let out = args.out.clone().unwrap_or_else(|| {
         PathBuf::from("runs").join(args.config.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "run".into()))
     });
