@@ -205,7 +205,12 @@ pub fn write(grid: &Grid, runs: &Path, results: &Path, paper: &toml::Table, comm
         let steps =
             if reached.is_empty() { "—".to_string() } else { format!("{:.0} ({}/{})", mean_std(&reached).0, reached.len(), done.len()) };
         let params = done.first().map(|(_, s)| s.trainable_params.to_string()).unwrap_or_else(|| "—".into());
-        let time: f64 = done.iter().map(|(_, s)| s.total_time_s).sum::<f64>() / done.len().max(1) as f64;
+        // A group with no finished seed has no time (an empty f64 sum is -0.0, printed "-0").
+        let time = if done.is_empty() {
+            "—".to_string()
+        } else {
+            format!("{:.0}", done.iter().map(|(_, s)| s.total_time_s).sum::<f64>() / done.len() as f64)
+        };
         let data = done.iter().find_map(|(_, s)| s.data.as_ref());
         let evaluated = data.map(DataReport::eval_cell).unwrap_or_else(|| "—".into());
         if let Some(note) = data.and_then(DataReport::note) {
@@ -215,7 +220,7 @@ pub fn write(grid: &Grid, runs: &Path, results: &Path, paper: &toml::Table, comm
         }
         writeln!(
             md,
-            "| {} | {} | {}/{} | {acc} | {paper_s} | {delta} | {evaluated} | {steps} | {params} | {time:.0} |",
+            "| {} | {} | {}/{} | {acc} | {paper_s} | {delta} | {evaluated} | {steps} | {params} | {time} |",
             key.0,
             key.1,
             done.len(),
@@ -339,7 +344,7 @@ mod tests {
     fn data_counts_reach_the_table() {
         let dir = std::env::temp_dir().join(format!("xtask-results-data-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let grid_text = "name = \"t\"\n[defaults.model]\nbackbone = \"gpt2\"\n[axes.task]\nlistops = { task = { name = \"listops\" } }\nhomology = { task = { name = \"remote-homology\" } }\nxor = { task = { name = \"bit-xor\" } }\n[axes.seed]\ns0 = { seed = 0 }\n";
+        let grid_text = "name = \"t\"\n[defaults.model]\nbackbone = \"gpt2\"\n[axes.task]\nlistops = { task = { name = \"listops\" } }\nhomology = { task = { name = \"remote-homology\" } }\nxor = { task = { name = \"bit-xor\" } }\nmem = { task = { name = \"bit-memory\" } }\n[axes.seed]\ns0 = { seed = 0 }\n";
         let grid = crate::grid::parse(grid_text, Path::new("t.toml")).unwrap();
         let summary = |data: &str| {
             format!(
@@ -365,6 +370,9 @@ mod tests {
         assert!(text.contains("| listops | listops | 1/1 | 50.0 | — | — | 1132 of 2000 (test) |"), "{text}");
         assert!(text.contains("| remote-homology | homology | 1/1 | 50.0 | — | — | 672 of 736 (val) |"), "{text}");
         assert!(text.contains("| bit-xor | xor | 1/1 | 50.0 | — | — | — |"), "{text}");
+        // A group no seed of which has finished: dashes, not a time of "-0".
+        let mem = text.lines().find(|l| l.starts_with("| bit-memory | mem |")).unwrap_or_else(|| panic!("no mem row: {text}"));
+        assert!(mem.starts_with("| bit-memory | mem | 0/1 | — |") && mem.ends_with("| — | — |"), "{mem}");
         assert!(text.contains("- listops: evaluated on test, padding masked: train 53592 of 96000 kept, 42408 dropped (longer than 1024 tokens dropped); val 1088 of 2000 kept, 912 dropped"), "{text}");
         assert!(text.contains("test 1132 of 2000 kept, 868 dropped"), "{text}");
         assert!(text.contains("- remote-homology: evaluated on val, padding batch: val 736 of 736 kept, 2 kept over the limit"), "{text}");
