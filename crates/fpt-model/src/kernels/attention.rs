@@ -1,44 +1,337 @@
-//! Scaled-dot-product attention: libtorch's fused kernel, or written out where dropout on the
-//! CPU needs it (the fused CPU kernel has none, and libtorch falls back to an unfused fp32 path
-//! anyway).
+//! Scaled-dot-product attention: libtorch's fused kernel, or, with dropout on the CPU (the
+//! fused CPU kernel has none), our own in tiles whose backward pass recomputes them.
+//!
+//! Written out with libtorch's autograd, attention with dropout keeps every layer's T×T scores,
+//! probabilities and dropout masks until the backward pass: 12 GB at 1,024 tokens, batch 8,
+//! GPT-2 small. Here the forward pass computes the output a tile at a time (a few examples,
+//! a block of query rows, their keys) and keeps only q, k, v, the mask and a seed; the
+//! backward pass recomputes each tile's probabilities and draws its dropout mask again from
+//! the counter-based generator (an element's draw depends on the seed and its index only), so
+//! what is kept grows linearly with the sequence, and a causal tile skips the keys after its
+//! last query. The autograd node itself is C++ (`attention_autograd.cpp`; tch cannot define a
+//! backward pass), calling [`forward_tiles`] and [`backward_tiles`] here.
 
-use super::dropout::dropout;
+use super::dropout::{draw_seed, mask_rows};
+use std::ffi::{c_char, CStr};
+use std::mem::ManuallyDrop;
 use tch::{Device, Kind, Tensor};
+use torch_sys::C_tensor;
 
 /// Scaled-dot-product attention of `q` `[B, H, Tq, D]` over `k`, `v` `[B, H, Tk, D]`.
 /// `causal`: query i sees keys 0..=i (Tq == Tk). `allowed`: a boolean mask, true where a query
-/// may attend, `[Tq, Tk]` or per example `[B, 1, Tq or 1, Tk]` (a key-padding mask); every query
-/// must be allowed at least one key. Dropout `p` acts on the probabilities in training.
+/// may attend, `[Tq, Tk]` or per example `[B or 1, 1, Tq or 1, Tk]` (a key-padding mask); every
+/// query must be allowed at least one key. Dropout `p` acts on the probabilities in training.
 ///
 /// Without dropout (evaluation, or p = 0) and on CUDA this is libtorch's fused kernel. With
-/// dropout on the CPU it is written out: scores in the inputs' dtype (bf16 products of bf16
-/// inputs in bf16 mode, accumulated in fp32 by the GEMM), softmax in fp32, then the
-/// probabilities in `v`'s dtype dropped with [`dropout`] and multiplied with `v`.
+/// dropout on the CPU it is [`forward_tiles`] under a node whose backward is
+/// [`backward_tiles`]: scores in the inputs' dtype (bf16 products of bf16 inputs in bf16 mode,
+/// accumulated in fp32 by the GEMM), softmax in fp32, then the probabilities in `v`'s dtype
+/// dropped and multiplied with `v`, as libtorch's own ops would compute it written out.
 pub(crate) fn attention(q: &Tensor, k: &Tensor, v: &Tensor, allowed: Option<&Tensor>, causal: bool, p: f64, train: bool) -> Tensor {
     let p = if train { p } else { 0.0 };
     if p == 0.0 || q.device() != Device::Cpu {
         return Tensor::scaled_dot_product_attention(q, k, v, allowed, p, causal, None, false);
     }
-    let (batch, heads, tq, d) = q.size4().expect("attention queries are [B, H, T, D]");
-    let tk = k.size()[2];
-    // What may not be attended to is an additive -inf bias, and the 1/sqrt(D) scale is the
-    // product's alpha: one batched GEMM writes the masked, scaled scores (no separate scale and
-    // masked_fill passes, forward or backward). The scores are in q's dtype, as every other
-    // matmul output in bf16 mode (the softmax upcasts them and runs in fp32).
-    let opts = (q.kind(), q.device());
-    let mut bias = if causal { Tensor::full([tq, tk], f64::NEG_INFINITY, opts).triu(1) } else { Tensor::zeros([tq, tk], opts) };
-    if let Some(allowed) = allowed {
-        bias = bias.masked_fill(&allowed.logical_not(), f64::NEG_INFINITY);
+    attention_with_seed(q, k, v, allowed, causal, Dropout { p, seed: draw_seed() })
+}
+
+/// [`attention`] with dropout on the CPU, its masks drawn from `spec.seed`.
+fn attention_with_seed(q: &Tensor, k: &Tensor, v: &Tensor, allowed: Option<&Tensor>, causal: bool, spec: Dropout) -> Tensor {
+    let mut error: *const c_char = std::ptr::null();
+    let handle = |t: &Tensor| t.as_ptr() as *mut C_tensor;
+    // SAFETY: the handles are live tensors the C++ side only reads (it copies the at::Tensor,
+    // taking a reference); the callbacks have the signatures it declares; it returns an owned
+    // handle or null with `error` pointing at a thread-local message.
+    let out = unsafe {
+        fpt_attention_apply(
+            handle(q),
+            handle(k),
+            handle(v),
+            allowed.map_or(std::ptr::null_mut(), handle),
+            spec.p,
+            spec.seed,
+            causal,
+            forward_callback,
+            backward_callback,
+            &mut error,
+        )
+    };
+    if out.is_null() {
+        // SAFETY: on failure `error` is a NUL-terminated message owned by the C++ side.
+        let message = if error.is_null() { "unknown error".into() } else { unsafe { CStr::from_ptr(error) }.to_string_lossy() };
+        panic!("attention with dropout failed: {message}");
     }
-    if bias.dim() > 2 {
-        // A per-example mask: one [Tq, Tk] bias per (example, head), as the GEMM batches them.
-        bias = bias.expand([batch, heads, tq, tk], false).reshape([batch * heads, tq, tk]);
+    // SAFETY: an owned handle, returned once.
+    unsafe { Tensor::from_ptr(out) }
+}
+
+extern "C" {
+    fn fpt_attention_apply(
+        q: *mut C_tensor,
+        k: *mut C_tensor,
+        v: *mut C_tensor,
+        allowed: *mut C_tensor,
+        p: f64,
+        seed: u64,
+        causal: bool,
+        forward: ForwardCallback,
+        backward: BackwardCallback,
+        error: *mut *const c_char,
+    ) -> *mut C_tensor;
+}
+
+/// (q, k, v, allowed or null, p, seed, causal) → an owned output, or null on failure.
+type ForwardCallback = extern "C" fn(*mut C_tensor, *mut C_tensor, *mut C_tensor, *mut C_tensor, f64, u64, bool) -> *mut C_tensor;
+
+/// (q, k, v, allowed or null, grad_out, p, seed, causal, dq, dk, dv slots) → false on failure.
+type BackwardCallback = extern "C" fn(
+    *mut C_tensor,
+    *mut C_tensor,
+    *mut C_tensor,
+    *mut C_tensor,
+    *mut C_tensor,
+    f64,
+    u64,
+    bool,
+    *mut *mut C_tensor,
+    *mut *mut C_tensor,
+    *mut *mut C_tensor,
+) -> bool;
+
+/// A tensor the C++ side lends for the duration of a callback (never freed here).
+fn borrowed(handle: *mut C_tensor) -> ManuallyDrop<Tensor> {
+    // SAFETY: a live at::Tensor owned by the caller, which outlives the callback.
+    ManuallyDrop::new(unsafe { Tensor::from_ptr(handle) })
+}
+
+/// Hands `t` to the C++ side, which frees it.
+fn owned(mut t: Tensor) -> *mut C_tensor {
+    let handle = t.as_mut_ptr();
+    std::mem::forget(t);
+    handle
+}
+
+/// The tile size of the callbacks: scores of at most this many elements at a time (16 MB in
+/// fp32), so that a tile's temporaries stay in the allocator's reuse range whatever the batch
+/// and sequence length.
+const TILE_ELEMENTS: usize = 1 << 22;
+
+extern "C" fn forward_callback(
+    q: *mut C_tensor,
+    k: *mut C_tensor,
+    v: *mut C_tensor,
+    allowed: *mut C_tensor,
+    p: f64,
+    seed: u64,
+    causal: bool,
+) -> *mut C_tensor {
+    // A panic must not unwind into C++: it prints its message and the C++ side throws.
+    std::panic::catch_unwind(|| {
+        let allowed = (!allowed.is_null()).then(|| borrowed(allowed));
+        let spec = Dropout { p, seed };
+        forward_tiles(&borrowed(q), &borrowed(k), &borrowed(v), allowed.as_deref(), causal, spec, TILE_ELEMENTS)
+    })
+    .map_or(std::ptr::null_mut(), owned)
+}
+
+#[allow(clippy::too_many_arguments)]
+extern "C" fn backward_callback(
+    q: *mut C_tensor,
+    k: *mut C_tensor,
+    v: *mut C_tensor,
+    allowed: *mut C_tensor,
+    grad_out: *mut C_tensor,
+    p: f64,
+    seed: u64,
+    causal: bool,
+    dq: *mut *mut C_tensor,
+    dk: *mut *mut C_tensor,
+    dv: *mut *mut C_tensor,
+) -> bool {
+    let grads = std::panic::catch_unwind(|| {
+        let allowed = (!allowed.is_null()).then(|| borrowed(allowed));
+        let spec = Dropout { p, seed };
+        backward_tiles(&borrowed(q), &borrowed(k), &borrowed(v), allowed.as_deref(), &borrowed(grad_out), causal, spec, TILE_ELEMENTS)
+    });
+    match grads {
+        Ok([gq, gk, gv]) => {
+            // SAFETY: the C++ side passes three writable slots.
+            unsafe { (*dq, *dk, *dv) = (owned(gq), owned(gk), owned(gv)) };
+            true
+        }
+        Err(_) => false,
     }
-    let q = q.reshape([batch * heads, tq, d]);
-    let k = k.reshape([batch * heads, tk, d]);
-    let scores = bias.baddbmm(&q, &k.transpose(1, 2), 1.0, 1.0 / (d as f64).sqrt());
-    let probs = dropout(&scores.softmax(-1, Kind::Float).to_kind(v.kind()), p, true);
-    probs.bmm(&v.reshape([batch * heads, tk, d])).view([batch, heads, tq, d])
+}
+
+/// The dropout of one attention call: its rate and the seed of its masks.
+#[derive(Clone, Copy)]
+pub(super) struct Dropout {
+    pub p: f64,
+    pub seed: u64,
+}
+
+/// How [`forward_tiles`] and [`backward_tiles`] cut `[B, H, Tq, Tk]`: `examples` whole examples
+/// (all heads) by `rows` query rows by the keys those rows may see.
+struct Tiles {
+    b: i64,
+    h: i64,
+    tq: i64,
+    tk: i64,
+    d: i64,
+    examples: i64,
+    rows: i64,
+    causal: bool,
+}
+
+impl Tiles {
+    fn new(q: &Tensor, k: &Tensor, causal: bool, budget: usize) -> Tiles {
+        let (b, h, tq, d) = q.size4().expect("attention queries are [B, H, T, D]");
+        let tk = k.size()[2];
+        assert!(!causal || tq == tk, "causal attention needs as many queries as keys ({tq} vs {tk})");
+        let budget = budget as i64;
+        // Row blocks of up to 256 queries (GEMMs of 256 × D × Tk per head), fewer when a single
+        // example's heads would exceed the budget; then as many examples as fit.
+        let rows = tq.min(256).min((budget / (h * tk)).max(16)).max(1);
+        let examples = (budget / (h * rows * tk)).clamp(1, b.max(1));
+        Tiles { b, h, tq, tk, d, examples, rows, causal }
+    }
+
+    /// Every tile: (first example, examples, first row, rows, keys seen).
+    fn each(&self) -> impl Iterator<Item = (i64, i64, i64, i64, i64)> + '_ {
+        (0..self.b).step_by(self.examples as usize).flat_map(move |e0| {
+            let ne = self.examples.min(self.b - e0);
+            (0..self.tq).step_by(self.rows as usize).map(move |i0| {
+                let nr = self.rows.min(self.tq - i0);
+                (e0, ne, i0, nr, if self.causal { i0 + nr } else { self.tk })
+            })
+        })
+    }
+
+    /// `t` `[B, H, T, D]` (contiguous) as the tile's `[ne·H, len, D]` from row `start`: a view.
+    fn cut(&self, t: &Tensor, e0: i64, ne: i64, start: i64, len: i64) -> Tensor {
+        t.narrow(0, e0, ne).narrow(2, start, len).view([ne * self.h, len, self.d])
+    }
+
+    /// The tile's additive score bias (0 where a query may attend, -inf elsewhere), broadcast
+    /// over `[ne·H, nr, kend]`; None where everything is allowed.
+    fn bias(&self, allowed: Option<&Tensor>, kind: Kind, (e0, ne, i0, nr, kend): (i64, i64, i64, i64, i64)) -> Option<Tensor> {
+        let opts = (kind, Device::Cpu);
+        let mut bias = (self.causal && kend > i0 + 1).then(|| {
+            let rows = Tensor::arange_start(i0, i0 + nr, (Kind::Int64, Device::Cpu)).unsqueeze(1);
+            let keys = Tensor::arange(kend, (Kind::Int64, Device::Cpu)).unsqueeze(0);
+            Tensor::zeros([nr, kend], opts).masked_fill(&keys.gt_tensor(&rows), f64::NEG_INFINITY)
+        });
+        if let Some(allowed) = allowed {
+            let blocked = if allowed.dim() == 2 {
+                allowed.narrow(0, i0, nr).narrow(1, 0, kend).logical_not()
+            } else {
+                let a = if allowed.size()[0] == 1 { allowed.shallow_clone() } else { allowed.narrow(0, e0, ne) };
+                let a = if a.size()[2] == 1 { a } else { a.narrow(2, i0, nr) };
+                let a = a.narrow(3, 0, kend);
+                let rows = a.size()[2];
+                a.expand([ne, self.h, rows, kend], false).reshape([ne * self.h, rows, kend]).logical_not()
+            };
+            let base = bias.unwrap_or_else(|| Tensor::zeros([1, 1], opts));
+            bias = Some(base.masked_fill(&blocked, f64::NEG_INFINITY));
+        }
+        bias
+    }
+
+    /// The tile's dropout mask `[ne·H, nr, kend]`: the elements of the whole `[B, H, Tq, Tk]`
+    /// mask at those places, so the forward and backward passes draw the same one.
+    fn mask(&self, spec: Dropout, kind: Kind, (e0, ne, i0, nr, kend): (i64, i64, i64, i64, i64)) -> Tensor {
+        let (h, tq, tk) = (self.h as u64, self.tq as u64, self.tk as u64);
+        let (e0, i0, nr) = (e0 as u64, i0 as u64, nr as u64);
+        let row_start = move |r: usize| {
+            let (bh, row) = (e0 * h + r as u64 / nr, i0 + r as u64 % nr);
+            (bh * tq + row) * tk
+        };
+        mask_rows(&[ne * self.h, nr as i64, kend], &row_start, spec.p, spec.seed, kind)
+    }
+
+    /// The tile's probabilities: softmax in fp32 of the scaled, masked scores (in q's dtype).
+    fn probs(&self, q: &Tensor, k: &Tensor, bias: Option<&Tensor>) -> Tensor {
+        let alpha = 1.0 / (self.d as f64).sqrt();
+        let kt = k.transpose(1, 2);
+        let scores = match bias {
+            Some(bias) => bias.baddbmm(q, &kt, 1.0, alpha),
+            None => q.bmm(&kt) * alpha,
+        };
+        scores.softmax(-1, wide(scores.kind()))
+    }
+}
+
+/// The dtype softmaxes and sums run in: fp32 for 16-bit inputs, else the inputs' own.
+fn wide(kind: Kind) -> Kind {
+    if kind == Kind::BFloat16 || kind == Kind::Half {
+        Kind::Float
+    } else {
+        kind
+    }
+}
+
+/// Attention with dropout, a tile at a time; the output `[B, H, Tq, D]` in `v`'s dtype.
+pub(super) fn forward_tiles(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    allowed: Option<&Tensor>,
+    causal: bool,
+    spec: Dropout,
+    budget: usize,
+) -> Tensor {
+    let tiles = Tiles::new(q, k, causal, budget);
+    let (q, k, v) = (q.contiguous(), k.contiguous(), v.contiguous());
+    let out = Tensor::empty([tiles.b, tiles.h, tiles.tq, tiles.d], (v.kind(), Device::Cpu));
+    for tile @ (e0, ne, i0, nr, kend) in tiles.each() {
+        let bias = tiles.bias(allowed, q.kind(), tile);
+        let probs = tiles.probs(&tiles.cut(&q, e0, ne, i0, nr), &tiles.cut(&k, e0, ne, 0, kend), bias.as_ref());
+        let dropped = probs.to_kind(v.kind()) * tiles.mask(spec, v.kind(), tile);
+        let y = dropped.bmm(&tiles.cut(&v, e0, ne, 0, kend));
+        out.narrow(0, e0, ne).narrow(2, i0, nr).copy_(&y.view([ne, tiles.h, nr, tiles.d]));
+    }
+    out
+}
+
+/// The gradients of [`forward_tiles`] with respect to `q`, `k`, `v`, given the output's
+/// `grad_out`: each tile's probabilities recomputed and its mask drawn again. What libtorch's
+/// autograd would do for the written-out ops, tile by tile; the key and value gradients,
+/// summed over row blocks, are accumulated in fp32 in bf16 mode.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn backward_tiles(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    allowed: Option<&Tensor>,
+    grad_out: &Tensor,
+    causal: bool,
+    spec: Dropout,
+    budget: usize,
+) -> [Tensor; 3] {
+    let tiles = Tiles::new(q, k, causal, budget);
+    let (q, k, v, grad_out) = (q.contiguous(), k.contiguous(), v.contiguous(), grad_out.contiguous());
+    let alpha = 1.0 / (tiles.d as f64).sqrt();
+    let dq = Tensor::empty([tiles.b, tiles.h, tiles.tq, tiles.d], (q.kind(), Device::Cpu));
+    let dk = Tensor::zeros([tiles.b, tiles.h, tiles.tk, tiles.d], (wide(k.kind()), Device::Cpu));
+    let dv = Tensor::zeros([tiles.b, tiles.h, tiles.tk, tiles.d], (wide(v.kind()), Device::Cpu));
+    for tile @ (e0, ne, i0, nr, kend) in tiles.each() {
+        let (q_t, k_t, v_t) = (tiles.cut(&q, e0, ne, i0, nr), tiles.cut(&k, e0, ne, 0, kend), tiles.cut(&v, e0, ne, 0, kend));
+        let bias = tiles.bias(allowed, q.kind(), tile);
+        let probs = tiles.probs(&q_t, &k_t, bias.as_ref());
+        let mask = tiles.mask(spec, v.kind(), tile);
+        let dropped = probs.to_kind(v.kind()) * &mask;
+        let grad_y = tiles.cut(&grad_out, e0, ne, i0, nr);
+        let mut dv_t = tiles.cut(&dv, e0, ne, 0, kend);
+        dv_t += dropped.transpose(1, 2).bmm(&grad_y);
+        // Through the dropout and the cast to v's dtype, then softmax's own backward (fp32 in
+        // bf16 mode) and the cast of the scores, as autograd runs the written-out ops.
+        let grad_probs = (grad_y.bmm(&v_t.transpose(1, 2)) * &mask).to_kind(probs.kind());
+        let grad_scores = Tensor::internal_softmax_backward_data(&grad_probs, &probs, -1, probs.kind()).to_kind(q.kind());
+        dq.narrow(0, e0, ne).narrow(2, i0, nr).copy_(&(grad_scores.bmm(&k_t) * alpha).view([ne, tiles.h, nr, tiles.d]));
+        let mut dk_t = tiles.cut(&dk, e0, ne, 0, kend);
+        dk_t += grad_scores.transpose(1, 2).bmm(&q_t) * alpha;
+    }
+    [dq, dk.to_kind(k.kind()), dv.to_kind(v.kind())]
 }
 
 #[cfg(test)]
@@ -66,6 +359,93 @@ mod tests {
         let exact = attention(&q, &k, &v, None, true, 0.5, false);
         let d = (mean_out - exact).abs().mean(Kind::Float).double_value(&[]);
         assert!(d < 0.08, "{d}");
+    }
+
+    /// Attention written out with libtorch's autograd, dropping with the whole `[B, H, Tq, Tk]`
+    /// mask the tiles cut theirs from: what the tiled node must equal.
+    fn written_out(q: &Tensor, k: &Tensor, v: &Tensor, allowed: Option<&Tensor>, causal: bool, spec: Dropout) -> Tensor {
+        let (b, h, tq, d) = q.size4().unwrap();
+        let tk = k.size()[2];
+        let mut scores = q.matmul(&k.transpose(2, 3)) / (d as f64).sqrt();
+        if causal {
+            scores = scores.masked_fill(&Tensor::ones([tq, tk], (Kind::Bool, Device::Cpu)).triu(1), f64::NEG_INFINITY);
+        }
+        if let Some(allowed) = allowed {
+            scores = scores.masked_fill(&allowed.logical_not(), f64::NEG_INFINITY);
+        }
+        let mask = mask_rows(&[b, h, tq, tk], &|r| r as u64 * tk as u64, spec.p, spec.seed, v.kind());
+        (scores.softmax(-1, wide(scores.kind())).to_kind(v.kind()) * mask).matmul(v)
+    }
+
+    #[test]
+    fn tiled_attention_with_dropout_equals_autograd_on_the_same_mask_values_and_gradients() {
+        let opts = (Kind::Double, Device::Cpu);
+        let wave = |n: [i64; 4], freq: f64| (Tensor::arange(n.iter().product::<i64>(), opts) * freq).sin().view(n) * 1.5;
+        let (b, h, t, d) = (3, 2, 37, 8);
+        let (q, k, v) = (wave([b, h, t, d], 0.37), wave([b, h, t, d], 0.71), wave([b, h, t, d], 1.13));
+        let q_rows = q.narrow(2, 30, 7);
+        let keys = Tensor::arange(t, (Kind::Int64, Device::Cpu));
+        // Key padding per example (lengths 37, 20, 5), a per-query mask, a [Tq, Tk] mask.
+        let lengths = Tensor::from_slice(&[37i64, 20, 5]).view([b, 1, 1, 1]);
+        let padding = keys.view([1, 1, 1, t]).lt_tensor(&lengths);
+        let limits = Tensor::from_slice(&[36i64, 12, 3]).view([b, 1, 1, 1]) - keys.remainder(3).view([1, 1, t, 1]);
+        let per_query = keys.view([1, 1, 1, t]).le_tensor(&limits);
+        let rows = keys.unsqueeze(0).le_tensor(&Tensor::arange_start(30, 37, (Kind::Int64, Device::Cpu)).unsqueeze(1));
+        let spec = Dropout { p: 0.3, seed: 1234 };
+        let cases: [(&Tensor, Option<&Tensor>, bool); 5] = [
+            (&q, None, true),
+            (&q, None, false),
+            (&q, Some(&padding), false),
+            (&q, Some(&per_query), false),
+            (&q_rows, Some(&rows), false),
+        ];
+        for (case, (q, allowed, causal)) in cases.into_iter().enumerate() {
+            let leaves = || [q, &k, &v].map(|t| t.detach().set_requires_grad(true));
+            let [qr, kr, vr] = leaves();
+            let reference = written_out(&qr, &kr, &vr, allowed, causal, spec);
+            let up = (Tensor::arange(reference.numel() as i64, opts) * 0.29).cos().view(reference.size().as_slice());
+            (&reference * &up).sum(Kind::Double).backward();
+            let truth = [qr.grad(), kr.grad(), vr.grad()];
+            // Many small tiles (16 rows, one example at a time), one tile, and the node itself.
+            for budget in [1, 1 << 22] {
+                let out = forward_tiles(q, &k, &v, allowed, causal, spec, budget);
+                let d = crate::tolerance::max_abs_diff(&out, &reference);
+                assert!(d < 1e-12, "case {case}, budget {budget}: output differs by {d}");
+                let grads = backward_tiles(q, &k, &v, allowed, &up, causal, spec, budget);
+                for (name, g, t) in [("q", &grads[0], &truth[0]), ("k", &grads[1], &truth[1]), ("v", &grads[2], &truth[2])] {
+                    let d = crate::tolerance::max_abs_diff(g, t);
+                    assert!(d < 1e-12, "case {case}, budget {budget}: d{name} differs by {d}");
+                }
+            }
+            let [qn, kn, vn] = leaves();
+            let out = attention_with_seed(&qn, &kn, &vn, allowed, causal, spec);
+            assert!(crate::tolerance::max_abs_diff(&out, &reference) < 1e-12, "case {case}: the node's output");
+            (&out * &up).sum(Kind::Double).backward();
+            for (name, g, t) in [("q", qn.grad(), &truth[0]), ("k", kn.grad(), &truth[1]), ("v", vn.grad(), &truth[2])] {
+                let d = crate::tolerance::max_abs_diff(&g, t);
+                assert!(d < 1e-12, "case {case}: the node's d{name} differs by {d}");
+            }
+        }
+    }
+
+    #[test]
+    fn attention_with_dropout_repeats_per_seed_and_drops_the_stated_fraction() {
+        let opts = (Kind::Float, Device::Cpu);
+        let (q, k) = (Tensor::zeros([2, 3, 64, 4], opts), Tensor::zeros([2, 3, 64, 4], opts));
+        // Uniform probabilities 1/64 and v = 1: each output is (kept keys) / 64 / (1 - p).
+        let v = Tensor::ones([2, 3, 64, 4], opts).set_requires_grad(true);
+        let spec = Dropout { p: 0.25, seed: 99 };
+        let a = attention_with_seed(&q, &k, &v, None, false, spec);
+        let b = attention_with_seed(&q, &k, &v, None, false, spec);
+        assert!(a.equal(&b), "the same seed gives the same output");
+        assert!(!a.equal(&attention_with_seed(&q, &k, &v, None, false, Dropout { seed: 100, ..spec })));
+        let kept = a.mean(Kind::Double).double_value(&[]) * 0.75;
+        assert!((kept - 0.75).abs() < 0.02, "kept fraction {kept}");
+        // The backward pass regenerates the forward's mask: dL/dv of sum(out) is the column sum
+        // of the dropped probabilities, whose total is the output's total.
+        a.sum(Kind::Float).backward();
+        let (total_grad, total_out) = (v.grad().sum(Kind::Double).double_value(&[]), a.sum(Kind::Double).double_value(&[]));
+        assert!((total_grad - total_out).abs() < 1e-3 * total_out, "{total_grad} vs {total_out}");
     }
 
     #[test]

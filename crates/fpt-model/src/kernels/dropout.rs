@@ -83,6 +83,73 @@ fn fill_mask_portable<T: Copy>(part: &mut [T], first_pair: usize, p: f64, seed: 
     }
 }
 
+/// Fills `mask`, a tile of `len`-element rows cut out of a larger mask, with that larger mask's
+/// values: row `r` holds its elements `row_start(r) .. row_start(r) + len`, as [`fill_mask`]
+/// would draw them for the whole (so a tile drawn again gives the same bits, and tiles drawn
+/// separately give the whole). Attention regenerates its dropout masks this way in the
+/// backward pass instead of keeping them.
+pub(super) fn fill_mask_rows<T: Copy + Send + Sync>(
+    mask: &mut [T],
+    len: usize,
+    row_start: &(dyn Fn(usize) -> u64 + Sync),
+    p: f64,
+    seed: u64,
+    scale: T,
+    zero: T,
+) {
+    if len == 0 {
+        return;
+    }
+    let base = mask.as_mut_ptr() as usize;
+    let threshold = ((1.0 - p) * 4_294_967_296.0).round().min(4_294_967_295.0) as u64;
+    let key = splitmix64(seed);
+    parallel_ranges(mask.len(), &|elements: std::ops::Range<usize>| {
+        let mut e = elements.start;
+        while e < elements.end {
+            let (row, col) = (e / len, e % len);
+            let end = elements.end.min((row + 1) * len);
+            // SAFETY: the element ranges of different threads are disjoint and within the mask.
+            let mut part = unsafe { std::slice::from_raw_parts_mut((base as *mut T).add(e), end - e) };
+            let first = row_start(row) + col as u64;
+            // An odd first element is the high half of its pair's draw; the rest start a pair.
+            if first % 2 == 1 {
+                let r = splitmix64(key ^ (first / 2).wrapping_mul(0xD6E8_FEB8_6659_FD93));
+                part[0] = if (r >> 32) < threshold { scale } else { zero };
+                part = &mut part[1..];
+            }
+            fill_mask_part(part, first.div_ceil(2) as usize, p, seed, scale, zero);
+            e = end;
+        }
+    });
+}
+
+/// A dropout mask in `kind` (bf16 written directly, other kinds through fp32) shaped `shape`,
+/// whose rows (the last dimension, `len` elements) are [`fill_mask_rows`]'s.
+pub(super) fn mask_rows(shape: &[i64], row_start: &(dyn Fn(usize) -> u64 + Sync), p: f64, seed: u64, kind: Kind) -> Tensor {
+    let n = shape.iter().product::<i64>() as usize;
+    let len = *shape.last().unwrap_or(&1) as usize;
+    let scale = 1.0 / (1.0 - p);
+    if kind == Kind::BFloat16 {
+        let mask = Tensor::empty(shape, (Kind::BFloat16, Device::Cpu));
+        // SAFETY: a freshly allocated, contiguous, unshared CPU tensor of n 2-byte elements;
+        // bf16 bit patterns are written as i16.
+        let bits = unsafe { std::slice::from_raw_parts_mut(mask.data_ptr() as *mut i16, n) };
+        fill_mask_rows(bits, len, row_start, p, seed, half::bf16::from_f64(scale).to_bits() as i16, 0);
+        return mask;
+    }
+    let mask = Tensor::empty(shape, (Kind::Float, Device::Cpu));
+    // SAFETY: as above, n 4-byte f32 elements.
+    let values = unsafe { std::slice::from_raw_parts_mut(mask.data_ptr() as *mut f32, n) };
+    fill_mask_rows(values, len, row_start, p, seed, scale as f32, 0.0);
+    mask.to_kind(kind)
+}
+
+/// One draw from libtorch's generator: the seed of one call's masks, so that re-seeding it
+/// (`tch::manual_seed`) re-seeds every mask.
+pub(super) fn draw_seed() -> u64 {
+    Tensor::randint(i64::MAX, [1], (Kind::Int64, Device::Cpu)).int64_value(&[0]) as u64
+}
+
 /// The fp32 mask of [`dropout`]: `numel` values, each `1 / (1 - p)` with probability `1 - p`,
 /// else 0.
 #[cfg(test)]
@@ -104,8 +171,7 @@ pub(crate) fn dropout(x: &Tensor, p: f64, train: bool) -> Tensor {
     if x.numel() == 0 {
         return x.shallow_clone();
     }
-    // One draw from libtorch's generator per call: re-seeding it re-seeds every mask.
-    let seed = Tensor::randint(i64::MAX, [1], (Kind::Int64, Device::Cpu)).int64_value(&[0]) as u64;
+    let seed = draw_seed();
     // The mask is written straight into a fresh tensor in x's dtype (bf16 in bf16 mode: half
     // the bytes, no cast pass), as libtorch builds its own.
     let n = x.numel();
@@ -190,6 +256,37 @@ mod tests {
         let mut mask = vec![0i16; 16];
         fill_mask(&mut mask, 0.5, 1, 1, 0);
         assert_eq!(mask, [1, 1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, 0, 1, 0]);
+    }
+
+    #[test]
+    fn row_tiles_of_a_mask_are_the_whole_masks_elements() {
+        // A [3, 5, 7] mask drawn whole, and tiles of it (rows 1..4 of each of the 3 blocks,
+        // columns 0..k) drawn alone: odd and even row starts, rows split across threads or not.
+        let (p, seed) = (0.4, 11);
+        let mut whole = vec![0f32; 3 * 5 * 7];
+        fill_mask(&mut whole, p, seed, 2.0, 0.0);
+        for k in [1usize, 4, 7] {
+            let rows = 3 * 3;
+            let mut tile = vec![9f32; rows * k];
+            let start = |r: usize| ((r / 3 * 5 + 1 + r % 3) * 7) as u64;
+            fill_mask_rows(&mut tile, k, &start, p, seed, 2.0, 0.0);
+            for r in 0..rows {
+                let s = start(r) as usize;
+                assert_eq!(&tile[r * k..(r + 1) * k], &whole[s..s + k], "k {k}, row {r}");
+            }
+        }
+        // Large enough to run on several threads: the same bits as the serial fill.
+        let mut big = vec![0i16; 301 * 999];
+        fill_mask_rows(&mut big, 999, &|r| (r * 1001 + 3) as u64, 0.1, 5, 1, 0);
+        let mut full = vec![0i16; 301 * 1001 + 3];
+        fill_mask_portable(&mut full, 0, 0.1, 5, 1, 0);
+        for r in 0..301 {
+            assert_eq!(&big[r * 999..(r + 1) * 999], &full[r * 1001 + 3..r * 1001 + 3 + 999], "row {r}");
+        }
+        let t = mask_rows(&[2, 3, 4], &|r| (r * 4) as u64, 0.5, 1, Kind::BFloat16);
+        let mut pinned = vec![0f32; 24];
+        fill_mask(&mut pinned, 0.5, 1, 2.0, 0.0);
+        assert_eq!(Vec::<f32>::try_from(t.to_kind(Kind::Float).flatten(0, -1)).unwrap(), pinned);
     }
 
     #[test]

@@ -1,0 +1,92 @@
+// The autograd node of the CPU attention with dropout (attention.rs).
+//
+// tch cannot define a backward pass in Rust, and libtorch's own autograd would keep every
+// layer's T×T scores, probabilities and dropout masks alive until the backward pass (12 GB at
+// 1,024 tokens). This file is the glue only: a torch::autograd::Function that saves q, k, v,
+// the key mask and the dropout seed, and calls back into Rust for the computation, forward
+// (tiles, nothing T×T kept) and backward (the same tiles recomputed, masks regenerated from
+// the seed). Tensors cross as tch's handles (`torch::Tensor*`): those passed to a callback are
+// borrowed, those a callback returns are owned by the receiver.
+
+#include <torch/torch.h>
+
+#include <stdexcept>
+#include <string>
+
+namespace {
+
+using Handle = torch::Tensor*;
+
+// Forward: out = attention(q, k, v); returns an owned handle, or null on failure.
+using ForwardFn = Handle (*)(Handle q, Handle k, Handle v, Handle allowed, double p, uint64_t seed, bool causal);
+// Backward: fills *dq, *dk, *dv with owned handles; false on failure.
+using BackwardFn = bool (*)(Handle q, Handle k, Handle v, Handle allowed, Handle grad_out, double p, uint64_t seed, bool causal,
+                            Handle* dq, Handle* dk, Handle* dv);
+
+torch::Tensor take(Handle h, const char* what) {
+    if (h == nullptr) {
+        throw std::runtime_error(std::string("fpt attention: the Rust ") + what + " failed (see the message above)");
+    }
+    torch::Tensor t = *h;
+    delete h;
+    return t;
+}
+
+struct FptAttention : public torch::autograd::Function<FptAttention> {
+    static torch::Tensor forward(torch::autograd::AutogradContext* ctx, torch::Tensor q, torch::Tensor k, torch::Tensor v,
+                                 std::optional<torch::Tensor> allowed_mask, double p, int64_t seed, bool causal, int64_t forward_fn,
+                                 int64_t backward_fn) {
+        // An undefined tensor argument has no device and breaks the node; a mask is optional.
+        torch::Tensor allowed = allowed_mask.value_or(torch::Tensor());
+        ctx->save_for_backward({q, k, v});
+        ctx->saved_data["allowed"] = allowed;
+        ctx->saved_data["p"] = p;
+        ctx->saved_data["seed"] = seed;
+        ctx->saved_data["causal"] = causal;
+        ctx->saved_data["backward_fn"] = backward_fn;
+        auto run = reinterpret_cast<ForwardFn>(forward_fn);
+        return take(run(&q, &k, &v, allowed.defined() ? &allowed : nullptr, p, static_cast<uint64_t>(seed), causal), "forward");
+    }
+
+    static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list grads) {
+        auto saved = ctx->get_saved_variables();
+        torch::Tensor q = saved[0], k = saved[1], v = saved[2];
+        torch::Tensor allowed = ctx->saved_data["allowed"].toTensor();
+        torch::Tensor grad_out = grads[0].contiguous();
+        auto run = reinterpret_cast<BackwardFn>(ctx->saved_data["backward_fn"].toInt());
+        Handle dq = nullptr, dk = nullptr, dv = nullptr;
+        bool ok = run(&q, &k, &v, allowed.defined() ? &allowed : nullptr, &grad_out, ctx->saved_data["p"].toDouble(),
+                      static_cast<uint64_t>(ctx->saved_data["seed"].toInt()), ctx->saved_data["causal"].toBool(), &dq, &dk, &dv);
+        if (!ok) {
+            delete dq;
+            delete dk;
+            delete dv;
+            dq = dk = dv = nullptr;
+        }
+        torch::Tensor gq = take(dq, "backward"), gk = take(dk, "backward"), gv = take(dv, "backward");
+        // One gradient per input of forward: none for the mask and the plain values.
+        return {gq, gk, gv, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    }
+};
+
+}  // namespace
+
+// Applies the node. Returns an owned handle to the output, or null with *error set (a static
+// copy, valid until the next failing call on this thread).
+extern "C" Handle fpt_attention_apply(Handle q, Handle k, Handle v, Handle allowed, double p, uint64_t seed, bool causal,
+                                      ForwardFn forward_fn, BackwardFn backward_fn, const char** error) {
+    thread_local std::string message;
+    try {
+        std::optional<torch::Tensor> mask;
+        if (allowed != nullptr) {
+            mask = *allowed;
+        }
+        torch::Tensor out = FptAttention::apply(*q, *k, *v, mask, p, static_cast<int64_t>(seed), causal,
+                                                reinterpret_cast<int64_t>(forward_fn), reinterpret_cast<int64_t>(backward_fn));
+        return new torch::Tensor(out);
+    } catch (const std::exception& e) {
+        message = e.what();
+        *error = message.c_str();
+        return nullptr;
+    }
+}
