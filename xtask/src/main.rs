@@ -3,6 +3,7 @@
 
 mod commands;
 mod grid;
+mod plot;
 mod results;
 mod util;
 

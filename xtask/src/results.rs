@@ -270,18 +270,9 @@ fn mean_curve(runs: &[Vec<(u64, f64)>]) -> Vec<(u64, f64)> {
         .collect()
 }
 
-const FONT_PATHS: [&str; 2] = ["/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "/usr/share/fonts/TTF/DejaVuSans.ttf"];
-
 fn plot(path: &Path, task: &str, curves: &[(String, Vec<(u64, f64)>)]) -> Result<()> {
     use plotters::prelude::*;
-    static FONT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let registered = *FONT.get_or_init(|| {
-        FONT_PATHS.iter().filter_map(|p| std::fs::read(p).ok()).next().is_some_and(|bytes| {
-            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-            plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok()
-        })
-    });
-    anyhow::ensure!(registered, "no DejaVuSans.ttf font found (Debian: fonts-dejavu-core)");
+    crate::plot::register_font()?;
     let max_step = curves.iter().flat_map(|(_, c)| c.iter().map(|p| p.0)).max().unwrap_or(1).max(1);
     let root = BitMapBackend::new(path, (800, 500)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
