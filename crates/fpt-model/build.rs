@@ -5,12 +5,12 @@ mod libtorch_rpath {
     }
 }
 
-/// Compiles the C++ autograd node of the CPU attention (src/kernels/attention_autograd.cpp)
+/// Compiles the C++ autograd nodes of the CPU attention and dropout (src/kernels/autograd.cpp)
 /// against the headers of the libtorch torch-sys links, with the same flags torch-sys uses for
 /// its own C++.
 fn main() {
     libtorch_rpath::emit();
-    let source = "src/kernels/attention_autograd.cpp";
+    let source = "src/kernels/autograd.cpp";
     println!("cargo:rerun-if-changed={source}");
     let lib_dir = std::env::var("DEP_TCH_LIBTORCH_LIB").expect("torch-sys reports its library folder (DEP_TCH_LIBTORCH_LIB)");
     let root = std::path::Path::new(&lib_dir).join("..");
@@ -26,5 +26,5 @@ fn main() {
         .flag("-DGLOG_USE_GLOG_EXPORT")
         .opt_level(2)
         .file(source)
-        .compile("fpt_attention_autograd");
+        .compile("fpt_autograd_nodes");
 }

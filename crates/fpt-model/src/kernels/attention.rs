@@ -8,12 +8,11 @@
 //! backward pass recomputes each tile's probabilities and draws its dropout mask again from
 //! the counter-based generator (an element's draw depends on the seed and its index only), so
 //! what is kept grows linearly with the sequence, and a causal tile skips the keys after its
-//! last query. The autograd node itself is C++ (`attention_autograd.cpp`; tch cannot define a
-//! backward pass), calling [`forward_tiles`] and [`backward_tiles`] here.
+//! last query. The autograd node itself is C++ (`autograd.cpp`, `autograd.rs`; tch cannot define
+//! a backward pass), calling [`forward_tiles`] and [`backward_tiles`] here.
 
+use super::autograd::{attention_node, borrowed, owned};
 use super::dropout::{draw_seed, mask_rows};
-use std::ffi::{c_char, CStr};
-use std::mem::ManuallyDrop;
 use tch::{Device, Kind, Tensor};
 use torch_sys::C_tensor;
 
@@ -37,84 +36,40 @@ pub(crate) fn attention(q: &Tensor, k: &Tensor, v: &Tensor, allowed: Option<&Ten
 
 /// [`attention`] with dropout on the CPU, its masks drawn from `spec.seed`.
 fn attention_with_seed(q: &Tensor, k: &Tensor, v: &Tensor, allowed: Option<&Tensor>, causal: bool, spec: Dropout) -> Tensor {
-    let mut error: *const c_char = std::ptr::null();
-    let handle = |t: &Tensor| t.as_ptr() as *mut C_tensor;
-    // SAFETY: the handles are live tensors the C++ side only reads (it copies the at::Tensor,
-    // taking a reference); the callbacks have the signatures it declares; it returns an owned
-    // handle or null with `error` pointing at a thread-local message.
-    let out = unsafe {
-        fpt_attention_apply(
-            handle(q),
-            handle(k),
-            handle(v),
-            allowed.map_or(std::ptr::null_mut(), handle),
-            spec.p,
-            spec.seed,
-            causal,
-            forward_callback,
-            backward_callback,
-            &mut error,
-        )
-    };
-    if out.is_null() {
-        // SAFETY: on failure `error` is a NUL-terminated message owned by the C++ side.
-        let message = if error.is_null() { "unknown error".into() } else { unsafe { CStr::from_ptr(error) }.to_string_lossy() };
-        panic!("attention with dropout failed: {message}");
+    let (b, h, tq, _) = q.size4().expect("attention queries are [B, H, T, D]");
+    if (b * h * tq * k.size()[2]) as usize <= TILE_ELEMENTS {
+        // Short sequences: keeping one tile's worth costs less than recomputing it.
+        return written_out(q, k, v, allowed, causal, spec);
     }
-    // SAFETY: an owned handle, returned once.
-    unsafe { Tensor::from_ptr(out) }
+    tiled(q, k, v, allowed, causal, spec)
 }
 
-extern "C" {
-    fn fpt_attention_apply(
-        q: *mut C_tensor,
-        k: *mut C_tensor,
-        v: *mut C_tensor,
-        allowed: *mut C_tensor,
-        p: f64,
-        seed: u64,
-        causal: bool,
-        forward: ForwardCallback,
-        backward: BackwardCallback,
-        error: *mut *const c_char,
-    ) -> *mut C_tensor;
+/// The node: [`forward_tiles`], and [`backward_tiles`] for its backward pass.
+fn tiled(q: &Tensor, k: &Tensor, v: &Tensor, allowed: Option<&Tensor>, causal: bool, spec: Dropout) -> Tensor {
+    attention_node(q, k, v, allowed, spec.p, spec.seed, causal, forward_callback, backward_callback)
 }
 
-/// (q, k, v, allowed or null, p, seed, causal) → an owned output, or null on failure.
-type ForwardCallback = extern "C" fn(*mut C_tensor, *mut C_tensor, *mut C_tensor, *mut C_tensor, f64, u64, bool) -> *mut C_tensor;
-
-/// (q, k, v, allowed or null, grad_out, p, seed, causal, dq, dk, dv slots) → false on failure.
-type BackwardCallback = extern "C" fn(
-    *mut C_tensor,
-    *mut C_tensor,
-    *mut C_tensor,
-    *mut C_tensor,
-    *mut C_tensor,
-    f64,
-    u64,
-    bool,
-    *mut *mut C_tensor,
-    *mut *mut C_tensor,
-    *mut *mut C_tensor,
-) -> bool;
-
-/// A tensor the C++ side lends for the duration of a callback (never freed here).
-fn borrowed(handle: *mut C_tensor) -> ManuallyDrop<Tensor> {
-    // SAFETY: a live at::Tensor owned by the caller, which outlives the callback.
-    ManuallyDrop::new(unsafe { Tensor::from_ptr(handle) })
+/// Attention written out with libtorch's ops (its autograd keeps the probabilities and the
+/// mask), dropping with the whole `[B, H, Tq, Tk]` mask the tiles cut theirs from: what the
+/// tiled node computes, and where the whole is one tile, cheaper (nothing recomputed).
+fn written_out(q: &Tensor, k: &Tensor, v: &Tensor, allowed: Option<&Tensor>, causal: bool, spec: Dropout) -> Tensor {
+    let (b, h, tq, d) = q.size4().expect("attention queries are [B, H, T, D]");
+    let tk = k.size()[2];
+    let mut scores = q.matmul(&k.transpose(2, 3)) / (d as f64).sqrt();
+    if causal {
+        scores = scores.masked_fill(&Tensor::ones([tq, tk], (Kind::Bool, Device::Cpu)).triu(1), f64::NEG_INFINITY);
+    }
+    if let Some(allowed) = allowed {
+        scores = scores.masked_fill(&allowed.logical_not(), f64::NEG_INFINITY);
+    }
+    let mask = mask_rows(&[b, h, tq, tk], &|r| r as u64 * tk as u64, spec.p, spec.seed, v.kind());
+    (scores.softmax(-1, wide(scores.kind())).to_kind(v.kind()) * mask).matmul(v)
 }
 
-/// Hands `t` to the C++ side, which frees it.
-fn owned(mut t: Tensor) -> *mut C_tensor {
-    let handle = t.as_mut_ptr();
-    std::mem::forget(t);
-    handle
-}
-
-/// The tile size of the callbacks: scores of at most this many elements at a time (16 MB in
+/// The tile size of the callbacks: scores of at most this many elements at a time (8 MB in
 /// fp32), so that a tile's temporaries stay in the allocator's reuse range whatever the batch
 /// and sequence length.
-const TILE_ELEMENTS: usize = 1 << 22;
+const TILE_ELEMENTS: usize = 1 << 21;
 
 extern "C" fn forward_callback(
     q: *mut C_tensor,
@@ -189,9 +144,9 @@ impl Tiles {
         let tk = k.size()[2];
         assert!(!causal || tq == tk, "causal attention needs as many queries as keys ({tq} vs {tk})");
         let budget = budget as i64;
-        // Row blocks of up to 256 queries (GEMMs of 256 × D × Tk per head), fewer when a single
+        // Row blocks of up to 128 queries (GEMMs of 128 × D × Tk per head), fewer when a single
         // example's heads would exceed the budget; then as many examples as fit.
-        let rows = tq.min(256).min((budget / (h * tk)).max(16)).max(1);
+        let rows = tq.min(128).min((budget / (h * tk)).max(16)).max(1);
         let examples = (budget / (h * rows * tk)).clamp(1, b.max(1));
         Tiles { b, h, tq, tk, d, examples, rows, causal }
     }
@@ -339,7 +294,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn written_out_attention_matches_the_fused_kernel_when_nothing_is_dropped() {
+    fn attention_with_dropout_matches_the_fused_kernel_when_nothing_is_dropped() {
         let opts = (Kind::Float, Device::Cpu);
         let (q, k, v) = (Tensor::randn([2, 3, 5, 4], opts), Tensor::randn([2, 3, 5, 4], opts), Tensor::randn([2, 3, 5, 4], opts));
         let q2 = Tensor::randn([2, 3, 2, 4], opts);
@@ -359,22 +314,6 @@ mod tests {
         let exact = attention(&q, &k, &v, None, true, 0.5, false);
         let d = (mean_out - exact).abs().mean(Kind::Float).double_value(&[]);
         assert!(d < 0.08, "{d}");
-    }
-
-    /// Attention written out with libtorch's autograd, dropping with the whole `[B, H, Tq, Tk]`
-    /// mask the tiles cut theirs from: what the tiled node must equal.
-    fn written_out(q: &Tensor, k: &Tensor, v: &Tensor, allowed: Option<&Tensor>, causal: bool, spec: Dropout) -> Tensor {
-        let (b, h, tq, d) = q.size4().unwrap();
-        let tk = k.size()[2];
-        let mut scores = q.matmul(&k.transpose(2, 3)) / (d as f64).sqrt();
-        if causal {
-            scores = scores.masked_fill(&Tensor::ones([tq, tk], (Kind::Bool, Device::Cpu)).triu(1), f64::NEG_INFINITY);
-        }
-        if let Some(allowed) = allowed {
-            scores = scores.masked_fill(&allowed.logical_not(), f64::NEG_INFINITY);
-        }
-        let mask = mask_rows(&[b, h, tq, tk], &|r| r as u64 * tk as u64, spec.p, spec.seed, v.kind());
-        (scores.softmax(-1, wide(scores.kind())).to_kind(v.kind()) * mask).matmul(v)
     }
 
     #[test]
@@ -418,7 +357,7 @@ mod tests {
                 }
             }
             let [qn, kn, vn] = leaves();
-            let out = attention_with_seed(&qn, &kn, &vn, allowed, causal, spec);
+            let out = tiled(&qn, &kn, &vn, allowed, causal, spec);
             assert!(crate::tolerance::max_abs_diff(&out, &reference) < 1e-12, "case {case}: the node's output");
             (&out * &up).sum(Kind::Double).backward();
             for (name, g, t) in [("q", qn.grad(), &truth[0]), ("k", kn.grad(), &truth[1]), ("v", vn.grad(), &truth[2])] {
@@ -435,10 +374,10 @@ mod tests {
         // Uniform probabilities 1/64 and v = 1: each output is (kept keys) / 64 / (1 - p).
         let v = Tensor::ones([2, 3, 64, 4], opts).set_requires_grad(true);
         let spec = Dropout { p: 0.25, seed: 99 };
-        let a = attention_with_seed(&q, &k, &v, None, false, spec);
-        let b = attention_with_seed(&q, &k, &v, None, false, spec);
-        assert!(a.equal(&b), "the same seed gives the same output");
-        assert!(!a.equal(&attention_with_seed(&q, &k, &v, None, false, Dropout { seed: 100, ..spec })));
+        let a = tiled(&q, &k, &v, None, false, spec);
+        assert!(a.equal(&tiled(&q, &k, &v, None, false, spec)), "the same seed gives the same output");
+        assert!(a.equal(&written_out(&q, &k, &v, None, false, spec)), "kept or recomputed, the same mask");
+        assert!(!a.equal(&tiled(&q, &k, &v, None, false, Dropout { seed: 100, ..spec })));
         let kept = a.mean(Kind::Double).double_value(&[]) * 0.75;
         assert!((kept - 0.75).abs() < 0.02, "kept fraction {kept}");
         // The backward pass regenerates the forward's mask: dL/dv of sum(out) is the column sum
@@ -449,7 +388,7 @@ mod tests {
     }
 
     #[test]
-    fn bf16_written_out_attention_is_within_bf16_rounding_of_fp32_values_and_gradients() {
+    fn bf16_attention_is_within_bf16_rounding_of_fp32_values_and_gradients() {
         let opts = (Kind::Float, Device::Cpu);
         // Fixed inputs (the global generator is shared by tests running in parallel); scores
         // span about ±6.
@@ -462,18 +401,21 @@ mod tests {
             let leaves = |kind: Kind| [q, &k, &v].map(|t| t.to_kind(kind).detach().set_requires_grad(true));
             let [qf, kf, vf] = leaves(Kind::Float);
             let fused = Tensor::scaled_dot_product_attention(&qf, &kf, &vf, allowed, 0.0, causal, None, false);
-            let [qb, kb, vb] = leaves(Kind::BFloat16);
-            let ours = attention(&qb, &kb, &vb, allowed, causal, 1e-12, true);
-            assert_eq!(ours.kind(), Kind::BFloat16);
-            let d = (&fused - ours.to_kind(Kind::Float)).abs().max().double_value(&[]);
-            assert!(d < 0.03, "causal {causal}: values differ by {d}");
             let up = (Tensor::arange(fused.numel() as i64, opts) * 0.29).cos().view(fused.size().as_slice());
             (&fused * &up).sum(Kind::Float).backward();
-            (ours.to_kind(Kind::Float) * &up).sum(Kind::Float).backward();
-            for (a, b) in [(&qf, &qb), (&kf, &kb), (&vf, &vb)] {
-                let (ga, gb) = (a.grad(), b.grad().to_kind(Kind::Float));
-                let rel = (&ga - &gb).norm().double_value(&[]) / ga.norm().double_value(&[]);
-                assert!(rel < 0.03, "causal {causal}: gradients differ by {rel} (relative)");
+            type Path = fn(&Tensor, &Tensor, &Tensor, Option<&Tensor>, bool, Dropout) -> Tensor;
+            for (path, run) in [("written out", written_out as Path), ("tiled", tiled as Path)] {
+                let [qb, kb, vb] = leaves(Kind::BFloat16);
+                let ours = run(&qb, &kb, &vb, allowed, causal, Dropout { p: 1e-12, seed: 5 });
+                assert_eq!(ours.kind(), Kind::BFloat16);
+                let d = (&fused - ours.to_kind(Kind::Float)).abs().max().double_value(&[]);
+                assert!(d < 0.03, "{path}, causal {causal}: values differ by {d}");
+                (ours.to_kind(Kind::Float) * &up).sum(Kind::Float).backward();
+                for (a, b) in [(&qf, &qb), (&kf, &kb), (&vf, &vb)] {
+                    let (ga, gb) = (a.grad(), b.grad().to_kind(Kind::Float));
+                    let rel = (&ga - &gb).norm().double_value(&[]) / ga.norm().double_value(&[]);
+                    assert!(rel < 0.03, "{path}, causal {causal}: gradients differ by {rel} (relative)");
+                }
             }
         }
     }

@@ -33,6 +33,7 @@
 //!    aborts instead of unwinding into C.
 
 mod attention;
+mod autograd;
 mod dropout;
 mod gelu;
 mod omp;

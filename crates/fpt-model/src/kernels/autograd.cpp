@@ -1,11 +1,12 @@
-// The autograd node of the CPU attention with dropout (attention.rs).
+// The autograd nodes of the CPU kernels whose backward passes recompute instead of keeping:
+// attention with dropout (attention.rs) and dropout itself (dropout.rs).
 //
 // tch cannot define a backward pass in Rust, and libtorch's own autograd would keep every
 // layer's T×T scores, probabilities and dropout masks alive until the backward pass (12 GB at
-// 1,024 tokens). This file is the glue only: a torch::autograd::Function that saves q, k, v,
-// the key mask and the dropout seed, and calls back into Rust for the computation, forward
-// (tiles, nothing T×T kept) and backward (the same tiles recomputed, masks regenerated from
-// the seed). Tensors cross as tch's handles (`torch::Tensor*`): those passed to a callback are
+// 1,024 tokens), and every dropout's mask. This file is the glue only: torch::autograd::Function
+// nodes that save their inputs and a seed and call back into Rust (autograd.rs) for the
+// computation, forward (attention in tiles, nothing T×T kept) and backward (the same tiles
+// recomputed, masks drawn again from the seed). Tensors cross as tch's handles (`torch::Tensor*`): those passed to a callback are
 // borrowed, those a callback returns are owned by the receiver.
 
 #include <torch/torch.h>
@@ -69,9 +70,42 @@ struct FptAttention : public torch::autograd::Function<FptAttention> {
     }
 };
 
+// Multiplies by the dropout mask of (p, seed), drawn again in each call: y = mask(x), and the
+// gradient is mask(grad_y). Returns an owned handle, or null on failure.
+using MaskFn = Handle (*)(Handle x, double p, uint64_t seed);
+
+// Dropout that keeps no mask between the passes: its seed is all it saves.
+struct FptDropout : public torch::autograd::Function<FptDropout> {
+    static torch::Tensor forward(torch::autograd::AutogradContext* ctx, torch::Tensor x, double p, int64_t seed, int64_t mask_fn) {
+        ctx->saved_data["p"] = p;
+        ctx->saved_data["seed"] = seed;
+        ctx->saved_data["mask_fn"] = mask_fn;
+        return take(reinterpret_cast<MaskFn>(mask_fn)(&x, p, static_cast<uint64_t>(seed)), "dropout");
+    }
+
+    static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list grads) {
+        auto run = reinterpret_cast<MaskFn>(ctx->saved_data["mask_fn"].toInt());
+        torch::Tensor grad = grads[0].contiguous();
+        torch::Tensor gx =
+            take(run(&grad, ctx->saved_data["p"].toDouble(), static_cast<uint64_t>(ctx->saved_data["seed"].toInt())), "dropout backward");
+        return {gx, torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    }
+};
+
 }  // namespace
 
-// Applies the node. Returns an owned handle to the output, or null with *error set (a static
+extern "C" Handle fpt_dropout_apply(Handle x, double p, uint64_t seed, MaskFn mask_fn, const char** error) {
+    thread_local std::string message;
+    try {
+        return new torch::Tensor(FptDropout::apply(*x, p, static_cast<int64_t>(seed), reinterpret_cast<int64_t>(mask_fn)));
+    } catch (const std::exception& e) {
+        message = e.what();
+        *error = message.c_str();
+        return nullptr;
+    }
+}
+
+// Applies the attention node. Returns an owned handle to the output, or null with *error set (a static
 // copy, valid until the next failing call on this thread).
 extern "C" Handle fpt_attention_apply(Handle q, Handle k, Handle v, Handle allowed, double p, uint64_t seed, bool causal,
                                       ForwardFn forward_fn, BackwardFn backward_fn, const char** error) {
