@@ -14,6 +14,7 @@
 //! gain and shift uniform(±1/sqrt(size)).
 
 use crate::freeze::{ParamGroup, ParamGroups};
+use crate::kernels::FrozenLinear;
 use crate::layers::init::{new_param, Init};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -64,11 +65,36 @@ impl RefLayerNorm {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Tensor {
-        let mean = x.mean_dim(-1, true, Kind::Float);
-        let var = x.var_dim(-1, true, true);
-        (x - mean) / (var + LN_EPS).sqrt() * &self.weight + &self.bias
+    /// The norm as libtorch's fused `layer_norm` computes it (one kernel forward and backward,
+    /// where the written-out form is eight operations at each of the LSTM's steps). That kernel
+    /// divides by the *biased* deviation; with c² = (n − 1)/n, σ²_biased = c² σ²_unbiased, so
+    /// (x − μ)/√(σ²_unbiased + ε) = c (x − μ)/√(σ²_biased + c² ε): gain c·weight, eps c²ε.
+    fn fused(&self) -> FusedNorm<'_> {
+        let n = self.weight.size()[0] as f64;
+        let c2 = (n - 1.0) / n;
+        FusedNorm { weight: &self.weight * c2.sqrt(), bias: &self.bias, eps: LN_EPS * c2 }
     }
+}
+
+/// [`RefLayerNorm`] with its gain scaled for libtorch's `layer_norm`, made once per forward
+/// pass (not per time step).
+struct FusedNorm<'a> {
+    weight: Tensor,
+    bias: &'a Tensor,
+    eps: f64,
+}
+
+impl FusedNorm<'_> {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        x.layer_norm([self.weight.size()[0]], Some(&self.weight), Some(self.bias), self.eps, false)
+    }
+}
+
+/// What a cell applies at every time step: its recurrent product and two norms.
+struct CellNorms<'a> {
+    recurrent: FrozenLinear<'a>,
+    h2h: FusedNorm<'a>,
+    cell: FusedNorm<'a>,
 }
 
 #[derive(Debug)]
@@ -103,13 +129,15 @@ impl Cell {
     }
 
     /// One step: `x` [batch, input], state ([batch, hidden], [batch, hidden]).
-    fn step(&self, x_proj: &Tensor, h: &Tensor, c: &Tensor, dropout: f64, train: bool) -> (Tensor, Tensor) {
-        let pre = self.ln_i2h.forward(x_proj) + self.ln_h2h.forward(&h.linear(&self.h2h_w, Some(&self.h2h_b)));
+    /// One time step from `x_normed`, the step's LN_i2h(W_i x + b_i) (computed for the whole
+    /// sequence at once: it does not depend on the state).
+    fn step(&self, x_normed: &Tensor, norms: &CellNorms, h: &Tensor, c: &Tensor, dropout: f64, train: bool) -> (Tensor, Tensor) {
+        let pre = x_normed + norms.h2h.forward(&norms.recurrent.forward(h));
         let hs = self.hidden;
         let gates = pre.narrow(-1, 0, 3 * hs).sigmoid();
         let g = pre.narrow(-1, 3 * hs, hs).tanh();
         let (i, f, o) = (gates.narrow(-1, 0, hs), gates.narrow(-1, hs, hs), gates.narrow(-1, 2 * hs, hs));
-        let c_new = self.ln_cell.forward(&(c * f + i * g));
+        let c_new = norms.cell.forward(&(c * f).addcmul(&i, &g));
         let h_new = crate::kernels::dropout(&(o * c_new.tanh()), dropout, train);
         (h_new, c_new)
     }
@@ -164,11 +192,15 @@ impl Lstm {
         let mut layer_in = x.shallow_clone();
         for (cell, (h0, c0)) in self.cells.iter().zip(states) {
             // The input projections of every step at once; the recurrence stays sequential.
-            let x_proj = layer_in.linear(&cell.i2h_w, Some(&cell.i2h_b));
+            let x_normed = cell.ln_i2h.fused().forward(&layer_in.linear(&cell.i2h_w, Some(&cell.i2h_b)));
+            let norms =
+                CellNorms { recurrent: FrozenLinear::new(&cell.h2h_w, &cell.h2h_b), h2h: cell.ln_h2h.fused(), cell: cell.ln_cell.fused() };
             let (mut h, mut c) = (h0.shallow_clone(), c0.shallow_clone());
             let mut outputs = Vec::with_capacity(seq as usize);
-            for t in 0..seq {
-                let (h_new, c_new) = cell.step(&x_proj.select(1, t), &h, &c, self.cfg.dropout, train);
+            // One unbind, not a select per step: a select's backward writes a zero-filled
+            // gradient of the whole sequence for its one step, and the steps' are then summed.
+            for x_t in x_normed.unbind(1) {
+                let (h_new, c_new) = cell.step(&x_t, &norms, &h, &c, self.cfg.dropout, train);
                 outputs.push(h_new.shallow_clone());
                 h = h_new;
                 c = c_new;
@@ -210,6 +242,33 @@ mod tests {
     }
 
     /// The cell equations against a hand-written f64 implementation on a tiny input.
+    #[test]
+    fn frozen_weights_take_the_fast_paths_with_the_same_outputs_and_input_gradients() {
+        let mut vs = nn::VarStore::new(tch::Device::Cpu);
+        let lstm = Lstm::new(&vs.root(), &LstmConfig { num_layers: 2, hidden_size: 8, dropout: 0.0 }).unwrap();
+        let wave = |n: &[i64], freq: f64| (Tensor::arange(n.iter().product::<i64>(), (Kind::Float, tch::Device::Cpu)) * freq).sin().view(n);
+        let x = wave(&[3, 6, 8], 0.37);
+        let states = [(wave(&[3, 8], 0.71), wave(&[3, 8], 1.13)), (wave(&[3, 8], 0.53), wave(&[3, 8], 0.91))];
+        let up = wave(&[3, 6, 8], 0.29);
+        let run = |kind: Kind| {
+            let x = x.to_kind(kind).set_requires_grad(true);
+            let states: Vec<_> = states.iter().map(|(h, c)| (h.to_kind(kind), c.to_kind(kind))).collect();
+            let y = lstm.forward_with_states(&x, &states, false).unwrap();
+            let g = Tensor::run_backward(&[(&y * up.to_kind(kind)).sum(kind)], &[&x], false, false).remove(0);
+            (y, g)
+        };
+        // Trainable weights: libtorch's linear for the recurrent product; frozen: the node.
+        let (y_trained, g_trained) = run(Kind::Float);
+        vs.freeze();
+        let (y_frozen, g_frozen) = run(Kind::Float);
+        vs.double();
+        let (y64, g64) = run(Kind::Double);
+        for (what, ours, other, truth) in [("outputs", &y_frozen, &y_trained, &y64), ("input gradients", &g_frozen, &g_trained, &g64)] {
+            let (d, bound) = (crate::tolerance::max_abs_diff(ours, truth), crate::tolerance::reordering_bound(other, truth));
+            assert!(d <= bound, "{what} differ by {d} (bound {bound})");
+        }
+    }
+
     #[test]
     fn matches_a_hand_written_cell() {
         tch::manual_seed(3);

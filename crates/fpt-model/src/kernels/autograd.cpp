@@ -1,5 +1,6 @@
 // The autograd nodes of the CPU kernels whose backward passes recompute instead of keeping:
-// attention with dropout (attention.rs) and dropout itself (dropout.rs).
+// attention with dropout (attention.rs) and dropout itself (dropout.rs); and a frozen linear
+// layer whose backward GEMM uses another weight layout than its forward (linear.rs).
 //
 // tch cannot define a backward pass in Rust, and libtorch's own autograd would keep every
 // layer's T×T scores, probabilities and dropout masks alive until the backward pass (12 GB at
@@ -92,7 +93,36 @@ struct FptDropout : public torch::autograd::Function<FptDropout> {
     }
 };
 
+// y = x Wᵀ + b for a frozen W `[out, in]` (no gradient for W or b), with each pass's GEMM in the
+// layout MKL runs fastest when x has few rows (the LSTM's step: 16 × 768 by 768 × 3,072): the
+// forward pass as (W xᵀ)ᵀ, the backward pass as (Wt gᵀ)ᵀ with Wt = Wᵀ made contiguous once by the
+// caller. libtorch's own linear picks the other layouts and spends the difference packing W.
+struct FptFrozenLinear : public torch::autograd::Function<FptFrozenLinear> {
+    static torch::Tensor forward(torch::autograd::AutogradContext* ctx, torch::Tensor x, torch::Tensor weight,
+                                 torch::Tensor weight_t, torch::Tensor bias) {
+        ctx->saved_data["weight_t"] = weight_t;
+        return at::addmm(bias.unsqueeze(1), weight, x.t()).t().contiguous();
+    }
+
+    static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list grads) {
+        torch::Tensor weight_t = ctx->saved_data["weight_t"].toTensor();
+        torch::Tensor gx = at::mm(weight_t, grads[0].t()).t().contiguous();
+        return {gx, torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    }
+};
+
 }  // namespace
+
+extern "C" Handle fpt_frozen_linear_apply(Handle x, Handle weight, Handle weight_t, Handle bias, const char** error) {
+    thread_local std::string message;
+    try {
+        return new torch::Tensor(FptFrozenLinear::apply(*x, *weight, *weight_t, *bias));
+    } catch (const std::exception& e) {
+        message = e.what();
+        *error = message.c_str();
+        return nullptr;
+    }
+}
 
 extern "C" Handle fpt_dropout_apply(Handle x, double p, uint64_t seed, MaskFn mask_fn, const char** error) {
     thread_local std::string message;

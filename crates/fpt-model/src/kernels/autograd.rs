@@ -1,5 +1,6 @@
 //! The Rust side of `autograd.cpp`, the C++ autograd nodes whose backward passes call back
-//! into Rust (tch cannot define a backward pass): attention with dropout and dropout.
+//! into Rust (tch cannot define a backward pass): attention with dropout and dropout; and the
+//! frozen linear layer, computed in C++.
 //!
 //! Tensors cross as tch's handles (`*mut C_tensor`, a heap `torch::Tensor`): a callback borrows
 //! the handles it is given and returns handles the C++ side then owns and frees. A callback
@@ -44,6 +45,14 @@ extern "C" {
         causal: bool,
         forward: AttentionForward,
         backward: AttentionBackward,
+        error: *mut *const c_char,
+    ) -> *mut C_tensor;
+
+    fn fpt_frozen_linear_apply(
+        x: *mut C_tensor,
+        weight: *mut C_tensor,
+        weight_t: *mut C_tensor,
+        bias: *mut C_tensor,
         error: *mut *const c_char,
     ) -> *mut C_tensor;
 
@@ -107,4 +116,12 @@ pub(super) fn dropout_node(x: &Tensor, p: f64, seed: u64, mask: MaskMultiply) ->
     // SAFETY: as in `attention_node`.
     let out = unsafe { fpt_dropout_apply(lent(x), p, seed, mask, &mut error) };
     output(out, error, "dropout")
+}
+
+/// Applies the frozen-linear node (see `linear.rs`).
+pub(super) fn frozen_linear_node(x: &Tensor, weight: &Tensor, weight_t: &Tensor, bias: &Tensor) -> Tensor {
+    let mut error: *const c_char = std::ptr::null();
+    // SAFETY: as in `attention_node` (this node computes in C++, no callbacks).
+    let out = unsafe { fpt_frozen_linear_apply(lent(x), lent(weight), lent(weight_t), lent(bias), &mut error) };
+    output(out, error, "frozen linear")
 }

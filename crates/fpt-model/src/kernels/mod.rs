@@ -36,11 +36,13 @@ mod attention;
 mod autograd;
 mod dropout;
 mod gelu;
+mod linear;
 mod omp;
 
 pub(crate) use attention::attention;
 pub(crate) use dropout::dropout;
 pub(crate) use gelu::gelu_tanh;
+pub(crate) use linear::FrozenLinear;
 
 /// Every feature the `*_avx512` builds of the kernels are compiled with.
 #[cfg(target_arch = "x86_64")]
