@@ -509,9 +509,10 @@ fn find<'a>(
 }
 
 /// The targets, each from figures of this one run, ours against the reference at the same batch
-/// only (a step of 16 sequences against one of 8 says nothing). The gpt2 rows only: the targets
-/// were set for GPT-2 small; the other backbones are measured, not judged. Issue 6's targets for
-/// mnist and cifar10, issue 16's for t1024 in bf16; t256, and t1024 in fp32, are measured only.
+/// only (a step of 16 sequences against one of 8 says nothing). The gpt2 rows (the targets were
+/// set for GPT-2 small: issue 6's for mnist and cifar10, issue 16's for t1024 in bf16; t256, and
+/// t1024 in fp32, are measured only) and the lstm rows (issue 16: ≥ 2× the reference's LNLSTM);
+/// minilm and smollm2 are measured, not judged.
 pub fn targets(r: &Report) -> Vec<Target> {
     let mut out = Vec::new();
     for ours in r.measurements.iter().filter(|m| m.implementation == "fpt" && m.backbone == "gpt2") {
@@ -572,6 +573,18 @@ pub fn targets(r: &Report) -> Vec<Target> {
             }
             _ => {}
         }
+    }
+    // Issue 16: the LSTM baseline, the slowest cell of the default grid, ≥ 2× the reference's
+    // layer-norm LSTM on the same shape.
+    for ours in r.measurements.iter().filter(|m| m.implementation == "fpt" && m.backbone == "lstm") {
+        let Some(reference) = find(&r.measurements, "reference", "lstm", &ours.shape, &ours.precision, ours.batch) else { continue };
+        let speed = ours.samples_per_s / reference.samples_per_s;
+        out.push(Target {
+            name: format!("speed lstm {} {}", ours.shape, ours.precision),
+            goal: "≥ 2× the reference's LNLSTM".into(),
+            value: format!("{speed:.2}×"),
+            met: speed >= 2.0,
+        });
     }
     if let Some(d) = r.loss_curve_max_abs_diff {
         out.push(Target {
@@ -699,7 +712,7 @@ pub fn render(r: &Report) -> String {
             s.push_str(&format!("note: {} {} {} batch {}: ours only; {why}\n", m.backbone, m.shape, m.precision, m.batch));
         }
     }
-    s.push_str("\ntargets (gpt2 rows; ours against the reference at the same batch):\n");
+    s.push_str("\ntargets (gpt2 and lstm rows; ours against the reference at the same batch):\n");
     for t in &r.targets {
         s.push_str(&format!("  [{}] {:<32} {:<36} {}\n", if t.met { "met " } else { "MISS" }, t.name, t.goal, t.value));
     }
@@ -985,7 +998,7 @@ mod tests {
     }
 
     #[test]
-    fn targets_judge_the_gpt2_rows_only() {
+    fn targets_judge_the_gpt2_and_lstm_rows_only() {
         // minilm's ours is slower than its reference: measured and shown, not a target.
         let r = report(
             vec![
@@ -1000,6 +1013,18 @@ mod tests {
         let names: Vec<&str> = r.targets.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(names, ["speed mnist fp32", "peak RSS mnist fp32"]);
         assert!(r.targets.iter().all(|t| t.met), "{:?}", r.targets);
+        // The LSTM has its own target: 2× the reference's LNLSTM.
+        let lstm = |ours: f64| {
+            report(
+                vec![m("reference", "lstm", "fp32", 10.0, 1100.0, None), m("fpt", "lstm", "fp32", ours, 600.0, Some(130.0))],
+                &["lstm"],
+                None,
+            )
+        };
+        let (met, missed) = (lstm(25.0), lstm(19.0));
+        assert_eq!(met.targets.len(), 1);
+        assert_eq!(met.targets[0].name, "speed lstm mnist fp32");
+        assert!(met.targets[0].met && !missed.targets[0].met, "{:?} {:?}", met.targets, missed.targets);
         // A run without gpt2 has rows and no targets (and no loss curve).
         let r = report(r.measurements.iter().filter(|m| m.backbone == "minilm").cloned().collect(), &["minilm"], None);
         assert!(r.targets.is_empty());
