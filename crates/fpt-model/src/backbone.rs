@@ -3,6 +3,7 @@
 use crate::bert::{Bert, BertConfig};
 use crate::freeze::{FreezeSpec, ParamGroup, ParamGroups};
 use crate::gpt2::{Gpt2, Gpt2Config};
+use crate::layers::hf_config::parse_hf_config;
 use crate::layers::{check_positions, gather_rows, Rows};
 use crate::llama::{Llama, LlamaConfig};
 use crate::lstm::{Lstm, LstmConfig};
@@ -64,12 +65,7 @@ impl BackboneConfig {
         let value: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))?;
         match value.get("model_type").and_then(|v| v.as_str()) {
             None | Some("gpt2") => Ok(BackboneConfig::Gpt2(Gpt2Config::from_json_file(path)?)),
-            Some("bert") => {
-                let cfg: BertConfig = serde_json::from_value(value)
-                    .with_context(|| format!("{}: not a valid BERT config.json (expected BertConfig's fields)", path.display()))?;
-                cfg.validate().with_context(|| format!("model config {}", path.display()))?;
-                Ok(BackboneConfig::Bert(cfg))
-            }
+            Some("bert") => Ok(BackboneConfig::Bert(parse_hf_config(serde_json::from_value(value), path)?)),
             Some("llama") => Ok(BackboneConfig::Llama(LlamaConfig::from_json_file(path)?)),
             Some(other) => bail!("{}: model_type {other:?} is not supported (expected \"gpt2\", \"bert\" or \"llama\")", path.display()),
         }

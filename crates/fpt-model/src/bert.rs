@@ -10,6 +10,7 @@
 
 use crate::freeze::{ParamGroup, ParamGroups};
 use crate::kernels::{attention, dropout};
+use crate::layers::hf_config::{check_model_type, check_positive, HfConfig};
 use crate::layers::init::{new_param, Init};
 use crate::layers::{check_inputs_embeds, check_positions, Activation, LayerNorm, Linear, Queries, Rows};
 use anyhow::{bail, Result};
@@ -95,12 +96,8 @@ mod d {
 
 impl BertConfig {
     pub fn validate(&self) -> Result<()> {
-        if let Some(mt) = &self.model_type {
-            if mt != "bert" {
-                bail!("model_type is {mt:?}, but this backbone is BERT (model_type \"bert\")");
-            }
-        }
-        for (field, value) in [
+        check_model_type::<Self>(self.model_type.as_deref())?;
+        check_positive(&[
             ("hidden_size", self.hidden_size),
             ("num_hidden_layers", self.num_hidden_layers),
             ("num_attention_heads", self.num_attention_heads),
@@ -108,11 +105,7 @@ impl BertConfig {
             ("max_position_embeddings", self.max_position_embeddings),
             ("type_vocab_size", self.type_vocab_size),
             ("vocab_size", self.vocab_size),
-        ] {
-            if value <= 0 {
-                bail!("{field} is {value}; it must be positive");
-            }
-        }
+        ])?;
         if self.hidden_size % self.num_attention_heads != 0 {
             bail!("hidden_size {} is not divisible by num_attention_heads {}", self.hidden_size, self.num_attention_heads);
         }
@@ -339,6 +332,15 @@ impl Bert {
             x = layer.output_ln.forward(&(dropout(&layer.output.forward(&inter), p_hidden, train) + h));
         }
         Ok((x, maps))
+    }
+}
+
+impl HfConfig for BertConfig {
+    const NAME: &'static str = "BERT";
+    const TYPE_NAME: &'static str = "BertConfig";
+    const MODEL_TYPE: &'static str = "bert";
+    fn validate(&self) -> Result<()> {
+        BertConfig::validate(self)
     }
 }
 

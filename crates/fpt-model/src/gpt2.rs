@@ -6,9 +6,10 @@
 
 use crate::freeze::{ParamGroup, ParamGroups};
 use crate::kernels::{attention, dropout};
+use crate::layers::hf_config::{check_model_type, check_positive, read_hf_config, HfConfig};
 use crate::layers::init::{new_param, Init};
 use crate::layers::{check_inputs_embeds, check_positions, Activation, LayerNorm, Queries, Rows};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use tch::{nn, Kind, Tensor};
@@ -137,30 +138,18 @@ impl Gpt2Config {
 
     /// Reads a Hugging Face `config.json` and checks it describes a GPT-2 we implement.
     pub fn from_json_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading model config {}", path.display()))?;
-        let cfg: Gpt2Config = serde_json::from_str(&text)
-            .with_context(|| format!("{}: not a valid GPT-2 config.json (expected GPT2Config's fields)", path.display()))?;
-        cfg.validate().with_context(|| format!("model config {}", path.display()))?;
-        Ok(cfg)
+        read_hf_config(path)
     }
 
     pub fn validate(&self) -> Result<()> {
-        if let Some(mt) = &self.model_type {
-            if mt != "gpt2" {
-                bail!("model_type is {mt:?}, but this backbone is GPT-2 (model_type \"gpt2\")");
-            }
-        }
-        for (field, value) in [
+        check_model_type::<Self>(self.model_type.as_deref())?;
+        check_positive(&[
             ("n_embd", self.n_embd),
             ("n_layer", self.n_layer),
             ("n_head", self.n_head),
             ("n_positions", self.n_positions),
             ("vocab_size", self.vocab_size),
-        ] {
-            if value <= 0 {
-                bail!("{field} is {value}; it must be positive");
-            }
-        }
+        ])?;
         if self.n_embd % self.n_head != 0 {
             bail!("n_embd {} is not divisible by n_head {}", self.n_embd, self.n_head);
         }
@@ -485,6 +474,15 @@ impl ParamGroups for Gpt2 {
             ["h", _, "mlp", _, _] => ParamGroup::FeedForward,
             _ => return None,
         })
+    }
+}
+
+impl HfConfig for Gpt2Config {
+    const NAME: &'static str = "GPT-2";
+    const TYPE_NAME: &'static str = "GPT2Config";
+    const MODEL_TYPE: &'static str = "gpt2";
+    fn validate(&self) -> Result<()> {
+        Gpt2Config::validate(self)
     }
 }
 

@@ -17,6 +17,7 @@
 
 use crate::freeze::{ParamGroup, ParamGroups};
 use crate::kernels::attention;
+use crate::layers::hf_config::{check_model_type, check_positive, read_hf_config, HfConfig};
 use crate::layers::init::{new_param, Init};
 use crate::layers::{check_inputs_embeds, check_positions, Activation, Linear, Queries, RmsNorm, Rows};
 use anyhow::{bail, Context, Result};
@@ -150,20 +151,12 @@ impl LlamaConfig {
 
     /// Reads a Hugging Face `config.json` and checks it describes a Llama we implement.
     pub fn from_json_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading model config {}", path.display()))?;
-        let cfg: LlamaConfig = serde_json::from_str(&text)
-            .with_context(|| format!("{}: not a valid Llama config.json (expected LlamaConfig's fields)", path.display()))?;
-        cfg.validate().with_context(|| format!("model config {}", path.display()))?;
-        Ok(cfg)
+        read_hf_config(path)
     }
 
     pub fn validate(&self) -> Result<()> {
-        if let Some(mt) = &self.model_type {
-            if mt != "llama" {
-                bail!("model_type is {mt:?}, but this backbone is Llama (model_type \"llama\")");
-            }
-        }
-        for (field, value) in [
+        check_model_type::<Self>(self.model_type.as_deref())?;
+        check_positive(&[
             ("hidden_size", self.hidden_size),
             ("intermediate_size", self.intermediate_size),
             ("num_hidden_layers", self.num_hidden_layers),
@@ -172,11 +165,7 @@ impl LlamaConfig {
             ("head_dim", self.head_dim()),
             ("max_position_embeddings", self.max_position_embeddings),
             ("vocab_size", self.vocab_size),
-        ] {
-            if value <= 0 {
-                bail!("{field} is {value}; it must be positive");
-            }
-        }
+        ])?;
         if self.head_dim.is_none() && self.hidden_size % self.num_attention_heads != 0 {
             bail!(
                 "hidden_size {} is not divisible by num_attention_heads {} (and no head_dim is given)",
@@ -574,6 +563,15 @@ impl ParamGroups for Llama {
             ["layers", _, "mlp", "gate_proj" | "up_proj" | "down_proj", "weight"] => ParamGroup::FeedForward,
             _ => return None,
         })
+    }
+}
+
+impl HfConfig for LlamaConfig {
+    const NAME: &'static str = "Llama";
+    const TYPE_NAME: &'static str = "LlamaConfig";
+    const MODEL_TYPE: &'static str = "llama";
+    fn validate(&self) -> Result<()> {
+        LlamaConfig::validate(self)
     }
 }
 

@@ -7,6 +7,7 @@
 //! these, the kernels and [`crate::freeze`], never another backbone.
 
 mod activation;
+pub mod hf_config;
 pub mod init;
 mod linear;
 mod norm;
