@@ -7,6 +7,8 @@
 # Usage (from anywhere; the repository is this script's parent folder):
 #   PYTHON=python3 DEVICE=cuda benches/gpu_check.sh [more `xtask bench` options, e.g. --json out.json]
 # Needs on the host: Python with torch==2.11.* (CUDA build) and transformers importable.
+# Without a --shapes option it measures mnist, cifar10 and the long shapes t256 and t1024
+# (1,024 tokens: libtorch's fused attention with dropout on CUDA, issue 16).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PYTHON=${PYTHON:-python3}
@@ -26,4 +28,9 @@ esac
 export LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export FPT_WORKSPACE="$ROOT"
 echo "gpu_check: torch $VERSION from $TORCH_LIB, device $DEVICE"
-exec "$ROOT/target/release/xtask" bench --no-setup --device "$DEVICE" --python "$PYTHON" "$@"
+SHAPES=()
+case " $* " in
+    *" --shapes "* | *" --shapes="*) ;;
+    *) SHAPES=(--shapes mnist,cifar10,t256,t1024) ;;
+esac
+exec "$ROOT/target/release/xtask" bench --no-setup --device "$DEVICE" --python "$PYTHON" "${SHAPES[@]}" "$@"
