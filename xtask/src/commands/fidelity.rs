@@ -360,6 +360,15 @@ fn cpu_model() -> String {
     format!("{} ({cores} cores)", model.unwrap_or_else(|| "unknown CPU".into()))
 }
 
+/// The command and wall time that a results file written by [`write_results`] names, if it
+/// names both.
+fn previous_invocation(path: &Path) -> Option<(String, String)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let command = text.split_once("Made by `")?.1.split_once('`')?.0.to_string();
+    let wall = text.split_once("(this invocation: ")?.1.split_once(')')?.0;
+    Some((command, format!("this invocation: {wall}")))
+}
+
 fn write_results(path: &Path, groups: &[GroupResult], command: &str, elapsed: Option<&str>) -> Result<()> {
     let total: f64 = groups.iter().flat_map(|g| g.ours.iter().chain(&g.theirs)).map(|r| r.seconds).sum();
     let passed = groups.iter().filter(|g| g.passed()).count();
@@ -546,6 +555,12 @@ pub fn run(args: &Args) -> Result<()> {
         let each = if threads == 1 { "1 thread".to_string() } else { format!("{threads} threads") };
         format!("this invocation: {:.0} min wall, {runs}, {each} each", start.elapsed().as_secs_f64() / 60.0)
     });
+    // A rebuild of the table cannot know the training command's wall time: it keeps the
+    // command and the time of the file it replaces.
+    let (command, elapsed) = match (args.table_only, previous_invocation(&results)) {
+        (true, Some((previous, wall))) => (previous, Some(wall)),
+        _ => (command, elapsed),
+    };
     write_results(&results, &groups, &command, elapsed.as_deref())?;
     print!("{}", table(&groups));
     println!("results: {}", results.display());
@@ -710,5 +725,26 @@ mod tests {
         assert_eq!(names, ["bit-xor-minilm__s0", "bit-xor-minilm__s0", "bit-xor-minilm__s1", "bit-xor-minilm__s1"]);
         assert!(order.iter().step_by(2).all(|(_, s)| *s == Side::Ours));
         assert!(order.iter().skip(1).step_by(2).all(|(_, s)| *s == Side::Reference));
+    }
+
+    #[test]
+    fn a_table_rebuild_keeps_the_training_command_and_its_wall_time() {
+        let dir = std::env::temp_dir().join(format!("fpt-fidelity-results-{}", std::process::id()));
+        let path = dir.join("fidelity.md");
+        write_results(
+            &path,
+            &[],
+            "cargo xtask fidelity --seeds 3 --jobs 2",
+            Some("this invocation: 75 min wall, 2 runs at a time, 1 thread each"),
+        )
+        .unwrap();
+        let (command, wall) = previous_invocation(&path).unwrap();
+        assert_eq!(command, "cargo xtask fidelity --seeds 3 --jobs 2");
+        assert_eq!(wall, "this invocation: 75 min wall, 2 runs at a time, 1 thread each");
+        // A file from a rebuild without a time (or none at all) gives nothing to keep.
+        write_results(&path, &[], "cargo xtask fidelity --seeds 3", None).unwrap();
+        assert!(previous_invocation(&path).is_none());
+        assert!(previous_invocation(&dir.join("missing.md")).is_none());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
