@@ -489,6 +489,9 @@ pub fn run(args: &Args) -> Result<()> {
     }
     let start = Instant::now();
     let mut parallel = None;
+    // Runs that failed: the others go on, the table is written without them, and the command
+    // then fails naming them.
+    let mut failed_runs: Vec<String> = Vec::new();
     if !args.table_only {
         // FPT_BIN: an `fpt` built elsewhere (a copy kept stable while the tree changes); then
         // nothing is built here.
@@ -540,10 +543,7 @@ pub fn run(args: &Args) -> Result<()> {
             }
             .into());
         }
-        let errors = errors.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if !errors.is_empty() {
-            eprintln!("fidelity: {} run(s) failed; the table below lacks them", errors.len());
-        }
+        failed_runs = errors.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
         parallel = Some((jobs, threads));
     }
     // The table covers the whole grid, whatever `--only` trained, so one results file holds
@@ -564,6 +564,9 @@ pub fn run(args: &Args) -> Result<()> {
     write_results(&results, &groups, &command, elapsed.as_deref())?;
     print!("{}", table(&groups));
     println!("results: {}", results.display());
+    if !failed_runs.is_empty() {
+        bail!("fidelity: {} run(s) failed, and the table lacks them:\n  {}", failed_runs.len(), failed_runs.join("\n  "));
+    }
     let failed: Vec<&str> = groups.iter().filter(|g| !g.passed()).map(|g| g.group.as_str()).collect();
     if args.check && !failed.is_empty() {
         bail!("fidelity: {} of {} cells miss the rule or are incomplete: {}", failed.len(), groups.len(), failed.join(", "));
