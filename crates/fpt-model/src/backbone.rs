@@ -268,7 +268,8 @@ impl Backbone {
     /// Switches to `precision`. For bf16, every frozen float matrix in `vs` (the VarStore the
     /// model lives in, after any checkpoint was loaded) is converted to bf16 in place, once;
     /// vectors (biases, layer norms) stay fp32 and trainable tensors are untouched, so an
-    /// optimizer and run checkpoints see fp32 only. There is no way back to fp32.
+    /// optimizer and run checkpoints see fp32 only; on the CPU GPT-2's frozen matrices may then
+    /// be packed for oneDNN (`kernels/packed.rs`). There is no way back to fp32.
     pub fn set_precision(&mut self, vs: &nn::VarStore, precision: Precision) -> Result<()> {
         self.set_compute_kind(precision.compute_kind())?;
         if precision == Precision::Bf16 {
@@ -280,6 +281,11 @@ impl Backbone {
                     }
                 }
             });
+            // The frozen matrices are final now: GPT-2 may pack its own for oneDNN (CPU only;
+            // the narrower products of BERT and Llama did not gain: kernels/packed.rs).
+            if let Backbone::Gpt2(m) = self {
+                m.pack_frozen_weights();
+            }
         }
         Ok(())
     }

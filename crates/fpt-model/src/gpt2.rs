@@ -5,7 +5,7 @@
 //! tensor with no transposes (`y = b + x·W`, as `transformers`' Conv1D computes it).
 
 use crate::freeze::{ParamGroup, ParamGroups};
-use crate::kernels::{attention, dropout};
+use crate::kernels::{attention, dropout, PackOnUse};
 use crate::layers::hf_config::{check_model_type, check_positive, read_hf_config, HfConfig};
 use crate::layers::init::{new_param, Init};
 use crate::layers::{check_inputs_embeds, check_positions, Activation, LayerNorm, Queries, Rows};
@@ -201,6 +201,8 @@ impl Gpt2Config {
 pub struct Conv1D {
     pub weight: Tensor,
     pub bias: Tensor,
+    /// Wᵀ packed for oneDNN once frozen in bf16 ([`Conv1D::pack_frozen`]).
+    packed: PackOnUse,
 }
 
 impl Conv1D {
@@ -208,7 +210,24 @@ impl Conv1D {
         Ok(Conv1D {
             weight: new_param(path, "weight", &[n_in, n_out], Init::Normal { std })?,
             bias: new_param(path, "bias", &[n_out], Init::Zeros)?,
+            packed: PackOnUse::default(),
         })
+    }
+
+    /// A frozen layer over given tensors, outside any VarStore (benchmarks, tests), packed as
+    /// [`Conv1D::pack_frozen`] arranges.
+    pub fn from_frozen(weight: Tensor, bias: Tensor) -> Self {
+        let mut layer = Conv1D { weight, bias, packed: PackOnUse::default() };
+        layer.pack_frozen();
+        layer
+    }
+
+    /// Lets a frozen bf16 weight be packed for oneDNN (`kernels/packed.rs`) at the first call
+    /// of at most 4,096 rows, once its values are final (bf16 mode, after loading); weights
+    /// that train, stay fp32 or cannot be packed on this CPU keep libtorch's product. The
+    /// weight must not change afterwards.
+    fn pack_frozen(&mut self) {
+        self.packed.arm();
     }
 
     /// Computes in `x`'s dtype: a no-op cast for weights already in it (frozen weights made
@@ -220,6 +239,11 @@ impl Conv1D {
     /// Output columns `start..start + len` only (the weight's column slice is a strided view;
     /// BLAS reads it in place).
     pub fn forward_columns(&self, x: &Tensor, start: i64, len: i64) -> Tensor {
+        if start == 0 && len == self.weight.size()[1] {
+            if let Some(packed) = self.packed.for_input(x, &self.weight.tr(), Some(&self.bias)) {
+                return packed.forward(x);
+            }
+        }
         let mut shape = x.size();
         let n_in = *shape.last().expect("Conv1D input has a feature axis");
         let kind = x.kind();
@@ -403,6 +427,16 @@ impl Gpt2 {
         self.compute_kind = kind;
     }
 
+    /// Lets every frozen bf16 weight matrix be packed for oneDNN (`Conv1D::pack_frozen`); called
+    /// once the weights are final (after loading, in bf16 mode).
+    pub fn pack_frozen_weights(&mut self) {
+        for block in &mut self.blocks {
+            for layer in [&mut block.attn.c_attn, &mut block.attn.c_proj, &mut block.mlp.c_fc, &mut block.mlp.c_proj] {
+                layer.pack_frozen();
+            }
+        }
+    }
+
     /// Every layer's attention probabilities `[batch, heads, seq, seq]` (eval mode).
     pub fn attention_maps(&self, inputs_embeds: &Tensor) -> Result<Vec<Tensor>> {
         self.check_input(inputs_embeds)?;
@@ -550,5 +584,44 @@ mod config_tests {
         assert!(cfg.validate().is_err());
         let bad_act = r#"{"activation_function":"mish"}"#;
         assert!(serde_json::from_str::<Gpt2Config>(bad_act).is_err());
+    }
+
+    /// bf16 GPT-2 with its frozen weights packed (kernels/packed.rs) against the same model on
+    /// libtorch's products: the packed path is taken where oneDNN can pack, and values and input
+    /// gradients agree within bf16 rounding through the blocks (a wrong transpose or a dropped
+    /// bias is off by the outputs' own scale).
+    #[test]
+    fn bf16_layers_pack_for_short_inputs_and_agree_with_libtorchs_products() {
+        tch::manual_seed(0);
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let mut model = Gpt2::new(&vs.root(), &Gpt2Config::custom(2, 64, 4)).unwrap();
+        tch::no_grad(|| {
+            for (_, mut t) in vs.variables() {
+                let _ = t.set_requires_grad(false);
+                if t.dim() >= 2 {
+                    let half = t.to_kind(Kind::BFloat16);
+                    t.set_data(&half);
+                }
+            }
+        });
+        model.set_compute_kind(Kind::BFloat16);
+        let x = Tensor::randn([3, 7, 64], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+        let run = |m: &Gpt2| {
+            let h = m.forward_embeds(&x, false).unwrap();
+            let g = Tensor::run_backward(&[(&h * h.ones_like().cumsum(-1, Kind::Float)).sum(Kind::Float)], &[&x], false, false).remove(0);
+            (h, g)
+        };
+        let (h0, g0) = run(&model);
+        model.pack_frozen_weights();
+        let (h1, g1) = run(&model);
+        let packed = model.blocks[1].mlp.c_fc.packed.is_packed();
+        if let Some(expected) = crate::kernels::packing_expected() {
+            assert_eq!(packed, expected, "oneDNN packing availability on this CPU");
+        }
+        for (what, a, b) in [("hidden states", &h1, &h0), ("input gradients", &g1, &g0)] {
+            let scale = b.abs().max().double_value(&[]);
+            let d = (a - b).abs().max().double_value(&[]);
+            assert!(d <= scale / 64.0, "{what} differ by {d} (scale {scale}, packed: {packed})");
+        }
     }
 }

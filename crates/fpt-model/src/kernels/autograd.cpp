@@ -1,6 +1,7 @@
 // The autograd nodes of the CPU kernels whose backward passes recompute instead of keeping:
-// attention with dropout (attention.rs) and dropout itself (dropout.rs); and a frozen linear
-// layer whose backward GEMM uses another weight layout than its forward (linear.rs).
+// attention with dropout (attention.rs) and dropout itself (dropout.rs); and the frozen linear
+// layers whose backward GEMM uses another weight layout than their forward: the LSTM's
+// (linear.rs) and the transformers' bf16 ones on weights packed once for oneDNN (packed.rs).
 //
 // tch cannot define a backward pass in Rust, and libtorch's own autograd would keep every
 // layer's T×T scores, probabilities and dropout masks alive until the backward pass (12 GB at
@@ -10,6 +11,7 @@
 // recomputed, masks drawn again from the seed). Tensors cross as tch's handles (`torch::Tensor*`): those passed to a callback are
 // borrowed, those a callback returns are owned by the receiver.
 
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/torch.h>
 
 #include <stdexcept>
@@ -111,46 +113,88 @@ struct FptFrozenLinear : public torch::autograd::Function<FptFrozenLinear> {
     }
 };
 
+
+// oneDNN's linear on a weight packed once into its blocked layout (`mkldnn::_reorder_linear_weight`,
+// what torch.compile's CPU freezing uses): `mkldnn::_linear_pointwise(x, packed, bias)` is
+// x Wᵀ + b without the per-call copy of W into that layout that `at::linear` makes. The ops are
+// registered by libtorch_cpu under the `mkldnn` namespace and have no C++ function of their own,
+// so they are called through the dispatcher (whose typed() checks these signatures).
+torch::Tensor onednn_pack(const torch::Tensor& weight) {
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("mkldnn::_reorder_linear_weight", "")
+                         .typed<at::Tensor(const at::Tensor&, std::optional<int64_t>)>();
+    return op.call(weight.contiguous(), std::nullopt);
+}
+
+torch::Tensor onednn_packed_linear(const torch::Tensor& x, const torch::Tensor& packed, const std::optional<torch::Tensor>& bias) {
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("mkldnn::_linear_pointwise", "")
+                         .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, std::string_view,
+                                           c10::List<std::optional<at::Scalar>>, std::optional<std::string_view>)>();
+    return op.call(x.contiguous(), packed, bias, "none", c10::List<std::optional<at::Scalar>>(), std::nullopt);
+}
+
+// y = x Wᵀ + b for a frozen W (no gradient for W or b): the forward pass on W packed, the
+// backward pass g W on Wᵀ packed (both made once by the caller).
+struct FptPackedLinear : public torch::autograd::Function<FptPackedLinear> {
+    static torch::Tensor forward(torch::autograd::AutogradContext* ctx, torch::Tensor x, torch::Tensor packed,
+                                 torch::Tensor packed_t, std::optional<torch::Tensor> bias) {
+        ctx->saved_data["packed_t"] = packed_t;
+        return onednn_packed_linear(x, packed, bias);
+    }
+
+    static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list grads) {
+        torch::Tensor gx = onednn_packed_linear(grads[0], ctx->saved_data["packed_t"].toTensor(), std::nullopt);
+        return {gx, torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    }
+};
+
+// Every entry point below returns an owned handle to what `make` computes, or null with *error
+// set to the exception's message (a thread-local copy, valid until the next failing call of the
+// same entry point on this thread).
+template <typename Make>
+Handle guarded(const char** error, Make make) {
+    thread_local std::string message;
+    try {
+        return new torch::Tensor(make());
+    } catch (const std::exception& e) {
+        message = e.what();
+        *error = message.c_str();
+        return nullptr;
+    }
+}
+
+std::optional<torch::Tensor> optional(Handle h) {
+    return h == nullptr ? std::nullopt : std::optional<torch::Tensor>(*h);
+}
+
 }  // namespace
 
 extern "C" Handle fpt_frozen_linear_apply(Handle x, Handle weight, Handle weight_t, Handle bias, const char** error) {
-    thread_local std::string message;
-    try {
-        return new torch::Tensor(FptFrozenLinear::apply(*x, *weight, *weight_t, *bias));
-    } catch (const std::exception& e) {
-        message = e.what();
-        *error = message.c_str();
-        return nullptr;
-    }
+    return guarded(error, [&] { return FptFrozenLinear::apply(*x, *weight, *weight_t, *bias); });
+}
+
+// Packs a weight `[out, in]` for `fpt_packed_linear_apply`; fails where oneDNN cannot (no bf16
+// support on this CPU, or a libtorch built without oneDNN).
+extern "C" Handle fpt_mkldnn_pack(Handle weight, const char** error) {
+    return guarded(error, [&] { return onednn_pack(*weight); });
+}
+
+// bias may be null.
+extern "C" Handle fpt_packed_linear_apply(Handle x, Handle packed, Handle packed_t, Handle bias, const char** error) {
+    return guarded(error, [&] { return FptPackedLinear::apply(*x, *packed, *packed_t, optional(bias)); });
 }
 
 extern "C" Handle fpt_dropout_apply(Handle x, double p, uint64_t seed, MaskFn mask_fn, const char** error) {
-    thread_local std::string message;
-    try {
-        return new torch::Tensor(FptDropout::apply(*x, p, static_cast<int64_t>(seed), reinterpret_cast<int64_t>(mask_fn)));
-    } catch (const std::exception& e) {
-        message = e.what();
-        *error = message.c_str();
-        return nullptr;
-    }
+    return guarded(error,
+                   [&] { return FptDropout::apply(*x, p, static_cast<int64_t>(seed), reinterpret_cast<int64_t>(mask_fn)); });
 }
 
-// Applies the attention node. Returns an owned handle to the output, or null with *error set (a static
-// copy, valid until the next failing call on this thread).
+// allowed may be null.
 extern "C" Handle fpt_attention_apply(Handle q, Handle k, Handle v, Handle allowed, double p, uint64_t seed, bool causal,
                                       ForwardFn forward_fn, BackwardFn backward_fn, const char** error) {
-    thread_local std::string message;
-    try {
-        std::optional<torch::Tensor> mask;
-        if (allowed != nullptr) {
-            mask = *allowed;
-        }
-        torch::Tensor out = FptAttention::apply(*q, *k, *v, mask, p, static_cast<int64_t>(seed), causal,
-                                                reinterpret_cast<int64_t>(forward_fn), reinterpret_cast<int64_t>(backward_fn));
-        return new torch::Tensor(out);
-    } catch (const std::exception& e) {
-        message = e.what();
-        *error = message.c_str();
-        return nullptr;
-    }
+    return guarded(error, [&] {
+        return FptAttention::apply(*q, *k, *v, optional(allowed), p, static_cast<int64_t>(seed), causal,
+                                   reinterpret_cast<int64_t>(forward_fn), reinterpret_cast<int64_t>(backward_fn));
+    });
 }

@@ -1,6 +1,6 @@
 //! The Rust side of `autograd.cpp`, the C++ autograd nodes whose backward passes call back
 //! into Rust (tch cannot define a backward pass): attention with dropout and dropout; and the
-//! frozen linear layer, computed in C++.
+//! frozen linear layers (the LSTM's, and the packed bf16 ones), computed in C++.
 //!
 //! Tensors cross as tch's handles (`*mut C_tensor`, a heap `torch::Tensor`): a callback borrows
 //! the handles it is given and returns handles the C++ side then owns and frees. A callback
@@ -52,6 +52,16 @@ extern "C" {
         x: *mut C_tensor,
         weight: *mut C_tensor,
         weight_t: *mut C_tensor,
+        bias: *mut C_tensor,
+        error: *mut *const c_char,
+    ) -> *mut C_tensor;
+
+    fn fpt_mkldnn_pack(weight: *mut C_tensor, error: *mut *const c_char) -> *mut C_tensor;
+
+    fn fpt_packed_linear_apply(
+        x: *mut C_tensor,
+        packed: *mut C_tensor,
+        packed_t: *mut C_tensor,
         bias: *mut C_tensor,
         error: *mut *const c_char,
     ) -> *mut C_tensor;
@@ -124,4 +134,28 @@ pub(super) fn frozen_linear_node(x: &Tensor, weight: &Tensor, weight_t: &Tensor,
     // SAFETY: as in `attention_node` (this node computes in C++, no callbacks).
     let out = unsafe { fpt_frozen_linear_apply(lent(x), lent(weight), lent(weight_t), lent(bias), &mut error) };
     output(out, error, "frozen linear")
+}
+
+/// `weight` `[out, in]` in oneDNN's blocked layout for [`packed_linear_node`], or the C++
+/// side's message where oneDNN cannot pack it.
+pub(super) fn mkldnn_pack(weight: &Tensor) -> Result<Tensor, String> {
+    let mut error: *const c_char = std::ptr::null();
+    // SAFETY: a live handle the C++ side only reads; it returns an owned handle or null with
+    // `error` set.
+    let out = unsafe { fpt_mkldnn_pack(lent(weight), &mut error) };
+    if out.is_null() {
+        // SAFETY: on failure `error` is a NUL-terminated message owned by the C++ side.
+        return Err(if error.is_null() { "unknown error".into() } else { unsafe { CStr::from_ptr(error) }.to_string_lossy().into_owned() });
+    }
+    // SAFETY: an owned handle, returned once.
+    Ok(unsafe { Tensor::from_ptr(out) })
+}
+
+/// Applies the packed-linear node (see `packed.rs`).
+pub(super) fn packed_linear_node(x: &Tensor, packed: &Tensor, packed_t: &Tensor, bias: Option<&Tensor>) -> Tensor {
+    let mut error: *const c_char = std::ptr::null();
+    let bias = bias.map_or(std::ptr::null_mut(), lent);
+    // SAFETY: as in `attention_node` (this node computes in C++, no callbacks).
+    let out = unsafe { fpt_packed_linear_apply(lent(x), lent(packed), lent(packed_t), bias, &mut error) };
+    output(out, error, "packed linear")
 }

@@ -1,6 +1,6 @@
 //! The compute kernels the backbones call: dropout, GPT-2's tanh-GELU, scaled-dot-product
 //! attention, and the OpenMP binding they run on. Crate-private: the backbones reach them
-//! through [`dropout`], [`gelu_tanh`] and [`attention`] only.
+//! through [`dropout`], [`gelu_tanh`], [`attention`], [`FrozenLinear`] and [`PackOnUse`] only.
 //!
 //! On CUDA each of them is libtorch's own kernel (parallel RNG, fused attention with dropout).
 //! On the CPU:
@@ -10,6 +10,8 @@
 //! - [`gelu_tanh`] computes bf16 GELU values and slopes in one pass (`gelu.rs`);
 //! - [`attention`] writes attention out where dropout is on, since the fused CPU kernel has no
 //!   dropout (`attention.rs`);
+//! - [`PackOnUse`] runs frozen bf16 linear layers of short inputs on weights packed once for
+//!   oneDNN (`packed.rs`);
 //! - `omp.rs` runs a closure over index ranges on libtorch's OpenMP team.
 //!
 //! # Unsafe code
@@ -38,11 +40,15 @@ mod dropout;
 mod gelu;
 mod linear;
 mod omp;
+mod packed;
 
 pub(crate) use attention::attention;
 pub(crate) use dropout::dropout;
 pub(crate) use gelu::gelu_tanh;
 pub(crate) use linear::FrozenLinear;
+#[cfg(test)]
+pub(crate) use packed::packing_expected;
+pub(crate) use packed::PackOnUse;
 
 /// Every feature the `*_avx512` builds of the kernels are compiled with.
 #[cfg(target_arch = "x86_64")]

@@ -14,6 +14,7 @@ use crate::backbone::{minilm_dir, smollm2_dir};
 use crate::device::parse_device;
 use anyhow::{bail, Context, Result};
 use fpt_model::checkpoint::{build_checked, load_weights};
+use fpt_model::gpt2::Conv1D;
 use fpt_model::{BackboneConfig, Fpt, FptConfig, FreezeSpec, Gpt2Config, LstmConfig, Precision};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -236,19 +237,30 @@ pub fn step_flops(backbone: &BackboneConfig, batch: i64, tokens: i64, dim: i64, 
 const PEAK_BUDGET_S: f64 = 3.0;
 
 /// Best GFLOP/s of up to 6 `size`² matmuls within the budget (at least one), and that best
-/// time, which tells whether the next size (8× the work) fits the budget.
+/// time, which tells whether the next size (8× the work) fits the budget. In bf16 on the CPU
+/// the product is also timed as GPT-2's frozen layers compute it, on a weight packed once for
+/// oneDNN (`Conv1D::from_frozen`), and the better of the two counts: GPT-2's products run
+/// that way, so a peak of unpacked products alone would understate what the machine does.
 fn matmul_gflops(size: i64, kind: Kind, device: Device) -> (f64, f64) {
     let a = Tensor::randn([size, size], (kind, device));
     let b = Tensor::randn([size, size], (kind, device));
+    // (On a CPU without native bf16 the layer's forward is the same matmul, timed twice.)
+    let packed = Conv1D::from_frozen(b.shallow_clone(), Tensor::zeros([size], (kind, device)));
+    let mut products: Vec<Box<dyn Fn() -> Tensor>> = vec![Box::new(|| a.matmul(&b))];
+    if kind == Kind::BFloat16 && device == Device::Cpu {
+        products.push(Box::new(|| packed.forward(&a)));
+    }
     let (mut best, started) = (f64::INFINITY, Instant::now());
-    for _ in 0..6 {
-        sync(device);
-        let t0 = Instant::now();
-        let _c = a.matmul(&b);
-        sync(device);
-        best = best.min(t0.elapsed().as_secs_f64());
-        if started.elapsed().as_secs_f64() > PEAK_BUDGET_S {
-            break;
+    'products: for product in &products {
+        for _ in 0..6 {
+            sync(device);
+            let t0 = Instant::now();
+            let _c = product();
+            sync(device);
+            best = best.min(t0.elapsed().as_secs_f64());
+            if started.elapsed().as_secs_f64() > PEAK_BUDGET_S * products.len() as f64 {
+                break 'products;
+            }
         }
     }
     (2.0 * (size as f64).powi(3) / best / 1e9, best)
