@@ -49,10 +49,13 @@ fn main() {
 /// twice the largest buffer freed so far (its dynamic trim threshold), and a train step frees and
 /// allocates its activations again every step: at 49 tokens (GPT-2 small, batch 16, bf16) that
 /// cost ~11,000 page faults a step, kernel time zeroing the same pages anew (docs/performance.md:
-/// 3% of the step on the 2-core AMD EPYC). Buffers up to 32 MiB (the largest the dynamic threshold would reach) come from the heap,
-/// and up to 128 MiB of free heap is kept; larger buffers (the 1,024-token activations) are still
-/// mapped and unmapped, so peak RSS grows by at most the kept 128 MiB. A user's own
-/// `GLIBC_TUNABLES` malloc settings win.
+/// 3% of the step on the 2-core AMD EPYC). Buffers up to 32 MiB (the largest the dynamic
+/// threshold would reach) come from the heap, and up to 128 MiB of free heap is kept. That
+/// includes a 1,024-token step's 24 MiB activations (batch 16, bf16), which fragment the heap:
+/// 5.6–5.9 GB peak at 1,024 × 16 where a 16 MiB threshold holds 4.3 GB, but mapping them afresh
+/// costs 2.5× the page faults and 10–20% of that step (docs/performance.md); 32 MiB is the faster
+/// of the two within the 6 GB the long tasks are held to. A user's own `GLIBC_TUNABLES` malloc
+/// settings win.
 #[cfg(target_env = "gnu")]
 fn keep_freed_memory() {
     if std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("malloc")) {
