@@ -240,7 +240,7 @@ impl Conv1D {
     /// BLAS reads it in place).
     pub fn forward_columns(&self, x: &Tensor, start: i64, len: i64) -> Tensor {
         if start == 0 && len == self.weight.size()[1] {
-            if let Some(packed) = self.packed.for_input(x, &self.weight.tr(), Some(&self.bias)) {
+            if let Some(packed) = self.packed.for_input(x, || self.weight.tr(), Some(&self.bias)) {
                 return packed.forward(x);
             }
         }

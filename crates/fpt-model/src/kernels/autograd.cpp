@@ -119,6 +119,7 @@ struct FptFrozenLinear : public torch::autograd::Function<FptFrozenLinear> {
 // x Wᵀ + b without the per-call copy of W into that layout that `at::linear` makes. The ops are
 // registered by libtorch_cpu under the `mkldnn` namespace and have no C++ function of their own,
 // so they are called through the dispatcher (whose typed() checks these signatures).
+// `_linear_pointwise` makes its input contiguous itself.
 torch::Tensor onednn_pack(const torch::Tensor& weight) {
     static auto op = c10::Dispatcher::singleton()
                          .findSchemaOrThrow("mkldnn::_reorder_linear_weight", "")
@@ -131,7 +132,7 @@ torch::Tensor onednn_packed_linear(const torch::Tensor& x, const torch::Tensor& 
                          .findSchemaOrThrow("mkldnn::_linear_pointwise", "")
                          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, std::string_view,
                                            c10::List<std::optional<at::Scalar>>, std::optional<std::string_view>)>();
-    return op.call(x.contiguous(), packed, bias, "none", c10::List<std::optional<at::Scalar>>(), std::nullopt);
+    return op.call(x, packed, bias, "none", c10::List<std::optional<at::Scalar>>(), std::nullopt);
 }
 
 // y = x Wᵀ + b for a frozen W (no gradient for W or b): the forward pass on W packed, the

@@ -50,14 +50,14 @@ impl PackOnUse {
         self.packed = OnceCell::new();
     }
 
-    /// The packed layer for input `x`, packing `weight` (`[out, in]`) and `bias` at the first
-    /// call that qualifies; None where `x` takes libtorch's linear.
-    pub(crate) fn for_input(&self, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Option<&PackedLinear> {
+    /// The packed layer for input `x`, packing `weight()` (`[out, in]`, asked for only then) and
+    /// `bias` at the first call that qualifies; None where `x` takes libtorch's linear.
+    pub(crate) fn for_input(&self, x: &Tensor, weight: impl FnOnce() -> Tensor, bias: Option<&Tensor>) -> Option<&PackedLinear> {
         let rows = x.size().split_last().map_or(0, |(_, lead)| lead.iter().product::<i64>());
         if !self.armed || x.kind() != Kind::BFloat16 || x.device() != Device::Cpu || rows > PACKED_MAX_ROWS {
             return None;
         }
-        self.packed.get_or_init(|| PackedLinear::new(weight, bias)).as_ref()
+        self.packed.get_or_init(|| PackedLinear::new(&weight(), bias)).as_ref()
     }
 
     /// Whether a call has packed the weight.
@@ -172,18 +172,21 @@ mod tests {
         let weight = Tensor::ones([4, 3], (Kind::BFloat16, Device::Cpu));
         let input = |rows: i64, kind: Kind| Tensor::ones([rows, 3], (kind, Device::Cpu));
         let mut slot = PackOnUse::default();
-        assert!(slot.for_input(&input(2, Kind::BFloat16), &weight, None).is_none(), "not armed");
+        assert!(slot.for_input(&input(2, Kind::BFloat16), || weight.shallow_clone(), None).is_none(), "not armed");
         slot.arm();
-        assert!(slot.for_input(&input(2, Kind::Float), &weight, None).is_none(), "an fp32 input");
-        assert!(slot.for_input(&input(PACKED_MAX_ROWS + 1, Kind::BFloat16), &weight, None).is_none(), "too many rows");
+        assert!(slot.for_input(&input(2, Kind::Float), || weight.shallow_clone(), None).is_none(), "an fp32 input");
+        assert!(slot.for_input(&input(PACKED_MAX_ROWS + 1, Kind::BFloat16), || weight.shallow_clone(), None).is_none(), "too many rows");
         assert!(slot.packed.get().is_none(), "nothing packed before a call that takes it");
         let short = Tensor::ones([2, PACKED_MAX_ROWS / 2, 3], (Kind::BFloat16, Device::Cpu));
-        let packed = slot.for_input(&short, &weight, None).is_some();
+        let packed = slot.for_input(&short, || weight.shallow_clone(), None).is_some();
         if let Some(expected) = packing_expected() {
             assert_eq!(packed, expected, "oneDNN packing availability on this CPU");
         }
         assert!(slot.packed.get().is_some(), "the first qualifying call decided");
-        assert!(slot.for_input(&input(PACKED_MAX_ROWS + 1, Kind::BFloat16), &weight, None).is_none(), "long calls stay unpacked");
+        assert!(
+            slot.for_input(&input(PACKED_MAX_ROWS + 1, Kind::BFloat16), || weight.shallow_clone(), None).is_none(),
+            "long calls stay unpacked"
+        );
     }
 
     #[test]
