@@ -1,7 +1,8 @@
 // The autograd nodes of the CPU kernels whose backward passes recompute instead of keeping:
 // attention with dropout (attention.rs) and dropout itself (dropout.rs); and the frozen linear
 // layers whose backward GEMM uses another weight layout than their forward: the LSTM's
-// (linear.rs) and the transformers' bf16 ones on weights packed once for oneDNN (packed.rs).
+// (linear.rs) and the transformers' bf16 ones on weights packed once for oneDNN (packed.rs); and
+// an elementwise function whose slope was computed with its value (the bf16 GELU, gelu.rs).
 //
 // tch cannot define a backward pass in Rust, and libtorch's own autograd would keep every
 // layer's T×T scores, probabilities and dropout masks alive until the backward pass (12 GB at
@@ -95,6 +96,21 @@ struct FptDropout : public torch::autograd::Function<FptDropout> {
     }
 };
 
+// y = f(x) for an elementwise f whose value and slope f'(x) the caller computed in one pass (the
+// bf16 GELU): the node returns y and saves the slope; the gradient is grad_y · slope. y and the
+// slope enter as inputs without gradients (autograd returns y as an alias of itself).
+struct FptSlope : public torch::autograd::Function<FptSlope> {
+    static torch::Tensor forward(torch::autograd::AutogradContext* ctx, torch::Tensor x, torch::Tensor y, torch::Tensor slope) {
+        ctx->save_for_backward({slope});
+        return y;
+    }
+
+    static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list grads) {
+        torch::Tensor slope = ctx->get_saved_variables()[0];
+        return {grads[0] * slope, torch::Tensor(), torch::Tensor()};
+    }
+};
+
 // y = x Wᵀ + b for a frozen W `[out, in]` (no gradient for W or b), with each pass's GEMM in the
 // layout MKL runs fastest when x has few rows (the LSTM's step: 16 × 768 by 768 × 3,072): the
 // forward pass as (W xᵀ)ᵀ, the backward pass as (Wt gᵀ)ᵀ with Wt = Wᵀ made contiguous once by the
@@ -184,6 +200,10 @@ extern "C" Handle fpt_mkldnn_pack(Handle weight, const char** error) {
 // bias may be null.
 extern "C" Handle fpt_packed_linear_apply(Handle x, Handle packed, Handle packed_t, Handle bias, const char** error) {
     return guarded(error, [&] { return FptPackedLinear::apply(*x, *packed, *packed_t, optional(bias)); });
+}
+
+extern "C" Handle fpt_slope_apply(Handle x, Handle y, Handle slope, const char** error) {
+    return guarded(error, [&] { return FptSlope::apply(*x, *y, *slope); });
 }
 
 extern "C" Handle fpt_dropout_apply(Handle x, double p, uint64_t seed, MaskFn mask_fn, const char** error) {

@@ -1,6 +1,7 @@
 //! The Rust side of `autograd.cpp`, the C++ autograd nodes whose backward passes call back
-//! into Rust (tch cannot define a backward pass): attention with dropout and dropout; and the
-//! frozen linear layers (the LSTM's, and the packed bf16 ones), computed in C++.
+//! into Rust (tch cannot define a backward pass): attention with dropout and dropout; and, computed
+//! in C++, the frozen linear layers (the LSTM's, and the packed bf16 ones) and an elementwise
+//! function whose slope was computed with its value (the GELU).
 //!
 //! Tensors cross as tch's handles (`*mut C_tensor`, a heap `torch::Tensor`): a callback borrows
 //! the handles it is given and returns handles the C++ side then owns and frees. A callback
@@ -67,6 +68,8 @@ extern "C" {
     ) -> *mut C_tensor;
 
     fn fpt_dropout_apply(x: *mut C_tensor, p: f64, seed: u64, mask: MaskMultiply, error: *mut *const c_char) -> *mut C_tensor;
+
+    fn fpt_slope_apply(x: *mut C_tensor, y: *mut C_tensor, slope: *mut C_tensor, error: *mut *const c_char) -> *mut C_tensor;
 }
 
 /// A tensor the C++ side lends for the duration of a callback (never freed here).
@@ -126,6 +129,15 @@ pub(super) fn dropout_node(x: &Tensor, p: f64, seed: u64, mask: MaskMultiply) ->
     // SAFETY: as in `attention_node`.
     let out = unsafe { fpt_dropout_apply(lent(x), p, seed, mask, &mut error) };
     output(out, error, "dropout")
+}
+
+/// `y` (= f(`x`), elementwise) as the output of a node whose gradient is grad · `slope`
+/// (f'(x), shaped like x): see `gelu.rs`.
+pub(super) fn slope_node(x: &Tensor, y: &Tensor, slope: &Tensor) -> Tensor {
+    let mut error: *const c_char = std::ptr::null();
+    // SAFETY: as in `attention_node` (this node computes in C++, no callbacks).
+    let out = unsafe { fpt_slope_apply(lent(x), lent(y), lent(slope), &mut error) };
+    output(out, error, "elementwise slope")
 }
 
 /// Applies the frozen-linear node (see `linear.rs`).

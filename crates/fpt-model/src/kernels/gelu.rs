@@ -3,6 +3,7 @@
 //! computes the value and the slope in one pass with a rational tanh accurate far beyond bf16's
 //! 8 bits, and the backward pass is a multiplication by the saved slope.
 
+use super::autograd::slope_node;
 use super::omp::parallel_ranges;
 #[cfg(target_arch = "x86_64")]
 use super::{has_avx2, has_avx512};
@@ -13,10 +14,10 @@ use tch::{Device, Kind, Tensor};
 /// On bf16 CPU tensors the value and, when `x` needs a gradient, the slope come from one pass of
 /// our own kernel (`gelu_tanh_fill`): values equal libtorch's `gelu(x, "tanh")` to within one bf16
 /// unit in the last place, and so do gradients (the slope is rounded to bf16 once before it
-/// multiplies the incoming gradient). The gradient reaches `x` through
-/// `y + (x - x.detach()) * slope`, whose value is exactly `y` and whose derivative is exactly
-/// the slope: tch has no custom autograd functions. Elsewhere (fp32, CUDA) it is libtorch's
-/// kernel.
+/// multiplies the incoming gradient). The gradient reaches `x` through a node that returns `y`
+/// and multiplies the incoming gradient by the saved slope (`autograd.cpp`'s `FptSlope`; an
+/// earlier `y + (x - x.detach()) * slope` cost two more passes forward and one backward).
+/// Elsewhere (fp32, CUDA) it is libtorch's kernel.
 pub(crate) fn gelu_tanh(x: &Tensor) -> Tensor {
     if x.device() != Device::Cpu || x.kind() != Kind::BFloat16 || x.numel() == 0 {
         return x.gelu("tanh");
@@ -39,7 +40,7 @@ pub(crate) fn gelu_tanh(x: &Tensor) -> Tensor {
     let y = y.view(x.size().as_slice());
     match slope {
         None => y,
-        Some(slope) => y.addcmul(&(&x - x.detach()), &slope.view(x.size().as_slice())),
+        Some(slope) => slope_node(&x, &y, &slope.view(x.size().as_slice())),
     }
 }
 
@@ -180,6 +181,21 @@ mod tests {
         let floor = upstream.to_kind(Kind::Float).abs() * 1e-5;
         let excess = ((&a - &b).abs() - b.abs() * 2.0f64.powi(-7) - floor).max().double_value(&[]);
         assert!(excess <= 0.0, "gradients: off by {excess} beyond two bf16 steps");
+        // The gradient is the upstream gradient times the kernel's own bf16 slope, and nothing
+        // else: bit for bit, on a 3-D input as the blocks give it.
+        let bits: Vec<u16> = grid.iter().map(|x| (x.to_bits() >> 16) as u16).collect();
+        let (mut value, mut slope) = (vec![0u16; bits.len()], vec![0u16; bits.len()]);
+        gelu_tanh_fill(&bits, &mut value, Some(&mut slope));
+        let slope: Vec<i16> = slope.iter().map(|&b| b as i16).collect();
+        let slope = Tensor::from_slice(&slope).view_dtype(Kind::BFloat16);
+        assert!(g.equal(&(&upstream * &slope)), "the gradient is not upstream · slope");
+        let n = grid.len() as i64;
+        let leaf3 = x.narrow(0, 0, n - n % 6).view([2, 3, -1]).detach().set_requires_grad(true);
+        let up3 = upstream.narrow(0, 0, n - n % 6).view([2, 3, -1]);
+        let y3 = gelu_tanh(&leaf3);
+        assert_eq!(y3.size(), leaf3.size());
+        (&y3 * &up3).sum(Kind::Float).backward();
+        assert!(leaf3.grad().equal(&(&up3 * slope.narrow(0, 0, n - n % 6).view([2, 3, -1]))), "3-D gradient");
         // Every build of the kernel this CPU can run gives the same bits.
         #[cfg(target_arch = "x86_64")]
         {
