@@ -5,7 +5,7 @@
 //! tensor with no transposes (`y = b + x·W`, as `transformers`' Conv1D computes it).
 
 use crate::freeze::{ParamGroup, ParamGroups};
-use crate::kernels::{attention, dropout, PackOnUse};
+use crate::kernels::{attention, dropout, residual_dropout, PackOnUse};
 use crate::layers::hf_config::{check_model_type, check_positive, read_hf_config, HfConfig};
 use crate::layers::init::{new_param, Init};
 use crate::layers::{check_inputs_embeds, check_positions, Activation, LayerNorm, Queries, Rows};
@@ -286,8 +286,9 @@ impl Attention {
         scores.masked_fill(&mask, f64::NEG_INFINITY).softmax(-1, Kind::Float)
     }
 
-    /// Causal self-attention of `x` `[batch, seq, width]`; with `queries` other than all, only
-    /// those query positions are computed (keys and values still cover every position).
+    /// Causal self-attention of `x` `[batch, seq, width]`, before the residual dropout (the
+    /// block applies it with the residual add); with `queries` other than all, only those query
+    /// positions are computed (keys and values still cover every position).
     fn forward(&self, x: &Tensor, train: bool, queries: Queries) -> Tensor {
         let (b, t, w) = x.size3().expect("attention input is [batch, seq, width]");
         let head_dim = w / self.n_head;
@@ -325,7 +326,7 @@ impl Attention {
             }
         };
         let y = y.transpose(1, 2).reshape([b, len, w]);
-        dropout(&self.c_proj.forward(&y), self.resid_pdrop, train)
+        self.c_proj.forward(&y)
     }
 }
 
@@ -338,9 +339,10 @@ struct Mlp {
 }
 
 impl Mlp {
-    fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+    /// Before the residual dropout, as [`Attention::forward`].
+    fn forward(&self, x: &Tensor) -> Tensor {
         let h = self.activation.apply(&self.c_fc.forward(x));
-        dropout(&self.c_proj.forward(&h), self.resid_pdrop, train)
+        self.c_proj.forward(&h)
     }
 }
 
@@ -381,11 +383,13 @@ impl Block {
 
     /// Pre-LN block. The residual stream keeps `x`'s dtype (fp32); the attention and the
     /// feed-forward compute in `kind` (fp32, or bf16 in bf16 mode). With `queries` other than
-    /// all, only those positions come out.
+    /// all, only those positions come out. Each branch's dropout is applied with its residual
+    /// add (one fused pass each way for a bf16 branch on the CPU, `kernels/residual.rs`).
     fn forward(&self, x: &Tensor, train: bool, kind: Kind, queries: Queries) -> Tensor {
         let a = self.attn.forward(&self.ln_1.forward(x).to_kind(kind), train, queries);
-        let x = queries.select(x) + a;
-        &x + self.mlp.forward(&self.ln_2.forward(&x).to_kind(kind), train)
+        let x = residual_dropout(&queries.select(x), &a, self.attn.resid_pdrop, train);
+        let m = self.mlp.forward(&self.ln_2.forward(&x).to_kind(kind));
+        residual_dropout(&x, &m, self.mlp.resid_pdrop, train)
     }
 }
 

@@ -2,7 +2,8 @@
 // attention with dropout (attention.rs) and dropout itself (dropout.rs); and the frozen linear
 // layers whose backward GEMM uses another weight layout than their forward: the LSTM's
 // (linear.rs) and the transformers' bf16 ones on weights packed once for oneDNN (packed.rs); and
-// an elementwise function whose slope was computed with its value (the bf16 GELU, gelu.rs).
+// an elementwise function whose slope was computed with its value (the bf16 GELU, gelu.rs); and
+// the residual add of a dropped-out branch (residual.rs).
 //
 // tch cannot define a backward pass in Rust, and libtorch's own autograd would keep every
 // layer's T×T scores, probabilities and dropout masks alive until the backward pass (12 GB at
@@ -93,6 +94,32 @@ struct FptDropout : public torch::autograd::Function<FptDropout> {
         torch::Tensor gx =
             take(run(&grad, ctx->saved_data["p"].toDouble(), static_cast<uint64_t>(ctx->saved_data["seed"].toInt())), "dropout backward");
         return {gx, torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    }
+};
+
+// out = x + dropout(a) for an fp32 residual stream x and a bf16 branch a, one pass each way in
+// Rust (residual.rs): the mask is drawn from (p, seed) in both passes, nothing is kept. x's
+// gradient is the incoming one; a's is dropout(bf16(grad)).
+using ResidualFn = Handle (*)(Handle x, Handle a, double p, uint64_t seed);
+
+struct FptResidualDropout : public torch::autograd::Function<FptResidualDropout> {
+    static torch::Tensor forward(torch::autograd::AutogradContext* ctx, torch::Tensor x, torch::Tensor a, double p, int64_t seed,
+                                 int64_t forward_fn, int64_t backward_fn) {
+        ctx->saved_data["p"] = p;
+        ctx->saved_data["seed"] = seed;
+        ctx->saved_data["backward_fn"] = backward_fn;
+        return take(reinterpret_cast<ResidualFn>(forward_fn)(&x, &a, p, static_cast<uint64_t>(seed)), "residual dropout");
+    }
+
+    static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list grads) {
+        torch::Tensor grad = grads[0].contiguous();
+        torch::Tensor ga;
+        if (ctx->needs_input_grad(1)) {
+            auto run = reinterpret_cast<MaskFn>(ctx->saved_data["backward_fn"].toInt());
+            ga = take(run(&grad, ctx->saved_data["p"].toDouble(), static_cast<uint64_t>(ctx->saved_data["seed"].toInt())),
+                      "residual dropout backward");
+        }
+        return {grad, ga, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
     }
 };
 
@@ -200,6 +227,14 @@ extern "C" Handle fpt_mkldnn_pack(Handle weight, const char** error) {
 // bias may be null.
 extern "C" Handle fpt_packed_linear_apply(Handle x, Handle packed, Handle packed_t, Handle bias, const char** error) {
     return guarded(error, [&] { return FptPackedLinear::apply(*x, *packed, *packed_t, optional(bias)); });
+}
+
+extern "C" Handle fpt_residual_dropout_apply(Handle x, Handle a, double p, uint64_t seed, ResidualFn forward_fn, MaskFn backward_fn,
+                                             const char** error) {
+    return guarded(error, [&] {
+        return FptResidualDropout::apply(*x, *a, p, static_cast<int64_t>(seed), reinterpret_cast<int64_t>(forward_fn),
+                                         reinterpret_cast<int64_t>(backward_fn));
+    });
 }
 
 extern "C" Handle fpt_slope_apply(Handle x, Handle y, Handle slope, const char** error) {

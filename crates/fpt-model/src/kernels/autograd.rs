@@ -1,5 +1,6 @@
 //! The Rust side of `autograd.cpp`, the C++ autograd nodes whose backward passes call back
-//! into Rust (tch cannot define a backward pass): attention with dropout and dropout; and, computed
+//! into Rust (tch cannot define a backward pass): attention with dropout, dropout, and the
+//! residual add of a dropped-out branch; and, computed
 //! in C++, the frozen linear layers (the LSTM's, and the packed bf16 ones) and an elementwise
 //! function whose slope was computed with its value (the GELU).
 //!
@@ -32,8 +33,12 @@ pub(super) type AttentionBackward = extern "C" fn(
     *mut *mut C_tensor,
 ) -> bool;
 
-/// (x, p, seed) → x times the dropout mask of (p, seed), owned; null on failure.
+/// (x, p, seed) → x times the dropout mask of (p, seed), owned; null on failure. Also the
+/// residual dropout's backward pass: (grad, p, seed) → the branch's gradient.
 pub(super) type MaskMultiply = extern "C" fn(*mut C_tensor, f64, u64) -> *mut C_tensor;
+
+/// (x, a, p, seed) → x + a times the dropout mask of (p, seed), owned; null on failure.
+pub(super) type ResidualForward = extern "C" fn(*mut C_tensor, *mut C_tensor, f64, u64) -> *mut C_tensor;
 
 extern "C" {
     fn fpt_attention_apply(
@@ -68,6 +73,16 @@ extern "C" {
     ) -> *mut C_tensor;
 
     fn fpt_dropout_apply(x: *mut C_tensor, p: f64, seed: u64, mask: MaskMultiply, error: *mut *const c_char) -> *mut C_tensor;
+
+    fn fpt_residual_dropout_apply(
+        x: *mut C_tensor,
+        a: *mut C_tensor,
+        p: f64,
+        seed: u64,
+        forward: ResidualForward,
+        backward: MaskMultiply,
+        error: *mut *const c_char,
+    ) -> *mut C_tensor;
 
     fn fpt_slope_apply(x: *mut C_tensor, y: *mut C_tensor, slope: *mut C_tensor, error: *mut *const c_char) -> *mut C_tensor;
 }
@@ -129,6 +144,14 @@ pub(super) fn dropout_node(x: &Tensor, p: f64, seed: u64, mask: MaskMultiply) ->
     // SAFETY: as in `attention_node`.
     let out = unsafe { fpt_dropout_apply(lent(x), p, seed, mask, &mut error) };
     output(out, error, "dropout")
+}
+
+/// Applies the residual-dropout node (see `residual.rs`).
+pub(super) fn residual_dropout_node(x: &Tensor, a: &Tensor, p: f64, seed: u64, forward: ResidualForward, backward: MaskMultiply) -> Tensor {
+    let mut error: *const c_char = std::ptr::null();
+    // SAFETY: as in `attention_node`.
+    let out = unsafe { fpt_residual_dropout_apply(lent(x), lent(a), p, seed, forward, backward, &mut error) };
+    output(out, error, "residual dropout")
 }
 
 /// `y` (= f(`x`), elementwise) as the output of a node whose gradient is grad · `slope`

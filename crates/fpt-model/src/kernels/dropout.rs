@@ -40,7 +40,7 @@ fn fill_mask<T: Copy + Send + Sync>(mask: &mut [T], p: f64, seed: u64, scale: T,
     });
 }
 
-fn fill_mask_part<T: Copy>(part: &mut [T], first_pair: usize, p: f64, seed: u64, scale: T, zero: T) {
+pub(super) fn fill_mask_part<T: Copy>(part: &mut [T], first_pair: usize, p: f64, seed: u64, scale: T, zero: T) {
     #[cfg(target_arch = "x86_64")]
     {
         if has_avx512() {
@@ -198,7 +198,7 @@ const KEEP_MASKS_UP_TO: usize = 1 << 23;
 
 /// `x` times the dropout mask of (`p`, `seed`): element i of the (row-major) mask depends only
 /// on the seed and i, so the gradient, shaped like `x`, meets the same mask.
-fn times_mask(x: &Tensor, p: f64, seed: u64) -> Tensor {
+pub(super) fn times_mask(x: &Tensor, p: f64, seed: u64) -> Tensor {
     // The mask is written straight into a fresh tensor in x's dtype (bf16 in bf16 mode: half
     // the bytes, no cast pass), as libtorch builds its own.
     let n = x.numel();
