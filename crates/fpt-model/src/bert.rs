@@ -9,7 +9,7 @@
 //! PyTorch's `[out, in]` layout and Hugging Face's names, so checkpoints copy name for name.
 
 use crate::freeze::{ParamGroup, ParamGroups};
-use crate::kernels::{attention, dropout};
+use crate::kernels::{attention, dropout, residual_dropout};
 use crate::layers::hf_config::{check_model_type, check_positive, HfConfig};
 use crate::layers::init::{new_param, Init};
 use crate::layers::{check_inputs_embeds, check_positions, Activation, LayerNorm, Linear, Queries, Rows};
@@ -327,9 +327,10 @@ impl Bert {
             // masked out of the keys when a mask is given.
             let ctx = attention(&q, &k, &v, allowed.as_ref(), false, p_attn, train);
             let ctx = ctx.transpose(1, 2).reshape([b, len, w]);
-            let h = layer.attn_ln.forward(&(dropout(&layer.attn_out.forward(&ctx), p_hidden, train) + &x_out));
+            // Each dropout with its residual add (fused for a bf16 branch on the CPU).
+            let h = layer.attn_ln.forward(&residual_dropout(&x_out, &layer.attn_out.forward(&ctx), p_hidden, train));
             let inter = self.cfg.hidden_act.apply(&layer.intermediate.forward(&h.to_kind(kind)));
-            x = layer.output_ln.forward(&(dropout(&layer.output.forward(&inter), p_hidden, train) + h));
+            x = layer.output_ln.forward(&residual_dropout(&h, &layer.output.forward(&inter), p_hidden, train));
         }
         Ok((x, maps))
     }
