@@ -58,3 +58,14 @@ impl std::error::Error for ExitWith {}
 pub fn exit_code(error: &anyhow::Error) -> u8 {
     error.downcast_ref::<ExitWith>().map_or(1, |e| e.code)
 }
+
+/// The CPU's model name and the cores this process may use, as reports name the machine
+/// ("AMD EPYC, 2 cores").
+pub fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| t.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string()))
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    format!("{cpu}, {cores} cores")
+}

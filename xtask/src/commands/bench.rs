@@ -8,7 +8,7 @@
 
 use crate::commands::setup;
 use crate::plot;
-use crate::util::{describe, workspace_root};
+use crate::util::{describe, machine, workspace_root};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -354,15 +354,6 @@ impl Runner {
         self.common(&mut cmd, job);
         run_json(cmd.args(extra))
     }
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|t| t.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string()))
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    format!("{cpu}, {cores} cores")
 }
 
 pub fn measure(args: &Args) -> Result<Report> {

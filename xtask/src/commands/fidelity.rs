@@ -16,7 +16,7 @@ use crate::commands::reproduce::{run_cells, stop_on_signals, terminate, GridRun,
 use crate::commands::setup;
 use crate::grid::{self, Cell, Grid};
 use crate::results::{read_eval_curve, read_summary};
-use crate::util::{describe, workspace_root, ExitWith};
+use crate::util::{describe, machine, workspace_root, ExitWith};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -353,13 +353,6 @@ pub fn table(groups: &[GroupResult]) -> String {
     md
 }
 
-fn cpu_model() -> String {
-    let text = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = text.lines().find_map(|l| l.strip_prefix("model name").map(|r| r.trim_start_matches([' ', '\t', ':']).to_string()));
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    format!("{} ({cores} cores)", model.unwrap_or_else(|| "unknown CPU".into()))
-}
-
 /// The command and wall time that a results file written by [`write_results`] names, if it
 /// names both.
 fn previous_invocation(path: &Path) -> Option<(String, String)> {
@@ -380,7 +373,7 @@ fn write_results(path: &Path, groups: &[GroupResult], command: &str, elapsed: Op
          `fpt.py` and `trainer.py`). Machine: {}. Test accuracy on the whole test split (bit XOR: 1,000 fixed examples) at the \
          listed steps, mean ± sample std over seeds (n). Δ = fpt − reference. A step passes when |Δ| ≤ 1 point or |Δ| ≤ 2·SE, \
          SE = sqrt(s₁²/n₁ + s₂²/n₂); a cell passes when every step passes and both sides train the same parameters.\n",
-        cpu_model()
+        machine()
     );
     let _ = writeln!(
         md,
