@@ -8,9 +8,8 @@
 //! kernel is used.
 
 use super::autograd::{borrowed, dropout_node, owned};
+use super::cpu::{dispatched, CpuBuild};
 use super::omp::parallel_ranges;
-#[cfg(target_arch = "x86_64")]
-use super::{has_avx2, has_avx512};
 use tch::{Device, Kind, Tensor};
 use torch_sys::C_tensor;
 
@@ -36,40 +35,18 @@ fn fill_mask<T: Copy + Send + Sync>(mask: &mut [T], p: f64, seed: u64, scale: T,
         let (start, end) = (2 * pairs.start, (2 * pairs.end).min(n));
         // SAFETY: the ranges of different threads are disjoint and within the mask.
         let part = unsafe { std::slice::from_raw_parts_mut((base as *mut T).add(start), end - start) };
-        fill_mask_part(part, pairs.start, p, seed, scale, zero);
+        fill_mask_part(CpuBuild::best(), part, pairs.start, p, seed, scale, zero);
     });
 }
 
-pub(super) fn fill_mask_part<T: Copy>(part: &mut [T], first_pair: usize, p: f64, seed: u64, scale: T, zero: T) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if has_avx512() {
-            // SAFETY: the features the function is compiled for were detected just above.
-            return unsafe { fill_mask_avx512(part, first_pair, p, seed, scale, zero) };
-        }
-        if has_avx2() {
-            // SAFETY: as above.
-            return unsafe { fill_mask_avx2(part, first_pair, p, seed, scale, zero) };
-        }
-    }
-    fill_mask_portable(part, first_pair, p, seed, scale, zero)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512dq,avx512bw,avx512vl")]
-unsafe fn fill_mask_avx512<T: Copy>(part: &mut [T], first_pair: usize, p: f64, seed: u64, scale: T, zero: T) {
-    fill_mask_portable(part, first_pair, p, seed, scale, zero)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn fill_mask_avx2<T: Copy>(part: &mut [T], first_pair: usize, p: f64, seed: u64, scale: T, zero: T) {
-    fill_mask_portable(part, first_pair, p, seed, scale, zero)
+dispatched! {
+    /// [`fill_mask_portable`] as `build` compiles it.
+    fn fill_mask_part[T: Copy](part: &mut [T], first_pair: usize, p: f64, seed: u64, scale: T, zero: T) => fill_mask_portable
 }
 
 /// `part` starts at element `2 * first_pair` of the whole mask.
 #[inline(always)]
-fn fill_mask_portable<T: Copy>(part: &mut [T], first_pair: usize, p: f64, seed: u64, scale: T, zero: T) {
+pub(super) fn fill_mask_portable<T: Copy>(part: &mut [T], first_pair: usize, p: f64, seed: u64, scale: T, zero: T) {
     let threshold = ((1.0 - p) * 4_294_967_296.0).round().min(4_294_967_295.0) as u64;
     let key = splitmix64(seed);
     let draw = |pair: usize| splitmix64(key ^ ((first_pair + pair) as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93));
@@ -119,7 +96,7 @@ pub(super) fn fill_mask_rows<T: Copy + Send + Sync>(
                 part[0] = if (r >> 32) < threshold { scale } else { zero };
                 part = &mut part[1..];
             }
-            fill_mask_part(part, first.div_ceil(2) as usize, p, seed, scale, zero);
+            fill_mask_part(CpuBuild::best(), part, first.div_ceil(2) as usize, p, seed, scale, zero);
             e = end;
         }
     });
@@ -267,22 +244,18 @@ mod tests {
             assert_eq!(fast, portable, "n {n}");
         }
         // Every build of the loop this CPU can run gives the same bits.
-        #[cfg(target_arch = "x86_64")]
-        for (build, runs) in [("avx512", has_avx512()), ("avx2", has_avx2())] {
-            if !runs {
-                continue;
-            }
-            let (mut built, mut portable) = (vec![0i16; 1001], vec![0i16; 1001]);
-            // SAFETY: the build's features were detected just above.
-            unsafe {
-                match build {
-                    "avx512" => fill_mask_avx512(&mut built, 3, 0.1, 99, 1, 0),
-                    _ => fill_mask_avx2(&mut built, 3, 0.1, 99, 1, 0),
-                }
-            }
-            fill_mask_portable(&mut portable, 3, 0.1, 99, 1, 0);
-            assert_eq!(built, portable, "{build}");
+        let run = |build| {
+            let mut built = vec![0i16; 1001];
+            fill_mask_part(build, &mut built, 3, 0.1, 99, 1, 0);
+            built
+        };
+        let portable = run(CpuBuild::portable());
+        for build in CpuBuild::runnable() {
+            assert_eq!(run(build), portable, "{build:?}");
         }
+        let mut direct = vec![0i16; 1001];
+        fill_mask_portable(&mut direct, 3, 0.1, 99, 1, 0);
+        assert_eq!(direct, portable);
         // The masks themselves are pinned (values of the scalar code before vectorising): the
         // regression expectations depend on them.
         let mut mask = vec![0i16; 16];

@@ -4,9 +4,8 @@
 //! 8 bits, and the backward pass is a multiplication by the saved slope.
 
 use super::autograd::slope_node;
+use super::cpu::{dispatched, CpuBuild};
 use super::omp::parallel_ranges;
-#[cfg(target_arch = "x86_64")]
-use super::{has_avx2, has_avx512};
 use tch::{Device, Kind, Tensor};
 
 /// GPT-2's GELU, `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`.
@@ -30,12 +29,13 @@ pub(crate) fn gelu_tanh(x: &Tensor) -> Tensor {
     // and unshared, n elements each. bf16 bit patterns are read and written as u16.
     let (input, value) = (x.data_ptr() as usize, y.data_ptr() as usize);
     let slope_ptr = slope.as_ref().map(|s| s.data_ptr() as usize);
+    let build = CpuBuild::best();
     parallel_ranges(n, &|r: std::ops::Range<usize>| unsafe {
         // SAFETY: as above; threads get disjoint ranges within the n elements.
         let input = std::slice::from_raw_parts((input as *const u16).add(r.start), r.len());
         let value = std::slice::from_raw_parts_mut((value as *mut u16).add(r.start), r.len());
         let slope = slope_ptr.map(|s| std::slice::from_raw_parts_mut((s as *mut u16).add(r.start), r.len()));
-        gelu_tanh_fill(input, value, slope);
+        gelu_tanh_fill(build, input, value, slope);
     });
     let y = y.view(x.size().as_slice());
     match slope {
@@ -44,33 +44,10 @@ pub(crate) fn gelu_tanh(x: &Tensor) -> Tensor {
     }
 }
 
-/// `value[i]` = GELU(`input[i]`) and `slope[i]` = its derivative, bf16 in and out (as bits),
-/// fp32 inside. Dispatches to an AVX-512 build of the same loop where the CPU has it.
-fn gelu_tanh_fill(input: &[u16], value: &mut [u16], slope: Option<&mut [u16]>) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if has_avx512() {
-            // SAFETY: the features the function is compiled for were detected just above.
-            return unsafe { gelu_tanh_fill_avx512(input, value, slope) };
-        }
-        if has_avx2() {
-            // SAFETY: as above.
-            return unsafe { gelu_tanh_fill_avx2(input, value, slope) };
-        }
-    }
-    gelu_tanh_fill_portable(input, value, slope)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512dq,avx512bw,avx512vl")]
-unsafe fn gelu_tanh_fill_avx512(input: &[u16], value: &mut [u16], slope: Option<&mut [u16]>) {
-    gelu_tanh_fill_portable(input, value, slope)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn gelu_tanh_fill_avx2(input: &[u16], value: &mut [u16], slope: Option<&mut [u16]>) {
-    gelu_tanh_fill_portable(input, value, slope)
+dispatched! {
+    /// `value[i]` = GELU(`input[i]`) and `slope[i]` = its derivative, bf16 in and out (as
+    /// bits), fp32 inside, as `build` compiles [`gelu_tanh_fill_portable`].
+    fn gelu_tanh_fill(input: &[u16], value: &mut [u16], slope: Option<&mut [u16]>) => gelu_tanh_fill_portable
 }
 
 #[inline(always)]
@@ -185,7 +162,7 @@ mod tests {
         // else: bit for bit, on a 3-D input as the blocks give it.
         let bits: Vec<u16> = grid.iter().map(|x| (x.to_bits() >> 16) as u16).collect();
         let (mut value, mut slope) = (vec![0u16; bits.len()], vec![0u16; bits.len()]);
-        gelu_tanh_fill(&bits, &mut value, Some(&mut slope));
+        gelu_tanh_fill(CpuBuild::best(), &bits, &mut value, Some(&mut slope));
         let slope: Vec<i16> = slope.iter().map(|&b| b as i16).collect();
         let slope = Tensor::from_slice(&slope).view_dtype(Kind::BFloat16);
         assert!(g.equal(&(&upstream * &slope)), "the gradient is not upstream · slope");
@@ -197,27 +174,15 @@ mod tests {
         (&y3 * &up3).sum(Kind::Float).backward();
         assert!(leaf3.grad().equal(&(&up3 * slope.narrow(0, 0, n - n % 6).view([2, 3, -1]))), "3-D gradient");
         // Every build of the kernel this CPU can run gives the same bits.
-        #[cfg(target_arch = "x86_64")]
-        {
-            let bits: Vec<u16> = grid.iter().map(|x| (x.to_bits() >> 16) as u16).collect();
-            let run = |build: &str| {
-                let (mut value, mut slope) = (vec![0u16; bits.len()], vec![0u16; bits.len()]);
-                // SAFETY: each build runs only where its features were detected (below).
-                unsafe {
-                    match build {
-                        "avx512" => gelu_tanh_fill_avx512(&bits, &mut value, Some(&mut slope)),
-                        "avx2" => gelu_tanh_fill_avx2(&bits, &mut value, Some(&mut slope)),
-                        _ => gelu_tanh_fill_portable(&bits, &mut value, Some(&mut slope)),
-                    }
-                }
-                (value, slope)
-            };
-            let portable = run("portable");
-            for (build, runs) in [("avx512", has_avx512()), ("avx2", has_avx2())] {
-                if runs {
-                    assert!(run(build) == portable, "{build} differs from the portable build");
-                }
-            }
+        let bits: Vec<u16> = grid.iter().map(|x| (x.to_bits() >> 16) as u16).collect();
+        let run = |build| {
+            let (mut value, mut slope) = (vec![0u16; bits.len()], vec![0u16; bits.len()]);
+            gelu_tanh_fill(build, &bits, &mut value, Some(&mut slope));
+            (value, slope)
+        };
+        let portable = run(CpuBuild::portable());
+        for build in CpuBuild::runnable() {
+            assert!(run(build) == portable, "{build:?} differs from the portable build");
         }
         // Without a gradient no slope is built; fp32 is libtorch's own kernel.
         let plain = gelu_tanh(&x);

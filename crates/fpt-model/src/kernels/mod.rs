@@ -22,10 +22,11 @@
 //! Every `unsafe` block of the crate's computation lives in this folder (the other two, in
 //! `checkpoint.rs`, map safetensors files read-only). There are four kinds, each with its
 //! reasoning at the block:
-//! 1. **Runtime CPU-feature dispatch** (`dropout.rs`, `gelu.rs`, `residual.rs`): the `*_avx512` / `*_avx2`
-//!    builds of a loop are `#[target_feature]` functions, called only after [`has_avx512`] /
-//!    [`has_avx2`] detected every feature they are compiled with. Each build is the portable
-//!    loop inlined, and tests check that every build the CPU can run gives the portable bits.
+//! 1. **Runtime CPU-feature dispatch** (`cpu.rs`, used by `dropout.rs`, `gelu.rs`,
+//!    `residual.rs`): the AVX-512 and AVX2 builds of a loop are `#[target_feature]` functions
+//!    that `dispatched!` writes, called only with a `CpuBuild` made after detecting every
+//!    feature they are compiled with. Each build is the portable loop inlined, and tests check
+//!    that every build the CPU can run gives the portable bits.
 //! 2. **Writing into a fresh tensor's storage** (`dropout.rs`, `gelu.rs`, `residual.rs`): a tensor just
 //!    allocated with `Tensor::empty` (contiguous, CPU, unshared, `n` elements of the element
 //!    size) is viewed as a slice of `n` bit patterns (`i16`/`u16` for bf16, `f32`).
@@ -39,6 +40,7 @@
 
 mod attention;
 mod autograd;
+mod cpu;
 mod dropout;
 mod gelu;
 mod linear;
@@ -54,18 +56,3 @@ pub(crate) use linear::FrozenLinear;
 pub(crate) use packed::packing_expected;
 pub(crate) use packed::PackOnUse;
 pub(crate) use residual::residual_dropout;
-
-/// Every feature the `*_avx512` builds of the kernels are compiled with.
-#[cfg(target_arch = "x86_64")]
-fn has_avx512() -> bool {
-    std::is_x86_feature_detected!("avx512f")
-        && std::is_x86_feature_detected!("avx512dq")
-        && std::is_x86_feature_detected!("avx512bw")
-        && std::is_x86_feature_detected!("avx512vl")
-}
-
-/// Every feature the `*_avx2` builds of the kernels are compiled with.
-#[cfg(target_arch = "x86_64")]
-fn has_avx2() -> bool {
-    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-}

@@ -76,7 +76,7 @@ pub(crate) fn packing_expected() -> Option<bool> {
     match cap.map(|c| c.to_ascii_uppercase()) {
         Some(c) if c.starts_with("AVX2") || c.starts_with("SSE") || c == "AVX" => Some(false),
         Some(_) => None,
-        None if super::has_avx512() => Some(true),
+        None if super::cpu::has_avx512() => Some(true),
         None => None,
     }
 }

@@ -12,12 +12,11 @@
 //! included (tested), and a training run computes what it did before.
 
 use super::autograd::{borrowed, owned, residual_dropout_node};
+use super::cpu::{dispatched, CpuBuild};
 #[cfg(test)]
 use super::dropout::times_mask;
-use super::dropout::{draw_seed, dropout, fill_mask_part};
+use super::dropout::{draw_seed, dropout, fill_mask_portable};
 use super::omp::parallel_ranges;
-#[cfg(target_arch = "x86_64")]
-use super::{has_avx2, has_avx512};
 use tch::{Device, Kind, Tensor};
 use torch_sys::C_tensor;
 
@@ -57,7 +56,7 @@ fn sum_with_mask(x: &Tensor, a: &Tensor, p: f64, seed: u64) -> Tensor {
     let n = x.numel();
     let out = Tensor::empty(x.size(), (Kind::Float, Device::Cpu));
     let (xp, ap, op) = (x.data_ptr() as usize, a.data_ptr() as usize, out.data_ptr() as usize);
-    let scale = mask_scale(p);
+    let (scale, build) = (mask_scale(p), CpuBuild::best());
     parallel_ranges(n.div_ceil(2), &|pairs: std::ops::Range<usize>| {
         let (start, end) = (2 * pairs.start, (2 * pairs.end).min(n));
         // SAFETY: x and a are contiguous CPU tensors of n f32 / bf16 elements, out a fresh,
@@ -69,7 +68,7 @@ fn sum_with_mask(x: &Tensor, a: &Tensor, p: f64, seed: u64) -> Tensor {
                 std::slice::from_raw_parts_mut((op as *mut f32).add(start), end - start),
             )
         };
-        sum_part(x, a, out, start, p, seed, scale);
+        sum_part(build, x, a, out, start, p, seed, scale);
     });
     out
 }
@@ -79,7 +78,7 @@ fn branch_gradient(g: &Tensor, p: f64, seed: u64) -> Tensor {
     let n = g.numel();
     let out = Tensor::empty(g.size(), (Kind::BFloat16, Device::Cpu));
     let (gp, op) = (g.data_ptr() as usize, out.data_ptr() as usize);
-    let scale = mask_scale(p);
+    let (scale, build) = (mask_scale(p), CpuBuild::best());
     parallel_ranges(n.div_ceil(2), &|pairs: std::ops::Range<usize>| {
         let (start, end) = (2 * pairs.start, (2 * pairs.end).min(n));
         // SAFETY: g is a contiguous CPU tensor of n f32 elements, out a fresh, unshared one of
@@ -90,7 +89,7 @@ fn branch_gradient(g: &Tensor, p: f64, seed: u64) -> Tensor {
                 std::slice::from_raw_parts_mut((op as *mut u16).add(start), end - start),
             )
         };
-        gradient_part(g, out, start, p, seed, scale);
+        gradient_part(build, g, out, start, p, seed, scale);
     });
     out
 }
@@ -100,10 +99,11 @@ fn mask_scale(p: f64) -> f32 {
     half::bf16::from_f64(1.0 / (1.0 - p)).to_f32()
 }
 
-/// Mask values of elements `first .. first + out.len()` (`first` even) into `out`.
+/// Mask values of elements `first .. first + out.len()` (`first` even) into `out`: dropout's
+/// portable loop, inlined, so it is compiled for the build of the loop that calls it.
 #[inline(always)]
 fn mask_chunk(out: &mut [f32], first: usize, p: f64, seed: u64, scale: f32) {
-    fill_mask_part(out, first / 2, p, seed, scale, 0.0);
+    fill_mask_portable(out, first / 2, p, seed, scale, 0.0);
 }
 
 #[inline(always)]
@@ -123,31 +123,8 @@ fn to_bf16(v: f32) -> u16 {
     }
 }
 
-fn sum_part(x: &[f32], a: &[u16], out: &mut [f32], first: usize, p: f64, seed: u64, scale: f32) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if has_avx512() {
-            // SAFETY: the features the function is compiled for were detected just above.
-            return unsafe { sum_part_avx512(x, a, out, first, p, seed, scale) };
-        }
-        if has_avx2() {
-            // SAFETY: as above.
-            return unsafe { sum_part_avx2(x, a, out, first, p, seed, scale) };
-        }
-    }
-    sum_part_portable(x, a, out, first, p, seed, scale)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512dq,avx512bw,avx512vl")]
-unsafe fn sum_part_avx512(x: &[f32], a: &[u16], out: &mut [f32], first: usize, p: f64, seed: u64, scale: f32) {
-    sum_part_portable(x, a, out, first, p, seed, scale)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn sum_part_avx2(x: &[f32], a: &[u16], out: &mut [f32], first: usize, p: f64, seed: u64, scale: f32) {
-    sum_part_portable(x, a, out, first, p, seed, scale)
+dispatched! {
+    fn sum_part(x: &[f32], a: &[u16], out: &mut [f32], first: usize, p: f64, seed: u64, scale: f32) => sum_part_portable
 }
 
 /// `out = x + bf16(a · mask)`; element 0 of the slices is element `first` (even) of the whole.
@@ -163,31 +140,8 @@ fn sum_part_portable(x: &[f32], a: &[u16], out: &mut [f32], first: usize, p: f64
     }
 }
 
-fn gradient_part(g: &[f32], out: &mut [u16], first: usize, p: f64, seed: u64, scale: f32) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if has_avx512() {
-            // SAFETY: the features the function is compiled for were detected just above.
-            return unsafe { gradient_part_avx512(g, out, first, p, seed, scale) };
-        }
-        if has_avx2() {
-            // SAFETY: as above.
-            return unsafe { gradient_part_avx2(g, out, first, p, seed, scale) };
-        }
-    }
-    gradient_part_portable(g, out, first, p, seed, scale)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512dq,avx512bw,avx512vl")]
-unsafe fn gradient_part_avx512(g: &[f32], out: &mut [u16], first: usize, p: f64, seed: u64, scale: f32) {
-    gradient_part_portable(g, out, first, p, seed, scale)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn gradient_part_avx2(g: &[f32], out: &mut [u16], first: usize, p: f64, seed: u64, scale: f32) {
-    gradient_part_portable(g, out, first, p, seed, scale)
+dispatched! {
+    fn gradient_part(g: &[f32], out: &mut [u16], first: usize, p: f64, seed: u64, scale: f32) => gradient_part_portable
 }
 
 /// `out = bf16(bf16(g) · mask)`; element 0 of the slices is element `first` (even) of the whole.
@@ -275,38 +229,18 @@ mod tests {
         let x: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
         let a: Vec<u16> = (0..n).map(|i| to_bf16((i as f32 * 0.11).cos() * 1e-2)).collect();
         let scale = mask_scale(0.1);
-        let run = |build: &str| {
+        let run = |build| {
             let (mut sum, mut grad) = (vec![0f32; n], vec![0u16; n]);
-            // SAFETY: each build runs only where its features were detected (below).
-            unsafe {
-                match build {
-                    #[cfg(target_arch = "x86_64")]
-                    "avx512" => {
-                        sum_part_avx512(&x, &a, &mut sum, 4, 0.1, 9, scale);
-                        gradient_part_avx512(&x, &mut grad, 4, 0.1, 9, scale);
-                    }
-                    #[cfg(target_arch = "x86_64")]
-                    "avx2" => {
-                        sum_part_avx2(&x, &a, &mut sum, 4, 0.1, 9, scale);
-                        gradient_part_avx2(&x, &mut grad, 4, 0.1, 9, scale);
-                    }
-                    _ => {
-                        sum_part_portable(&x, &a, &mut sum, 4, 0.1, 9, scale);
-                        gradient_part_portable(&x, &mut grad, 4, 0.1, 9, scale);
-                    }
-                }
-            }
+            sum_part(build, &x, &a, &mut sum, 4, 0.1, 9, scale);
+            gradient_part(build, &x, &mut grad, 4, 0.1, 9, scale);
             (sum.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), grad)
         };
-        let portable = run("portable");
+        let portable = run(CpuBuild::portable());
         // About a tenth of the elements are dropped (±0), the rest scaled.
         let dropped = portable.1.iter().filter(|&&g| g & 0x7FFF == 0).count();
         assert!((n / 14..n / 7).contains(&dropped), "{dropped} of {n} dropped");
-        #[cfg(target_arch = "x86_64")]
-        for (build, runs) in [("avx512", has_avx512()), ("avx2", has_avx2())] {
-            if runs {
-                assert!(run(build) == portable, "{build} differs from the portable build");
-            }
+        for build in CpuBuild::runnable() {
+            assert!(run(build) == portable, "{build:?} differs from the portable build");
         }
     }
 
