@@ -8,8 +8,9 @@
 //! and, for Llama-3-style configs, `rope_scaling` of type `llama3`) applied to queries and keys;
 //! attention is causal and grouped-query (`num_key_value_heads` key/value heads shared by
 //! `num_attention_heads` query heads, `head_dim` each, which need not be `hidden_size / heads`);
-//! the MLP is SwiGLU, `down(act(gate(x)) · up(x))`. No linear layer has a bias (configs with
-//! `attention_bias` or `mlp_bias` are refused).
+//! the MLP is SwiGLU, `down(act(gate(x)) · up(x))`. Linear layers have biases where the config
+//! says so (`attention_bias`: q/k/v/o; `mlp_bias`: gate/up/down), as `LlamaAttention` and
+//! `LlamaMLP` build them; SmolLM2 and Meta's Llamas have none.
 //!
 //! VarStore paths are `LlamaModel`'s names (`embed_tokens.weight`, `layers.{i}.self_attn.q_proj.weight`,
 //! …, `norm.weight`) with PyTorch's `[out, in]` layout; a `LlamaForCausalLM` file's `model.`
@@ -60,8 +61,10 @@ pub struct LlamaConfig {
     /// (`factor`, `low_freq_factor`, `high_freq_factor`, `original_max_position_embeddings`).
     #[serde(default)]
     pub rope_scaling: Option<serde_json::Value>,
+    /// Biases on `q_proj`, `k_proj`, `v_proj` and `o_proj`.
     #[serde(default)]
     pub attention_bias: bool,
+    /// Biases on `gate_proj`, `up_proj` and `down_proj`.
     #[serde(default)]
     pub mlp_bias: bool,
     #[serde(default)]
@@ -181,11 +184,6 @@ impl LlamaConfig {
         }
         if !(0.0..1.0).contains(&self.attention_dropout) {
             bail!("attention_dropout is {}; a dropout probability must be in [0, 1)", self.attention_dropout);
-        }
-        for (field, set) in [("attention_bias", self.attention_bias), ("mlp_bias", self.mlp_bias)] {
-            if set {
-                bail!("{field} = true is not supported (Llama and SmolLM2 have no biases)");
-            }
         }
         if !(self.rope_theta.is_finite() && self.rope_theta > 1.0) {
             bail!("rope_theta is {}; it must be a finite number > 1 (Llama 2 uses 1e4, SmolLM2 1e5)", self.rope_theta);
@@ -414,16 +412,19 @@ struct Block {
 impl Block {
     fn new(path: &nn::Path, cfg: &LlamaConfig) -> Result<Self> {
         let (w, d, std) = (cfg.hidden_size, cfg.head_dim(), cfg.initializer_range);
-        let linear = |p: nn::Path, n_in: i64, n_out: i64| Linear::new(&p, n_in, n_out, Init::Normal { std }, None);
-        let attn = path / "self_attn";
-        let mlp = path / "mlp";
+        // Hugging Face's init: weights normal(0, initializer_range), biases 0.
+        let linear = |p: nn::Path, n_in: i64, n_out: i64, bias: bool| {
+            Linear::new(&p, n_in, n_out, Init::Normal { std }, bias.then_some(Init::Zeros))
+        };
+        let (attn, attn_bias) = (path / "self_attn", cfg.attention_bias);
+        let (mlp, mlp_bias) = (path / "mlp", cfg.mlp_bias);
         Ok(Block {
             input_layernorm: RmsNorm::new(&(path / "input_layernorm"), w, cfg.rms_norm_eps)?,
             self_attn: Attention {
-                q_proj: linear(&attn / "q_proj", w, cfg.num_attention_heads * d)?,
-                k_proj: linear(&attn / "k_proj", w, cfg.kv_heads() * d)?,
-                v_proj: linear(&attn / "v_proj", w, cfg.kv_heads() * d)?,
-                o_proj: linear(&attn / "o_proj", cfg.num_attention_heads * d, w)?,
+                q_proj: linear(&attn / "q_proj", w, cfg.num_attention_heads * d, attn_bias)?,
+                k_proj: linear(&attn / "k_proj", w, cfg.kv_heads() * d, attn_bias)?,
+                v_proj: linear(&attn / "v_proj", w, cfg.kv_heads() * d, attn_bias)?,
+                o_proj: linear(&attn / "o_proj", cfg.num_attention_heads * d, w, attn_bias)?,
                 heads: cfg.num_attention_heads,
                 kv_heads: cfg.kv_heads(),
                 head_dim: d,
@@ -431,9 +432,9 @@ impl Block {
             },
             post_attention_layernorm: RmsNorm::new(&(path / "post_attention_layernorm"), w, cfg.rms_norm_eps)?,
             mlp: Mlp {
-                gate_proj: linear(&mlp / "gate_proj", w, cfg.intermediate_size)?,
-                up_proj: linear(&mlp / "up_proj", w, cfg.intermediate_size)?,
-                down_proj: linear(&mlp / "down_proj", cfg.intermediate_size, w)?,
+                gate_proj: linear(&mlp / "gate_proj", w, cfg.intermediate_size, mlp_bias)?,
+                up_proj: linear(&mlp / "up_proj", w, cfg.intermediate_size, mlp_bias)?,
+                down_proj: linear(&mlp / "down_proj", cfg.intermediate_size, w, mlp_bias)?,
                 act: cfg.hidden_act,
             },
         })
@@ -552,15 +553,16 @@ impl Llama {
 
 /// Llama's parameter groups: `embed_tokens` the token embedding, every RMS norm
 /// (`input_layernorm`, `post_attention_layernorm`, `norm`) `layer_norms`, `self_attn.*`
-/// attention, `mlp.*` feed-forward. Rotary positions have no parameters: `positions` is empty.
+/// attention, `mlp.*` feed-forward (weights, and biases where the config has them). Rotary
+/// positions have no parameters: `positions` is empty.
 impl ParamGroups for Llama {
     fn param_group(&self, name: &str) -> Option<ParamGroup> {
         let parts: Vec<&str> = name.split('.').collect();
         Some(match parts.as_slice() {
             ["embed_tokens", "weight"] => ParamGroup::TokenEmbedding,
             ["norm", "weight"] | ["layers", _, "input_layernorm" | "post_attention_layernorm", "weight"] => ParamGroup::LayerNorms,
-            ["layers", _, "self_attn", "q_proj" | "k_proj" | "v_proj" | "o_proj", "weight"] => ParamGroup::Attention,
-            ["layers", _, "mlp", "gate_proj" | "up_proj" | "down_proj", "weight"] => ParamGroup::FeedForward,
+            ["layers", _, "self_attn", "q_proj" | "k_proj" | "v_proj" | "o_proj", "weight" | "bias"] => ParamGroup::Attention,
+            ["layers", _, "mlp", "gate_proj" | "up_proj" | "down_proj", "weight" | "bias"] => ParamGroup::FeedForward,
             _ => return None,
         })
     }
@@ -593,7 +595,7 @@ mod config_tests {
         ] {
             assert_eq!(model.param_group(name), Some(group), "{name}");
         }
-        assert_eq!(model.param_group("layers.0.self_attn.q_proj.bias"), None);
+        assert_eq!(model.param_group("layers.0.input_layernorm.bias"), None);
         assert_eq!(model.param_group("input_layer.proj.weight"), None);
         let vars = vs.variables();
         assert_eq!(vars.len(), 1 + 2 * 9 + 1);
@@ -604,6 +606,32 @@ mod config_tests {
         assert_eq!(vars["layers.0.self_attn.q_proj.weight"].size(), [12, 12]);
         assert_eq!(vars["layers.0.self_attn.k_proj.weight"].size(), [4, 12]);
         assert_eq!(vars["layers.0.self_attn.o_proj.weight"].size(), [12, 12]);
+    }
+
+    #[test]
+    fn biases_are_built_where_the_config_asks_zero_at_init_and_grouped_with_their_weights() {
+        for (attention_bias, mlp_bias) in [(true, false), (false, true), (true, true)] {
+            let vs = nn::VarStore::new(tch::Device::Cpu);
+            let cfg = LlamaConfig { attention_bias, mlp_bias, ..LlamaConfig::custom(2, 12, 3, 1, 20) };
+            let model = Llama::new(&vs.root(), &cfg).unwrap();
+            let vars = vs.variables();
+            let biases: Vec<&String> = vars.keys().filter(|n| n.ends_with(".bias")).collect();
+            assert_eq!(biases.len(), 2 * (4 * attention_bias as usize + 3 * mlp_bias as usize), "{biases:?}");
+            for name in &biases {
+                let bias = &vars[*name];
+                assert_eq!(bias.abs().sum(Kind::Float).double_value(&[]), 0.0, "{name} is not zero at init");
+                let group = if name.contains(".self_attn.") { ParamGroup::Attention } else { ParamGroup::FeedForward };
+                assert_eq!(model.param_group(name), Some(group), "{name}");
+            }
+            if attention_bias {
+                assert_eq!(vars["layers.1.self_attn.k_proj.bias"].size(), [4]);
+                assert_eq!(vars["layers.1.self_attn.o_proj.bias"].size(), [12]);
+            }
+            if mlp_bias {
+                assert_eq!(vars["layers.0.mlp.up_proj.bias"].size(), [20]);
+                assert_eq!(vars["layers.0.mlp.down_proj.bias"].size(), [12]);
+            }
+        }
     }
 
     #[test]
@@ -625,8 +653,6 @@ mod config_tests {
         };
         assert!(edit(&|v| v["rope_scaling"] = serde_json::json!({"type": "linear", "factor": 2.0})).contains("\"linear\" is not supported"));
         assert!(edit(&|v| v["rope_scaling"] = serde_json::json!({"rope_type": "llama3", "factor": 8.0})).contains("low_freq_factor"));
-        assert!(edit(&|v| v["attention_bias"] = true.into()).contains("attention_bias"));
-        assert!(edit(&|v| v["mlp_bias"] = true.into()).contains("mlp_bias"));
         assert!(edit(&|v| v["num_key_value_heads"] = 2.into()).contains("multiple"));
         assert!(edit(&|v| v["model_type"] = "gpt2".into()).contains("model_type"));
         assert!(edit(&|v| v["bos_token_id"] = 49152.into()).contains("bos_token_id"));

@@ -6,8 +6,8 @@
 //! exact GELU and ReLU, other eps, a `transformer.`-prefixed file and a sharded one). BERT: three
 //! random shapes (odd heads, `bert.`-prefixed masked-LM file with its head, sharded, gelu /
 //! relu / gelu_new) and the real all-MiniLM-L6-v2; and BERT with Hugging Face's `attention_mask`
-//! (rows right-padded to different lengths, one left-padded, one unpadded). Llama: seven random
-//! `LlamaModel` shapes and the real SmolLM2-135M-Instruct.
+//! (rows right-padded to different lengths, one left-padded, one unpadded). Llama: eight random
+//! `LlamaModel` shapes (one with biases) and the real SmolLM2-135M-Instruct.
 
 mod common;
 
@@ -34,9 +34,10 @@ fn bert_and_minilm_match_transformers() {
     check_cases(&fixtures, &cases);
 }
 
-/// Llama (`LlamaModel`, eager attention) on seven random checkpoints: grouped- and multi-query
+/// Llama (`LlamaModel`, eager attention) on eight random checkpoints: grouped- and multi-query
 /// attention, odd head counts, head_dim apart from width/heads, other theta and eps, llama3
-/// RoPE scaling, tied and untied embeddings, `model.`-prefixed, plain and sharded files.
+/// RoPE scaling, tied and untied embeddings, `model.`-prefixed, plain and sharded files, biases
+/// on every linear layer (`attention_bias`, `mlp_bias`).
 #[test]
 fn llama_matches_transformers() {
     let cases = [
@@ -47,6 +48,7 @@ fn llama_matches_transformers() {
         "llama2x64_headdim24",
         "llama4x128_deep",
         "llama1x30_single",
+        "llama2x64_biases",
     ];
     let fixtures = make_llama_fixtures(Path::new(env!("CARGO_TARGET_TMPDIR")), "parity", &cases);
     check_cases(&fixtures, &cases);

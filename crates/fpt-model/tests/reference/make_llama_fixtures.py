@@ -52,7 +52,7 @@ LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_fr
           "original_max_position_embeddings": 256}
 
 # name: (layers, hidden, heads, kv_heads, head_dim, intermediate, rope_theta, rms_eps,
-#        rope_scaling, tie_word_embeddings, max_pos, batch, seq, layout)
+#        rope_scaling, tie_word_embeddings, max_pos, batch, seq, layout[, other LlamaConfig fields])
 CASES = {
     # grouped-query attention (2 query heads per key/value head), LlamaModel names
     "llama2x64_gqa": (2, 64, 4, 2, None, 128, 10000.0, 1e-6, None, False, 64, 3, 17, "plain"),
@@ -69,6 +69,10 @@ CASES = {
     "llama4x128_deep": (4, 128, 8, 2, None, 344, 10000.0, 1e-6, None, False, 128, 2, 128, "plain"),
     "llama1x30_single": (1, 30, 1, 1, None, 64, 10000.0, 1e-5, None, True, 8, 1, 1, "plain"),
     "smollm2": None,
+    # biases on every linear layer (attention_bias: q/k/v/o, mlp_bias: gate/up/down), GQA.
+    # After "smollm2" so that no earlier case's seed (its place here) moves.
+    "llama2x64_biases": (2, 64, 4, 2, None, 128, 10000.0, 1e-6, None, False, 64, 2, 11, "plain",
+                         {"attention_bias": True, "mlp_bias": True}),
 }
 
 
@@ -167,12 +171,13 @@ def make(out: Path, name: str, seed: int) -> dict:
         scale = model.embed_tokens.weight.detach().std().item()
         attentions = False
     else:
-        layers, hidden, heads, kv, head_dim, inter, theta, eps, rope_scaling, tied, max_pos, batch, seq, layout = CASES[name]
+        layers, hidden, heads, kv, head_dim, inter, theta, eps, rope_scaling, tied, max_pos, batch, seq, layout, *more = CASES[name]
+        fields = {"attention_bias": False, "mlp_bias": False, **(more[0] if more else {})}
         cfg = LlamaConfig(
             vocab_size=50, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
             num_attention_heads=heads, num_key_value_heads=kv, head_dim=head_dim, hidden_act="silu",
             max_position_embeddings=max_pos, rms_norm_eps=eps, rope_theta=theta, rope_scaling=rope_scaling,
-            tie_word_embeddings=tied, attention_bias=False, mlp_bias=False,
+            tie_word_embeddings=tied, **fields,
         )
         model = LlamaModel._from_config(cfg, attn_implementation="eager")
         with torch.no_grad():
@@ -216,6 +221,7 @@ def make(out: Path, name: str, seed: int) -> dict:
         "head_dim": getattr(cfg, "head_dim", None) or width // cfg.num_attention_heads,
         "intermediate_size": cfg.intermediate_size, "rope_theta": cfg.rope_theta, "rms_norm_eps": cfg.rms_norm_eps,
         "rope_scaling": cfg.rope_scaling, "tie_word_embeddings": cfg.tie_word_embeddings,
+        "attention_bias": cfg.attention_bias, "mlp_bias": cfg.mlp_bias,
         "attn_implementation": cfg._attn_implementation, "batch": batch, "seq": seq, "input_scale": scale,
         "attentions": attentions, "files": files,
         "noise": {k[: -len("_noise")]: tensors[k].item() for k in tensors if k.endswith("_noise")},
