@@ -3,7 +3,7 @@
 use crate::bert::{Bert, BertConfig};
 use crate::freeze::{FreezeSpec, ParamGroup, ParamGroups};
 use crate::gpt2::{Gpt2, Gpt2Config};
-use crate::layers::hf_config::parse_hf_config;
+use crate::layers::hf_config::{parse_hf_config, HfConfig};
 use crate::layers::{check_positions, gather_rows, Rows};
 use crate::llama::{Llama, LlamaConfig};
 use crate::lstm::{Lstm, LstmConfig};
@@ -58,16 +58,21 @@ impl From<Gpt2Config> for BackboneConfig {
 }
 
 impl BackboneConfig {
-    /// Reads a Hugging Face `config.json`; `model_type` picks the architecture ("gpt2", "bert"
-    /// or "llama"; a file without it is read as GPT-2, as old GPT-2 configs have none).
+    /// Reads a Hugging Face `config.json`; `model_type` picks the architecture ("gpt2", "bert",
+    /// or the Llama family: "llama", "qwen2", "mistral"; a file without it is read as GPT-2, as
+    /// old GPT-2 configs have none).
     pub fn from_json_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading model config {}", path.display()))?;
         let value: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))?;
         match value.get("model_type").and_then(|v| v.as_str()) {
             None | Some("gpt2") => Ok(BackboneConfig::Gpt2(Gpt2Config::from_json_file(path)?)),
             Some("bert") => Ok(BackboneConfig::Bert(parse_hf_config(serde_json::from_value(value), path)?)),
-            Some("llama") => Ok(BackboneConfig::Llama(LlamaConfig::from_json_file(path)?)),
-            Some(other) => bail!("{}: model_type {other:?} is not supported (expected \"gpt2\", \"bert\" or \"llama\")", path.display()),
+            Some(mt) if LlamaConfig::MODEL_TYPES.contains(&mt) => Ok(BackboneConfig::Llama(LlamaConfig::from_json_file(path)?)),
+            Some(other) => bail!(
+                "{}: model_type {other:?} is not supported (expected \"gpt2\", \"bert\", or of the Llama family {})",
+                path.display(),
+                LlamaConfig::MODEL_TYPES.join(", ")
+            ),
         }
     }
 

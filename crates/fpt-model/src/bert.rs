@@ -339,7 +339,7 @@ impl Bert {
 impl HfConfig for BertConfig {
     const NAME: &'static str = "BERT";
     const TYPE_NAME: &'static str = "BertConfig";
-    const MODEL_TYPE: &'static str = "bert";
+    const MODEL_TYPES: &'static [&'static str] = &["bert"];
     fn validate(&self) -> Result<()> {
         BertConfig::validate(self)
     }

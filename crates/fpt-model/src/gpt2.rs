@@ -518,7 +518,7 @@ impl ParamGroups for Gpt2 {
 impl HfConfig for Gpt2Config {
     const NAME: &'static str = "GPT-2";
     const TYPE_NAME: &'static str = "GPT2Config";
-    const MODEL_TYPE: &'static str = "gpt2";
+    const MODEL_TYPES: &'static [&'static str] = &["gpt2"];
     fn validate(&self) -> Result<()> {
         Gpt2Config::validate(self)
     }

@@ -61,12 +61,27 @@ pub struct LlamaConfig {
     /// (`factor`, `low_freq_factor`, `high_freq_factor`, `original_max_position_embeddings`).
     #[serde(default)]
     pub rope_scaling: Option<serde_json::Value>,
-    /// Biases on `q_proj`, `k_proj`, `v_proj` and `o_proj`.
+    /// Llama: biases on `q_proj`, `k_proj`, `v_proj` and `o_proj` (see [`LlamaConfig::biases`]).
     #[serde(default)]
     pub attention_bias: bool,
-    /// Biases on `gate_proj`, `up_proj` and `down_proj`.
+    /// Llama: biases on `gate_proj`, `up_proj` and `down_proj`.
     #[serde(default)]
     pub mlp_bias: bool,
+    /// Mistral's and Qwen2's sliding-window attention: a query sees itself and the
+    /// `sliding_window - 1` keys before it. Absent means `transformers`' default, 4096; `null`
+    /// none. Llama has no such field (it is ignored there). See [`LlamaConfig::window`].
+    #[serde(default, deserialize_with = "d::present", skip_serializing_if = "Setting::is_absent")]
+    pub sliding_window: Setting<i64>,
+    /// Qwen2: whether `sliding_window` is used at all.
+    #[serde(default)]
+    pub use_sliding_window: bool,
+    /// Qwen2: the layers before this one attend in full, the rest through the window (28 when
+    /// absent), unless `layer_types` lists each layer's kind.
+    #[serde(default)]
+    pub max_window_layers: Option<i64>,
+    /// Qwen2: `"full_attention"` or `"sliding_attention"` per layer.
+    #[serde(default)]
+    pub layer_types: Option<Vec<String>>,
     #[serde(default)]
     pub attention_dropout: f64,
     #[serde(default)]
@@ -79,8 +94,40 @@ pub struct LlamaConfig {
     pub model_type: Option<String>,
 }
 
+/// A config field that may be absent (the architecture's default applies), `null`, or set.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Setting<T> {
+    #[default]
+    Absent,
+    Null,
+    Set(T),
+}
+
+impl<T: Copy> Setting<T> {
+    pub fn is_absent(&self) -> bool {
+        matches!(self, Setting::Absent)
+    }
+
+    /// `Absent` as `default`, `null` as none.
+    pub fn or_default(self, default: T) -> Option<T> {
+        match self {
+            Setting::Absent => Some(default),
+            Setting::Null => None,
+            Setting::Set(v) => Some(v),
+        }
+    }
+}
+
 mod d {
+    use super::Setting;
     use crate::layers::Activation;
+    use serde::{Deserialize, Deserializer};
+
+    /// A field that is present: `null` or a value (an absent one takes `Setting::Absent`).
+    pub fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(de: D) -> Result<Setting<T>, D::Error> {
+        Ok(Option::<T>::deserialize(de)?.map_or(Setting::Null, Setting::Set))
+    }
     pub fn vocab_size() -> i64 {
         32000
     }
@@ -125,6 +172,25 @@ pub enum RopeScaling {
     Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position_embeddings: f64 },
 }
 
+/// The architectures this backbone computes: they differ from Llama only in where linear
+/// layers have biases and in sliding-window attention.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    Llama,
+    Qwen2,
+    Mistral,
+}
+
+/// Which linear layers have biases.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Biases {
+    /// `q_proj`, `k_proj`, `v_proj`.
+    pub qkv: bool,
+    pub o: bool,
+    /// `gate_proj`, `up_proj`, `down_proj`.
+    pub mlp: bool,
+}
+
 impl LlamaConfig {
     /// Any shape (GQA with `kv_heads`), every other field at `LlamaConfig()`'s values, SmolLM2's
     /// eps and theta aside: eps 1e-5, theta 1e4.
@@ -145,6 +211,10 @@ impl LlamaConfig {
             rope_scaling: None,
             attention_bias: false,
             mlp_bias: false,
+            sliding_window: Setting::Absent,
+            use_sliding_window: false,
+            max_window_layers: None,
+            layer_types: None,
             attention_dropout: 0.0,
             tie_word_embeddings: false,
             bos_token_id: Some(1),
@@ -185,6 +255,19 @@ impl LlamaConfig {
         if !(0.0..1.0).contains(&self.attention_dropout) {
             bail!("attention_dropout is {}; a dropout probability must be in [0, 1)", self.attention_dropout);
         }
+        if let Setting::Set(w) = self.sliding_window {
+            if w < 1 {
+                bail!("sliding_window is {w}; it must be at least 1 (or null for no window)");
+            }
+        }
+        if let Some(types) = &self.layer_types {
+            if types.len() as i64 != self.num_hidden_layers {
+                bail!("layer_types lists {} layers; num_hidden_layers is {}", types.len(), self.num_hidden_layers);
+            }
+            if let Some(t) = types.iter().find(|t| *t != "full_attention" && *t != "sliding_attention") {
+                bail!("layer_types has {t:?}; expected \"full_attention\" or \"sliding_attention\"");
+            }
+        }
         if !(self.rope_theta.is_finite() && self.rope_theta > 1.0) {
             bail!("rope_theta is {}; it must be a finite number > 1 (Llama 2 uses 1e4, SmolLM2 1e5)", self.rope_theta);
         }
@@ -209,6 +292,47 @@ impl LlamaConfig {
     /// The BOS row FPT prefixes: `bos_token_id`, or 1 (`LlamaConfig`'s default) when null.
     pub fn bos(&self) -> i64 {
         self.bos_token_id.unwrap_or(1)
+    }
+
+    /// Which of the architectures this backbone computes the file describes (`model_type`;
+    /// none is Llama).
+    pub fn family(&self) -> Family {
+        match self.model_type.as_deref() {
+            Some("qwen2") => Family::Qwen2,
+            Some("mistral") => Family::Mistral,
+            _ => Family::Llama,
+        }
+    }
+
+    /// Which projections have biases, as each architecture's attention and MLP build them:
+    /// Llama's `attention_bias` (q, k, v, o) and `mlp_bias` (gate, up, down); Qwen2's q, k and v
+    /// always, o and the MLP never; Mistral's none.
+    pub fn biases(&self) -> Biases {
+        match self.family() {
+            Family::Llama => Biases { qkv: self.attention_bias, o: self.attention_bias, mlp: self.mlp_bias },
+            Family::Qwen2 => Biases { qkv: true, o: false, mlp: false },
+            Family::Mistral => Biases { qkv: false, o: false, mlp: false },
+        }
+    }
+
+    /// Layer `layer`'s attention window (a query sees the `window` keys up to itself), or `None`
+    /// for full causal attention: Mistral's `sliding_window` on every layer; Qwen2's, with
+    /// `use_sliding_window`, on the `layer_types` marked `"sliding_attention"` (by default the
+    /// layers from `max_window_layers` on), as `Qwen2Config` and `Qwen2Attention` decide.
+    pub fn window(&self, layer: i64) -> Option<i64> {
+        const DEFAULT_WINDOW: i64 = 4096;
+        match self.family() {
+            Family::Llama => None,
+            Family::Mistral => self.sliding_window.or_default(DEFAULT_WINDOW),
+            Family::Qwen2 => {
+                let window = if self.use_sliding_window { self.sliding_window.or_default(DEFAULT_WINDOW) } else { None };
+                let sliding = match &self.layer_types {
+                    Some(types) => types.get(layer as usize).is_some_and(|t| t == "sliding_attention"),
+                    None => window.is_some() && layer >= self.max_window_layers.unwrap_or(28),
+                };
+                window.filter(|_| sliding)
+            }
+        }
     }
 
     /// `rope_scaling`, parsed; other types (linear, dynamic, yarn, longrope) are errors.
@@ -321,6 +445,8 @@ struct Attention {
     heads: i64,
     kv_heads: i64,
     head_dim: i64,
+    /// Sliding-window attention: a query sees the `window` keys up to itself.
+    window: Option<i64>,
     dropout: f64,
 }
 
@@ -348,14 +474,28 @@ impl Attention {
         (self.repeat_kv(&k), self.repeat_kv(&v))
     }
 
+    /// Which of `t` keys the queries at positions `at` (a column, `[n, 1]` or `[b, 1, n, 1]`)
+    /// may see: the keys up to their own position and, with a window, after `position - window`
+    /// (`transformers`' `sliding_window_overlay`: `kv_idx > q_idx - sliding_window`).
+    fn allowed(&self, at: &Tensor, t: i64) -> Tensor {
+        let mut shape = vec![1i64; at.dim()];
+        shape[at.dim() - 1] = t;
+        let keys = Tensor::arange(t, (Kind::Int64, at.device())).view(shape.as_slice());
+        let causal = keys.le_tensor(at);
+        match self.window {
+            Some(w) if w < t => causal.logical_and(&keys.gt_tensor(&(at - w))),
+            _ => causal,
+        }
+    }
+
     /// Attention probabilities `[batch, heads, seq, seq]` (eval, causal), written out.
     fn probs(&self, x: &Tensor, rotary: &Rotary) -> Tensor {
         let t = x.size()[1];
         let q = rotary.apply(&Self::split(&self.q_proj.forward(x), self.heads, self.head_dim));
         let (k, _) = self.keys_values(x, rotary);
         let scores = q.matmul(&k.transpose(-2, -1)) / (self.head_dim as f64).sqrt();
-        let mask = Tensor::ones([t, t], (Kind::Bool, x.device())).triu(1);
-        scores.masked_fill(&mask, f64::NEG_INFINITY).softmax(-1, Kind::Float)
+        let at = Tensor::arange(t, (Kind::Int64, x.device())).unsqueeze(1);
+        scores.masked_fill(&self.allowed(&at, t).logical_not(), f64::NEG_INFINITY).softmax(-1, Kind::Float)
     }
 
     /// Causal grouped-query self-attention of `x` `[batch, seq, width]` (keys and values over
@@ -365,23 +505,22 @@ impl Attention {
         let (k, v) = self.keys_values(x, rotary);
         let len = queries.len(t);
         let q = rotary.select(queries).apply(&Self::split(&self.q_proj.forward(&queries.select(x)), self.heads, self.head_dim));
+        let windowed = self.window.is_some_and(|w| w < t);
         let y = match queries {
-            Queries::All => attention(&q, &k, &v, None, true, self.dropout, train),
+            // Causal over every position: libtorch's causal flag, unless a window cuts keys off.
+            Queries::All if !windowed => attention(&q, &k, &v, None, true, self.dropout, train),
+            // The last position alone, with no window, sees every key: no mask either.
+            Queries::Rows(r) if r.len == 1 && r.start == t - 1 && !windowed => attention(&q, &k, &v, None, false, self.dropout, train),
+            // Query i sits at position p_i and sees keys 0..=p_i (after p_i - window).
+            Queries::All => {
+                let at = Tensor::arange(t, (Kind::Int64, x.device())).unsqueeze(1);
+                attention(&q, &k, &v, Some(&self.allowed(&at, t)), false, self.dropout, train)
+            }
             Queries::Rows(r) => {
-                // Query i sits at position p_i and sees keys 0..=p_i; the last position alone
-                // sees every key and needs no mask.
-                let keys = Tensor::arange(t, (Kind::Int64, x.device()));
-                let mask = (r.start + r.len < t || r.len > 1).then(|| {
-                    let at = Tensor::arange_start(r.start, r.start + r.len, (Kind::Int64, x.device())).unsqueeze(1);
-                    keys.unsqueeze(0).le_tensor(&at)
-                });
-                attention(&q, &k, &v, mask.as_ref(), false, self.dropout, train)
+                let at = Tensor::arange_start(r.start, r.start + r.len, (Kind::Int64, x.device())).unsqueeze(1);
+                attention(&q, &k, &v, Some(&self.allowed(&at, t)), false, self.dropout, train)
             }
-            Queries::At(pos) => {
-                let keys = Tensor::arange(t, (Kind::Int64, x.device()));
-                let mask = keys.view([1, 1, 1, t]).le_tensor(&pos.view([b, 1, len, 1]));
-                attention(&q, &k, &v, Some(&mask), false, self.dropout, train)
-            }
+            Queries::At(pos) => attention(&q, &k, &v, Some(&self.allowed(&pos.view([b, 1, len, 1]), t)), false, self.dropout, train),
         };
         self.o_proj.forward(&y.transpose(1, 2).reshape([b, len, self.heads * self.head_dim]))
     }
@@ -410,31 +549,32 @@ struct Block {
 }
 
 impl Block {
-    fn new(path: &nn::Path, cfg: &LlamaConfig) -> Result<Self> {
+    fn new(path: &nn::Path, cfg: &LlamaConfig, layer: i64) -> Result<Self> {
         let (w, d, std) = (cfg.hidden_size, cfg.head_dim(), cfg.initializer_range);
+        let biases = cfg.biases();
         // Hugging Face's init: weights normal(0, initializer_range), biases 0.
         let linear = |p: nn::Path, n_in: i64, n_out: i64, bias: bool| {
             Linear::new(&p, n_in, n_out, Init::Normal { std }, bias.then_some(Init::Zeros))
         };
-        let (attn, attn_bias) = (path / "self_attn", cfg.attention_bias);
-        let (mlp, mlp_bias) = (path / "mlp", cfg.mlp_bias);
+        let (attn, mlp) = (path / "self_attn", path / "mlp");
         Ok(Block {
             input_layernorm: RmsNorm::new(&(path / "input_layernorm"), w, cfg.rms_norm_eps)?,
             self_attn: Attention {
-                q_proj: linear(&attn / "q_proj", w, cfg.num_attention_heads * d, attn_bias)?,
-                k_proj: linear(&attn / "k_proj", w, cfg.kv_heads() * d, attn_bias)?,
-                v_proj: linear(&attn / "v_proj", w, cfg.kv_heads() * d, attn_bias)?,
-                o_proj: linear(&attn / "o_proj", cfg.num_attention_heads * d, w, attn_bias)?,
+                q_proj: linear(&attn / "q_proj", w, cfg.num_attention_heads * d, biases.qkv)?,
+                k_proj: linear(&attn / "k_proj", w, cfg.kv_heads() * d, biases.qkv)?,
+                v_proj: linear(&attn / "v_proj", w, cfg.kv_heads() * d, biases.qkv)?,
+                o_proj: linear(&attn / "o_proj", cfg.num_attention_heads * d, w, biases.o)?,
                 heads: cfg.num_attention_heads,
                 kv_heads: cfg.kv_heads(),
                 head_dim: d,
+                window: cfg.window(layer),
                 dropout: cfg.attention_dropout,
             },
             post_attention_layernorm: RmsNorm::new(&(path / "post_attention_layernorm"), w, cfg.rms_norm_eps)?,
             mlp: Mlp {
-                gate_proj: linear(&mlp / "gate_proj", w, cfg.intermediate_size, mlp_bias)?,
-                up_proj: linear(&mlp / "up_proj", w, cfg.intermediate_size, mlp_bias)?,
-                down_proj: linear(&mlp / "down_proj", cfg.intermediate_size, w, mlp_bias)?,
+                gate_proj: linear(&mlp / "gate_proj", w, cfg.intermediate_size, biases.mlp)?,
+                up_proj: linear(&mlp / "up_proj", w, cfg.intermediate_size, biases.mlp)?,
+                down_proj: linear(&mlp / "down_proj", cfg.intermediate_size, w, biases.mlp)?,
                 act: cfg.hidden_act,
             },
         })
@@ -469,7 +609,7 @@ impl Llama {
         let std = cfg.initializer_range;
         let embed_tokens = new_param(&(path / "embed_tokens"), "weight", &[cfg.vocab_size, cfg.hidden_size], Init::Normal { std })?;
         let layers = path / "layers";
-        let blocks = (0..cfg.num_hidden_layers).map(|i| Block::new(&(&layers / i), cfg)).collect::<Result<Vec<_>>>()?;
+        let blocks = (0..cfg.num_hidden_layers).map(|i| Block::new(&(&layers / i), cfg, i)).collect::<Result<Vec<_>>>()?;
         let norm = RmsNorm::new(&(path / "norm"), cfg.hidden_size, cfg.rms_norm_eps)?;
         Ok(Llama { cfg: cfg.clone(), embed_tokens, blocks, norm, inv_freq: cfg.inv_freq()?, compute_kind: Kind::Float })
     }
@@ -571,7 +711,7 @@ impl ParamGroups for Llama {
 impl HfConfig for LlamaConfig {
     const NAME: &'static str = "Llama";
     const TYPE_NAME: &'static str = "LlamaConfig";
-    const MODEL_TYPE: &'static str = "llama";
+    const MODEL_TYPES: &'static [&'static str] = &["llama", "qwen2", "mistral"];
     fn validate(&self) -> Result<()> {
         LlamaConfig::validate(self)
     }
@@ -684,5 +824,96 @@ mod config_tests {
             }
         }
         assert_eq!((kept, smoothed, divided), (2, 1, 5));
+    }
+
+    /// Which layers get a window and which biases, per `model_type`, as `Qwen2Config`,
+    /// `MistralConfig` and their attention classes decide (the parity fixtures check two files
+    /// transformers wrote; these are the other branches).
+    #[test]
+    fn each_family_gets_its_windows_and_biases() {
+        let parse = |json: &str| {
+            let cfg: LlamaConfig = serde_json::from_str(json).unwrap();
+            cfg.validate().unwrap();
+            cfg
+        };
+        let base = r#""hidden_size":16,"intermediate_size":32,"num_attention_heads":2,"vocab_size":10"#;
+        let windows = |cfg: &LlamaConfig| (0..cfg.num_hidden_layers).map(|i| cfg.window(i)).collect::<Vec<_>>();
+        // Llama ignores a stray sliding_window.
+        let llama = parse(&format!(r#"{{{base},"num_hidden_layers":2,"model_type":"llama","sliding_window":3}}"#));
+        assert_eq!(windows(&llama), [None, None]);
+        // Mistral: 4096 when absent, none when null, else the value, on every layer; no biases.
+        let mistral = |sw: &str| parse(&format!(r#"{{{base},"num_hidden_layers":2,"model_type":"mistral"{sw}}}"#));
+        assert_eq!(windows(&mistral("")), [Some(4096), Some(4096)]);
+        assert_eq!(windows(&mistral(r#","sliding_window":null"#)), [None, None]);
+        assert_eq!(windows(&mistral(r#","sliding_window":7"#)), [Some(7), Some(7)]);
+        assert_eq!(mistral(r#","attention_bias":true"#).biases(), Biases { qkv: false, o: false, mlp: false });
+        // Qwen2: no window unless use_sliding_window; then the layers from max_window_layers
+        // (28 when absent) on, unless layer_types says; biases on q, k, v only.
+        let qwen = |rest: &str| parse(&format!(r#"{{{base},"num_hidden_layers":3,"model_type":"qwen2","sliding_window":5{rest}}}"#));
+        assert_eq!(windows(&qwen("")), [None, None, None]);
+        assert_eq!(windows(&qwen(r#","use_sliding_window":true"#)), [None, None, None]);
+        assert_eq!(windows(&qwen(r#","use_sliding_window":true,"max_window_layers":1"#)), [None, Some(5), Some(5)]);
+        let types = r#","use_sliding_window":true,"layer_types":["sliding_attention","full_attention","sliding_attention"]"#;
+        assert_eq!(windows(&qwen(types)), [Some(5), None, Some(5)]);
+        assert_eq!(qwen("").biases(), Biases { qkv: true, o: false, mlp: false });
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        Llama::new(&vs.root(), &qwen("")).unwrap();
+        let vars = vs.variables();
+        assert!(vars.contains_key("layers.2.self_attn.v_proj.bias") && !vars.contains_key("layers.2.self_attn.o_proj.bias"));
+        // A serialised config reads back the same (an absent window stays absent, not null).
+        for cfg in [mistral(""), mistral(r#","sliding_window":null"#), qwen(types)] {
+            let again: LlamaConfig = serde_json::from_str(&serde_json::to_string(&cfg).unwrap()).unwrap();
+            assert_eq!(again, cfg);
+        }
+        // What cannot be computed is refused.
+        let refused = |json: String| {
+            let cfg: LlamaConfig = serde_json::from_str(&json).unwrap();
+            cfg.validate().unwrap_err().to_string()
+        };
+        assert!(
+            refused(format!(r#"{{{base},"num_hidden_layers":2,"model_type":"mistral","sliding_window":0}}"#)).contains("sliding_window")
+        );
+        assert!(refused(format!(r#"{{{base},"num_hidden_layers":2,"model_type":"qwen2","layer_types":["full_attention"]}}"#))
+            .contains("layer_types"));
+        assert!(refused(format!(r#"{{{base},"num_hidden_layers":1,"model_type":"qwen2","layer_types":["chunked"]}}"#)).contains("chunked"));
+        assert!(refused(format!(r#"{{{base},"num_hidden_layers":1,"model_type":"gemma"}}"#)).contains("llama or qwen2 or mistral"));
+    }
+
+    /// A window of 3: each query sees exactly itself and the two keys before it, in the maps
+    /// and in every path of the forward pass (all rows, the last rows, per-example rows).
+    #[test]
+    fn a_sliding_window_hides_the_keys_before_it_in_every_path() {
+        tch::manual_seed(3);
+        let cfg =
+            LlamaConfig { model_type: Some("mistral".into()), sliding_window: Setting::Set(3), ..LlamaConfig::custom(2, 16, 2, 1, 32) };
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let model = Llama::new(&vs.root(), &cfg).unwrap();
+        let x = Tensor::randn([2, 7, 16], (Kind::Float, tch::Device::Cpu));
+        for map in model.attention_maps(&x).unwrap() {
+            for i in 0..7i64 {
+                for j in 0..7i64 {
+                    let p = map.double_value(&[1, 0, i, j]);
+                    assert_eq!(p > 0.0, j <= i && j > i - 3, "query {i}, key {j}: {p}");
+                }
+            }
+        }
+        // Two layers of a 3-key window reach 4 positions back: changing position 0 moves
+        // position 4 and leaves positions 5 and 6 exactly as they were (a masked key adds
+        // exactly nothing), where causal attention alone would move every later position.
+        let all = model.forward_embeds(&x, false).unwrap();
+        let mut x2 = x.copy();
+        let _ = x2.narrow(1, 0, 1).fill_(5.0);
+        let moved = model.forward_embeds(&x2, false).unwrap();
+        assert!(all.narrow(1, 5, 2).equal(&moved.narrow(1, 5, 2)), "positions 5, 6 see position 0");
+        assert!(!all.narrow(1, 4, 1).equal(&moved.narrow(1, 4, 1)), "position 4 does not reach position 0 through two layers");
+        // The read-out paths compute the same rows as the full pass.
+        let last = model.forward_rows(&x, false, Some(Rows { start: 4, len: 3 })).unwrap();
+        assert!((last - all.narrow(1, 4, 3)).abs().max().double_value(&[]) < 1e-6);
+        let at = Tensor::from_slice(&[6i64, 3, 5, 2]).view([2, 2]);
+        let picked = model.forward_at(&x, false, &at).unwrap();
+        for (b, k, pos) in [(0, 0, 6), (0, 1, 3), (1, 0, 5), (1, 1, 2)] {
+            let diff = (picked.get(b).get(k) - all.get(b).get(pos)).abs().max().double_value(&[]);
+            assert!(diff < 1e-6, "example {b}, position {pos}: {diff}");
+        }
     }
 }

@@ -7,7 +7,8 @@
 //! random shapes (odd heads, `bert.`-prefixed masked-LM file with its head, sharded, gelu /
 //! relu / gelu_new) and the real all-MiniLM-L6-v2; and BERT with Hugging Face's `attention_mask`
 //! (rows right-padded to different lengths, one left-padded, one unpadded). Llama: eight random
-//! `LlamaModel` shapes (one with biases) and the real SmolLM2-135M-Instruct.
+//! `LlamaModel` shapes (one with biases), a `Qwen2Model` and a `MistralModel` with sliding
+//! windows, and the real SmolLM2-135M-Instruct.
 
 mod common;
 
@@ -34,10 +35,12 @@ fn bert_and_minilm_match_transformers() {
     check_cases(&fixtures, &cases);
 }
 
-/// Llama (`LlamaModel`, eager attention) on eight random checkpoints: grouped- and multi-query
-/// attention, odd head counts, head_dim apart from width/heads, other theta and eps, llama3
-/// RoPE scaling, tied and untied embeddings, `model.`-prefixed, plain and sharded files, biases
-/// on every linear layer (`attention_bias`, `mlp_bias`).
+/// The Llama family (eager attention) on ten random checkpoints. `LlamaModel`: grouped- and
+/// multi-query attention, odd head counts, head_dim apart from width/heads, other theta and eps,
+/// llama3 RoPE scaling, tied and untied embeddings, `model.`-prefixed, plain and sharded files,
+/// biases on every linear layer (`attention_bias`, `mlp_bias`). `Qwen2Model` (q/k/v biases, a
+/// sliding window on some layers) and `MistralModel` (a sliding window on every layer), with
+/// sequences longer than their windows.
 #[test]
 fn llama_matches_transformers() {
     let cases = [
@@ -49,6 +52,8 @@ fn llama_matches_transformers() {
         "llama4x128_deep",
         "llama1x30_single",
         "llama2x64_biases",
+        "qwen2x3x64_window",
+        "mistral2x96_window",
     ];
     let fixtures = make_llama_fixtures(Path::new(env!("CARGO_TARGET_TMPDIR")), "parity", &cases);
     check_cases(&fixtures, &cases);

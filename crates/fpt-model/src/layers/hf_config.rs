@@ -10,8 +10,9 @@ pub trait HfConfig: DeserializeOwned {
     /// The architecture's name in messages ("GPT-2") and its type's ("GPT2Config").
     const NAME: &'static str;
     const TYPE_NAME: &'static str;
-    /// The `model_type` the file must carry, if it carries one.
-    const MODEL_TYPE: &'static str;
+    /// The `model_type`s the file may carry (none at all is accepted too); the first is the
+    /// backbone's own, the others are architectures it computes (Llama's: Qwen2, Mistral).
+    const MODEL_TYPES: &'static [&'static str];
     /// The backbone's own checks (after [`check_model_type`] and [`check_positive`]).
     fn validate(&self) -> Result<()>;
 }
@@ -33,8 +34,8 @@ pub fn parse_hf_config<T: HfConfig>(parsed: serde_json::Result<T>, path: &Path) 
 /// A `model_type` other than the backbone's is an error (none at all is accepted).
 pub fn check_model_type<T: HfConfig>(model_type: Option<&str>) -> Result<()> {
     match model_type {
-        Some(mt) if mt != T::MODEL_TYPE => {
-            bail!("model_type is {mt:?}, but this backbone is {} (model_type {:?})", T::NAME, T::MODEL_TYPE)
+        Some(mt) if !T::MODEL_TYPES.contains(&mt) => {
+            bail!("model_type is {mt:?}, but this backbone is {} (model_type {})", T::NAME, T::MODEL_TYPES.join(" or "))
         }
         _ => Ok(()),
     }

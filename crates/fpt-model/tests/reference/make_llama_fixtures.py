@@ -41,9 +41,12 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from transformers import LlamaConfig, LlamaForCausalLM, LlamaModel
+from transformers import (LlamaConfig, LlamaForCausalLM, LlamaModel, MistralConfig, MistralForCausalLM, MistralModel,
+                          Qwen2Config, Qwen2ForCausalLM, Qwen2Model)
 from transformers.models.llama import modeling_llama
 from transformers.models.llama.modeling_llama import LlamaRMSNorm, LlamaRotaryEmbedding, repeat_kv
+from transformers.models.mistral import modeling_mistral
+from transformers.models.qwen2 import modeling_qwen2
 
 sys.path.insert(0, str(Path(__file__).parent))
 from float64_reference import float64_outputs  # noqa: E402
@@ -52,7 +55,8 @@ LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_fr
           "original_max_position_embeddings": 256}
 
 # name: (layers, hidden, heads, kv_heads, head_dim, intermediate, rope_theta, rms_eps,
-#        rope_scaling, tie_word_embeddings, max_pos, batch, seq, layout[, other LlamaConfig fields])
+#        rope_scaling, tie_word_embeddings, max_pos, batch, seq, layout[, other config fields])
+# A "model_type" among the other fields picks Qwen2's or Mistral's classes instead of Llama's.
 CASES = {
     # grouped-query attention (2 query heads per key/value head), LlamaModel names
     "llama2x64_gqa": (2, 64, 4, 2, None, 128, 10000.0, 1e-6, None, False, 64, 3, 17, "plain"),
@@ -73,6 +77,19 @@ CASES = {
     # After "smollm2" so that no earlier case's seed (its place here) moves.
     "llama2x64_biases": (2, 64, 4, 2, None, 128, 10000.0, 1e-6, None, False, 64, 2, 11, "plain",
                          {"attention_bias": True, "mlp_bias": True}),
+    # Qwen2 (biases on q/k/v, none on o or the MLP): layer 0 full attention, layers 1-2 through a
+    # 5-key sliding window (use_sliding_window, max_window_layers 1), 13 positions, `model.` names
+    "qwen2x3x64_window": (3, 64, 4, 2, None, 128, 1000000.0, 1e-6, None, True, 64, 2, 13, "causal_lm",
+                          {"model_type": "qwen2", "use_sliding_window": True, "sliding_window": 5, "max_window_layers": 1}),
+    # Mistral: a 4-key sliding window on every layer, head_dim 24 set apart from 96/4, 11 positions
+    "mistral2x96_window": (2, 96, 4, 1, 24, 160, 10000.0, 1e-5, None, False, 64, 2, 11, "plain",
+                           {"model_type": "mistral", "sliding_window": 4}),
+}
+
+CLASSES = {  # model_type: (config, model, causal LM)
+    "llama": (LlamaConfig, LlamaModel, LlamaForCausalLM),
+    "qwen2": (Qwen2Config, Qwen2Model, Qwen2ForCausalLM),
+    "mistral": (MistralConfig, MistralModel, MistralForCausalLM),
 }
 
 
@@ -133,14 +150,20 @@ def eager_attention_forward_64(module, query, key, value, attention_mask, scalin
     return attn_output, attn_weights
 
 
-modeling_llama.eager_attention_forward = eager_attention_forward_64
+for module in (modeling_llama, modeling_qwen2, modeling_mistral):
+    module.eager_attention_forward = eager_attention_forward_64
+
+# Qwen2's and Mistral's norm and rotary classes are copies of Llama's (transformers' modular
+# files); the fp32 check in make() confirms the swapped forward is theirs bit for bit.
+RMS_NORMS = (LlamaRMSNorm, modeling_qwen2.Qwen2RMSNorm, modeling_mistral.MistralRMSNorm)
+ROTARIES = (LlamaRotaryEmbedding, modeling_qwen2.Qwen2RotaryEmbedding, modeling_mistral.MistralRotaryEmbedding)
 
 
-def make_fp64_faithful(model: LlamaModel) -> None:
+def make_fp64_faithful(model) -> None:
     for m in model.modules():
-        if type(m) is LlamaRMSNorm:
+        if type(m) in RMS_NORMS:
             m.__class__ = RMSNorm64
-        elif type(m) is LlamaRotaryEmbedding:
+        elif type(m) in ROTARIES:
             m.__class__ = Rotary64
             m.inv_freq64 = inv_freq_f64(m.config)
             # the fp32 frequencies transformers uses are these, rounded (a check of the fp64 copy)
@@ -172,19 +195,22 @@ def make(out: Path, name: str, seed: int) -> dict:
         attentions = False
     else:
         layers, hidden, heads, kv, head_dim, inter, theta, eps, rope_scaling, tied, max_pos, batch, seq, layout, *more = CASES[name]
-        fields = {"attention_bias": False, "mlp_bias": False, **(more[0] if more else {})}
-        cfg = LlamaConfig(
+        fields = dict(more[0]) if more else {}
+        if head_dim is not None:  # else each class's own default (Qwen2 would read a None as set)
+            fields["head_dim"] = head_dim
+        config_class, model_class, lm_class = CLASSES[fields.pop("model_type", "llama")]
+        cfg = config_class(
             vocab_size=50, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
-            num_attention_heads=heads, num_key_value_heads=kv, head_dim=head_dim, hidden_act="silu",
+            num_attention_heads=heads, num_key_value_heads=kv, hidden_act="silu",
             max_position_embeddings=max_pos, rms_norm_eps=eps, rope_theta=theta, rope_scaling=rope_scaling,
             tie_word_embeddings=tied, **fields,
         )
-        model = LlamaModel._from_config(cfg, attn_implementation="eager")
+        model = model_class._from_config(cfg, attn_implementation="eager")
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(0.05 * torch.randn_like(p))
         if layout == "causal_lm":
-            lm = LlamaForCausalLM._from_config(cfg, attn_implementation="eager")
+            lm = lm_class._from_config(cfg, attn_implementation="eager")
             lm.model.load_state_dict(model.state_dict(), strict=True)
             lm.save_pretrained(model_dir, safe_serialization=True)
         elif layout == "sharded":
@@ -221,7 +247,9 @@ def make(out: Path, name: str, seed: int) -> dict:
         "head_dim": getattr(cfg, "head_dim", None) or width // cfg.num_attention_heads,
         "intermediate_size": cfg.intermediate_size, "rope_theta": cfg.rope_theta, "rms_norm_eps": cfg.rms_norm_eps,
         "rope_scaling": cfg.rope_scaling, "tie_word_embeddings": cfg.tie_word_embeddings,
-        "attention_bias": cfg.attention_bias, "mlp_bias": cfg.mlp_bias,
+        "model_type": cfg.model_type, "attention_bias": getattr(cfg, "attention_bias", None),
+        "mlp_bias": getattr(cfg, "mlp_bias", None), "sliding_window": getattr(cfg, "sliding_window", None),
+        "layer_types": getattr(cfg, "layer_types", None),
         "attn_implementation": cfg._attn_implementation, "batch": batch, "seq": seq, "input_scale": scale,
         "attentions": attentions, "files": files,
         "noise": {k[: -len("_noise")]: tensors[k].item() for k in tensors if k.endswith("_noise")},
