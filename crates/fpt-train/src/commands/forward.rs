@@ -1,5 +1,5 @@
-//! `fpt forward`: run a Hugging Face GPT-2 or BERT directory on given `inputs_embeds`, to check that a
-//! checkpoint loads and computes as `transformers` does.
+//! `fpt forward`: run a Hugging Face GPT-2, BERT or Llama-family (Llama, Qwen2, Mistral) directory
+//! on given `inputs_embeds`, to check that a checkpoint loads and computes as `transformers` does.
 
 use crate::device::parse_device;
 use crate::tensor_io::{read_f32, write_f32};
@@ -8,7 +8,8 @@ use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Hugging Face GPT-2 or BERT directory (config.json + model.safetensors or a sharded index).
+    /// Hugging Face GPT-2, BERT or Llama-family directory (config.json + model.safetensors or a
+    /// sharded index).
     #[arg(long)]
     pub model: PathBuf,
     /// safetensors file with an f32 tensor `inputs_embeds` of shape [batch, seq, n_embd].
