@@ -35,7 +35,7 @@ pub use fpt::{orth_gain_text, Fpt, FptConfig, InputSpec, Readout};
 pub use freeze::{FreezeSpec, ParamGroup, ParamGroups};
 pub use gpt2::{Gpt2, Gpt2Config, GPT2_PRESETS};
 pub use layers::{Activation, Rows};
-pub use llama::{Llama, LlamaConfig};
+pub use llama::{Biases, Family, Llama, LlamaConfig, Setting};
 pub use lstm::{Lstm, LstmConfig};
 
 /// The import rule of the crate's layout, checked on its source files: every module is

@@ -1,9 +1,11 @@
 //! Two speed features must not change what is computed: the last layer restricted to the
-//! read-out positions, and bf16 mode (frozen matrices resident in bf16). GPT-2, BERT and Llama.
+//! read-out positions, and bf16 mode (frozen matrices resident in bf16). GPT-2, BERT, Llama, and
+//! Qwen2 with a sliding window.
 
 use fpt_model::tolerance::reordering_bound;
 use fpt_model::{
     Backbone, BackboneConfig, BertConfig, Fpt, FptConfig, FreezeSpec, Gpt2Config, LlamaConfig, LstmConfig, Precision, Readout, Rows,
+    Setting,
 };
 use tch::{nn, Device, Kind, Tensor};
 
@@ -29,6 +31,19 @@ fn llama() -> BackboneConfig {
     BackboneConfig::Llama(cfg)
 }
 
+/// Qwen2 as the Llama backbone computes it: q/k/v biases, and layer 1 attending through a 3-key
+/// sliding window, shorter than the sequences below (so every path takes the windowed mask).
+fn qwen2_window() -> BackboneConfig {
+    let mut cfg = LlamaConfig::custom(2, 32, 4, 2, 64);
+    cfg.max_position_embeddings = 24;
+    cfg.model_type = Some("qwen2".into());
+    cfg.use_sliding_window = true;
+    cfg.sliding_window = Setting::Set(3);
+    cfg.max_window_layers = Some(1);
+    assert_eq!((cfg.window(0), cfg.window(1)), (None, Some(3)));
+    BackboneConfig::Llama(cfg)
+}
+
 fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
     (a.to_kind(Kind::Float) - b.to_kind(Kind::Float)).abs().max().double_value(&[])
 }
@@ -38,7 +53,7 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
 /// and sum them in other orders; the full forward's fp64 evaluation is the truth).
 #[test]
 fn restricted_last_layer_equals_the_full_forward_at_those_rows() {
-    for (name, cfg) in [("gpt2", gpt2()), ("bert", bert()), ("llama", llama())] {
+    for (name, cfg) in [("gpt2", gpt2()), ("bert", bert()), ("llama", llama()), ("qwen2-window", qwen2_window())] {
         tch::manual_seed(1);
         let vs = nn::VarStore::new(Device::Cpu);
         let model = Backbone::new(&vs.root(), &cfg).unwrap();
@@ -86,7 +101,7 @@ fn fpt(cfg: &BackboneConfig, freeze: &str, readout: Readout) -> (nn::VarStore, F
 
 #[test]
 fn bf16_keeps_frozen_matrices_in_bf16_and_everything_trainable_in_fp32() {
-    for (name, cfg) in [("gpt2", gpt2()), ("bert", bert()), ("llama", llama())] {
+    for (name, cfg) in [("gpt2", gpt2()), ("bert", bert()), ("llama", llama()), ("qwen2-window", qwen2_window())] {
         for readout in [Readout::Last, Readout::First] {
             let (vs32, m32) = fpt(&cfg, "paper", readout);
             let (mut vs16, mut m16) = fpt(&cfg, "paper", readout);
