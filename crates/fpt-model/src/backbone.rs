@@ -123,11 +123,12 @@ impl BackboneConfig {
         }
     }
 
-    pub fn model_type(&self) -> &'static str {
+    /// The architecture's `model_type` (a Llama-family file's own: "llama", "qwen2", "mistral").
+    pub fn model_type(&self) -> &str {
         match self {
             BackboneConfig::Gpt2(_) => "gpt2",
             BackboneConfig::Bert(_) => "bert",
-            BackboneConfig::Llama(_) => "llama",
+            BackboneConfig::Llama(c) => c.model_type.as_deref().unwrap_or("llama"),
             BackboneConfig::Lstm(_) => "lstm",
         }
     }
