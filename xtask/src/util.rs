@@ -59,6 +59,18 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
     error.downcast_ref::<ExitWith>().map_or(1, |e| e.code)
 }
 
+/// (jobs, threads per job) for `jobs` runs at a time on `cores` cores: at most one job per run
+/// and at least one thread each; the cores are split evenly.
+pub fn share_cores(jobs: usize, cores: usize, runs: usize) -> (usize, usize) {
+    let jobs = jobs.clamp(1, runs.max(1));
+    (jobs, (cores / jobs).max(1))
+}
+
+/// The cores this process may use.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
 /// The CPU's model name and the cores this process may use, as reports name the machine
 /// ("AMD EPYC, 2 cores").
 pub fn machine() -> String {
@@ -68,4 +80,20 @@ pub fn machine() -> String {
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     format!("{cpu}, {cores} cores")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jobs_share_the_cores_evenly() {
+        assert_eq!(share_cores(1, 2, 36), (1, 2));
+        assert_eq!(share_cores(2, 2, 36), (2, 1));
+        assert_eq!(share_cores(4, 16, 36), (4, 4));
+        // More jobs than cores still gives each one thread; more jobs than runs are not started.
+        assert_eq!(share_cores(3, 2, 36), (3, 1));
+        assert_eq!(share_cores(8, 16, 2), (2, 8));
+        assert_eq!(share_cores(0, 2, 36), (1, 2));
+    }
 }

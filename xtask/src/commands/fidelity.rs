@@ -16,7 +16,7 @@ use crate::commands::reproduce::{run_cells, stop_on_signals, terminate, GridRun,
 use crate::commands::setup;
 use crate::grid::{self, Cell, Grid};
 use crate::results::{read_eval_curve, read_summary};
-use crate::util::{describe, machine, workspace_root, ExitWith};
+use crate::util::{cores, describe, machine, share_cores, workspace_root, ExitWith};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -402,13 +402,6 @@ fn run_order(cells: &[Cell]) -> VecDeque<(&Cell, Side)> {
     cells.iter().flat_map(|c| [(c, Side::Ours), (c, Side::Reference)]).collect()
 }
 
-/// (jobs, threads per job): at most one job per run and at least one thread each; the cores are
-/// split evenly so that the two sides of a cell run on equal shares.
-fn share_cores(jobs: usize, cores: usize, runs: usize) -> (usize, usize) {
-    let jobs = jobs.clamp(1, runs.max(1));
-    (jobs, (cores / jobs).max(1))
-}
-
 /// Runs the reference for one cell unless its result exists. Returns false when a stop was asked.
 fn run_reference(root: &Path, runs: &Path, cell: &Cell, threads: usize, stop: &Stop) -> Result<bool> {
     let out = reference_path(runs, cell);
@@ -492,8 +485,8 @@ pub fn run(args: &Args) -> Result<()> {
         setup::run(&setup::Args { no_build: given.is_some() })?;
         let fpt = given.unwrap_or_else(|| root.join("target/release/fpt"));
         let stop = stop_on_signals()?;
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        let (jobs, threads) = share_cores(args.jobs, cores, cells.len() * 2);
+        // Equal shares, so that the two sides of a cell run on equal footing.
+        let (jobs, threads) = share_cores(args.jobs, cores(), cells.len() * 2);
         let run = GridRun {
             runs_dir: runs.join("ours"),
             fpt,
@@ -706,14 +699,7 @@ mod tests {
     }
 
     #[test]
-    fn jobs_share_the_cores_and_take_each_cell_ours_first() {
-        assert_eq!(share_cores(1, 2, 36), (1, 2));
-        assert_eq!(share_cores(2, 2, 36), (2, 1));
-        assert_eq!(share_cores(4, 16, 36), (4, 4));
-        // More jobs than cores still gives each one thread; more jobs than runs are not started.
-        assert_eq!(share_cores(3, 2, 36), (3, 1));
-        assert_eq!(share_cores(8, 16, 2), (2, 8));
-        assert_eq!(share_cores(0, 2, 36), (1, 2));
+    fn jobs_take_each_cell_ours_first() {
         let g = grid();
         let cells = select(&g, 2, Some("bit-xor*"));
         let order: Vec<(String, Side)> = run_order(&cells).into_iter().map(|(c, s)| (c.name.clone(), s)).collect();
