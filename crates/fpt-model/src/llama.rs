@@ -1,5 +1,7 @@
 //! Llama (Hugging Face's `LlamaModel`) fed with `inputs_embeds`, and its config (`LlamaConfig`):
-//! SmolLM2 and the other Llama-family decoders.
+//! SmolLM2 and the other Llama-family decoders, Qwen2 (`Qwen2Model`) and Mistral
+//! (`MistralModel`) included, which differ from Llama only in where linear layers have biases
+//! ([`LlamaConfig::biases`]) and in sliding-window attention ([`LlamaConfig::window`]).
 //!
 //! As `transformers` computes it: no position table and no embedding dropout;
 //! `num_hidden_layers` pre-norm blocks (`x + attn(input_layernorm(x))`,
