@@ -903,7 +903,7 @@ mod config_tests {
         // position 4 and leaves positions 5 and 6 exactly as they were (a masked key adds
         // exactly nothing), where causal attention alone would move every later position.
         let all = model.forward_embeds(&x, false).unwrap();
-        let mut x2 = x.copy();
+        let x2 = x.copy();
         let _ = x2.narrow(1, 0, 1).fill_(5.0);
         let moved = model.forward_embeds(&x2, false).unwrap();
         assert!(all.narrow(1, 5, 2).equal(&moved.narrow(1, 5, 2)), "positions 5, 6 see position 0");

@@ -201,10 +201,12 @@ pub fn terminate(child: &std::process::Child) -> Result<()> {
     Ok(())
 }
 
-/// The workers' devices (one entry per worker) and the environment of their `fpt` processes:
-/// one worker per listed GPU, or `--jobs` workers on `--device`, which share the `cores`
-/// evenly (`OMP_NUM_THREADS`; with one job libtorch takes them all, as it would alone).
-fn workers(args: &Args, cells: usize, cores: usize) -> Result<(Vec<String>, Vec<(String, String)>)> {
+/// The workers' devices (one entry per worker) and the environment of their `fpt` processes.
+type Workers = (Vec<String>, Vec<(String, String)>);
+
+/// One worker per listed GPU, or `--jobs` workers on `--device`, which share the `cores` evenly
+/// (`OMP_NUM_THREADS`; with one job libtorch takes them all, as it would alone).
+fn workers(args: &Args, cells: usize, cores: usize) -> Result<Workers> {
     if !args.gpus.is_empty() {
         if args.jobs > 1 {
             bail!("--jobs {} with --gpus: each listed GPU runs one cell at a time; list a GPU twice to run two cells on it", args.jobs);
