@@ -349,19 +349,24 @@ mod tests {
         let (q, k, v) = (wave([b, h, t, d], 0.37), wave([b, h, t, d], 0.71), wave([b, h, t, d], 1.13));
         let q_rows = q.narrow(2, 30, 7);
         let keys = Tensor::arange(t, (Kind::Int64, Device::Cpu));
-        // Key padding per example (lengths 37, 20, 5), a per-query mask, a [Tq, Tk] mask.
+        // Key padding per example (lengths 37, 20, 5), a per-query mask, [Tq, Tk] masks.
         let lengths = Tensor::from_slice(&[37i64, 20, 5]).view([b, 1, 1, 1]);
         let padding = keys.view([1, 1, 1, t]).lt_tensor(&lengths);
         let limits = Tensor::from_slice(&[36i64, 12, 3]).view([b, 1, 1, 1]) - keys.remainder(3).view([1, 1, t, 1]);
         let per_query = keys.view([1, 1, 1, t]).le_tensor(&limits);
         let rows = keys.unsqueeze(0).le_tensor(&Tensor::arange_start(30, 37, (Kind::Int64, Device::Cpu)).unsqueeze(1));
+        // A sliding window (Mistral's, Qwen2's): query i sees keys i-4..=i, so early keys of a
+        // row are masked too.
+        let at = keys.unsqueeze(1);
+        let window = keys.unsqueeze(0).le_tensor(&at).logical_and(&keys.unsqueeze(0).gt_tensor(&(&at - 5)));
         let spec = Dropout { p: 0.3, seed: 1234 };
-        let cases: [(&Tensor, Option<&Tensor>, bool); 5] = [
+        let cases: [(&Tensor, Option<&Tensor>, bool); 6] = [
             (&q, None, true),
             (&q, None, false),
             (&q, Some(&padding), false),
             (&q, Some(&per_query), false),
             (&q_rows, Some(&rows), false),
+            (&q, Some(&window), false),
         ];
         for (case, (q, allowed, causal)) in cases.into_iter().enumerate() {
             let leaves = || [q, &k, &v].map(|t| t.detach().set_requires_grad(true));
