@@ -41,6 +41,11 @@ pub struct Cell {
 }
 
 impl Cell {
+    /// The cell's config as TOML: the body of its `cell.toml`, and what the grid record compares.
+    pub fn config_toml(&self) -> anyhow::Result<String> {
+        toml::to_string(&self.config).with_context(|| format!("cell {}: its config does not serialise as TOML", self.name))
+    }
+
     pub fn label(&self, axis: &str) -> Option<&str> {
         self.labels.iter().find(|(a, _)| a == axis).map(|(_, l)| l.as_str())
     }

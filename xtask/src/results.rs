@@ -1,10 +1,11 @@
 //! Results of a grid: `results/<grid>.md` (mean ± std over seeds per cell group, the paper's
 //! number and the difference, steps-to-target, the examples evaluated, and notes on what each
-//! task's data pipeline dropped, truncated or skipped) and a learning-curve PNG per task.
+//! task's data pipeline dropped, truncated or skipped), a learning-curve PNG per task, and
+//! `results/<grid>.cells.json`, the record of every finished cell ([`Record`]).
 
 use crate::grid::{Cell, Grid};
 use anyhow::{Context, Result};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -14,7 +15,9 @@ pub struct Summary {
     pub status: String,
     pub final_eval_acc: Option<f64>,
     pub steps_to_target: Option<u64>,
-    pub total_time_s: f64,
+    /// Absent only in a record entry transcribed from an older table ([`RecordedCell::note`]).
+    #[serde(default)]
+    pub total_time_s: Option<f64>,
     pub trainable_params: i64,
     /// What the run's data pipeline dropped, truncated or skipped (fpt_train's `DataReport`;
     /// absent in summaries written before it existed).
@@ -124,6 +127,77 @@ pub fn read_eval_curve(dir: &Path) -> Vec<(u64, f64)> {
 }
 
 /// The paper's numbers: `[table.row] task = percent`.
+/// `results/<grid>.cells.json`: each finished cell's summary and evaluation curve, written with
+/// the table and committed with it. Run directories hold checkpoints and stay out of version
+/// control, so a fresh clone or another machine has none; from the record it still rebuilds the
+/// whole table and runs only the cells nobody has finished (a grid spread over machines or
+/// sittings). An entry counts only while the grid gives its cell the same config.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Record {
+    pub cells: BTreeMap<String, RecordedCell>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordedCell {
+    /// The cell's config as its `cell.toml` holds it ([`Cell::config_toml`]).
+    pub config: String,
+    /// The run's `summary.json` as `fpt` wrote it.
+    pub summary: serde_json::Value,
+    /// (step, evaluation accuracy) at every evaluation.
+    pub eval_curve: Vec<(u64, f64)>,
+    /// Where an entry not copied from a run directory came from (say, transcribed from an older
+    /// table whose run directories were lost); the table prints it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+pub fn record_path(results: &Path, grid: &str) -> PathBuf {
+    results.join(format!("{grid}.cells.json"))
+}
+
+impl Record {
+    /// The record at `path`; empty when there is none yet.
+    pub fn load(path: &Path) -> Result<Record> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Record::default()),
+            Err(e) => return Err(e).with_context(|| format!("reading the grid record {}", path.display())),
+        };
+        let record: Record = serde_json::from_str(&text).with_context(|| {
+            format!("{}: not a grid record (expected {{\"cells\": {{name: {{config, summary, eval_curve}}}}}})", path.display())
+        })?;
+        for (name, entry) in &record.cells {
+            entry.summary().with_context(|| format!("{}: cell {name}: its summary is not an fpt summary.json", path.display()))?;
+        }
+        Ok(record)
+    }
+
+    /// The cell's entry, if it was recorded with the config the grid gives it now (the same keys
+    /// and values; their order in the grid file does not matter).
+    pub fn finished(&self, cell: &Cell) -> Option<&RecordedCell> {
+        let entry = self.cells.get(&cell.name)?;
+        let config: toml::Table = toml::from_str(&entry.config).ok()?;
+        (config == cell.config).then_some(entry)
+    }
+}
+
+impl RecordedCell {
+    pub fn summary(&self) -> Result<Summary> {
+        Ok(serde_json::from_value(self.summary.clone())?)
+    }
+
+    /// A run directory's entry, if the run there completed (as [`read_summary`] reads it).
+    fn from_run(cell: &Cell, dir: &Path) -> Result<Option<RecordedCell>> {
+        if read_summary(dir).is_none_or(|s| s.status != "completed") {
+            return Ok(None);
+        }
+        let path = dir.join("summary.json");
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let summary = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        Ok(Some(RecordedCell { config: cell.config_toml()?, summary, eval_curve: read_eval_curve(dir), note: None }))
+    }
+}
+
 pub fn load_paper(path: &Path) -> Result<toml::Table> {
     if !path.is_file() {
         return Ok(toml::Table::new());
@@ -166,6 +240,24 @@ pub fn write(grid: &Grid, runs: &Path, results: &Path, paper: &toml::Table, comm
         }
         groups.entry(key).or_default().push(cell);
     }
+    // Every finished cell: its run directory's result, else the record's.
+    let record_file = record_path(results, &grid.name);
+    let previous = Record::load(&record_file)?;
+    let mut record = Record::default();
+    let mut recorded_only = 0;
+    for cell in &grid.cells {
+        let entry = match RecordedCell::from_run(cell, &runs.join(&cell.name))? {
+            Some(entry) => entry,
+            None => match previous.finished(cell) {
+                Some(entry) => {
+                    recorded_only += 1;
+                    entry.clone()
+                }
+                None => continue,
+            },
+        };
+        record.cells.insert(cell.name.clone(), entry);
+    }
     let mut md = String::new();
     writeln!(md, "# Results: grid `{}`\n", grid.name)?;
     writeln!(md, "Made by `{command}`; run directories under `{}/`. Accuracy is the accuracy on the", shown_runs.display())?;
@@ -175,14 +267,28 @@ pub fn write(grid: &Grid, runs: &Path, results: &Path, paper: &toml::Table, comm
     writeln!(md, "\"paper\" is the paper's number for the same row and task")?;
     writeln!(md, "(`experiments/paper_results.toml`); Δ = ours − paper. Steps to target: first evaluated step")?;
     writeln!(md, "whose accuracy reached the cell's `train.target_accuracy` (paper Table 6), mean over seeds that")?;
-    writeln!(md, "reached it.\n")?;
+    writeln!(md, "reached it.")?;
+    let record_name = record_file.file_name().unwrap_or_default().to_string_lossy();
+    if recorded_only > 0 {
+        writeln!(
+            md,
+            "{recorded_only} of the {} finished cells have no run directory here: their results come from `{record_name}`,",
+            record.cells.len()
+        )?;
+        writeln!(md, "the record this command keeps of every finished cell.")?;
+    }
+    writeln!(md)?;
     writeln!(md, "| task | cell group | n | accuracy % | paper % | Δ | eval examples | steps to target | trainable params | time (s) |")?;
     writeln!(md, "|---|---|---|---|---|---|---|---|---|---|")?;
     let mut notes: Vec<(String, String)> = Vec::new();
     for key in &order {
         let cells = &groups[key];
-        let done: Vec<(&Cell, Summary)> =
-            cells.iter().filter_map(|c| read_summary(&runs.join(&c.name)).filter(|s| s.status == "completed").map(|s| (*c, s))).collect();
+        let mut done: Vec<(&Cell, Summary)> = Vec::new();
+        for cell in cells {
+            if let Some(entry) = record.cells.get(&cell.name) {
+                done.push((cell, entry.summary().with_context(|| format!("cell {}: reading its summary", cell.name))?));
+            }
+        }
         let accs: Vec<f64> = done.iter().filter_map(|(_, s)| s.final_eval_acc.map(|a| a * 100.0)).collect();
         let acc = if accs.is_empty() {
             "—".to_string()
@@ -206,11 +312,8 @@ pub fn write(grid: &Grid, runs: &Path, results: &Path, paper: &toml::Table, comm
             if reached.is_empty() { "—".to_string() } else { format!("{:.0} ({}/{})", mean_std(&reached).0, reached.len(), done.len()) };
         let params = done.first().map(|(_, s)| s.trainable_params.to_string()).unwrap_or_else(|| "—".into());
         // A group with no finished seed has no time (an empty f64 sum is -0.0, printed "-0").
-        let time = if done.is_empty() {
-            "—".to_string()
-        } else {
-            format!("{:.0}", done.iter().map(|(_, s)| s.total_time_s).sum::<f64>() / done.len() as f64)
-        };
+        let times: Vec<f64> = done.iter().filter_map(|(_, s)| s.total_time_s).collect();
+        let time = if times.is_empty() { "—".to_string() } else { format!("{:.0}", mean_std(&times).0) };
         let data = done.iter().find_map(|(_, s)| s.data.as_ref());
         let evaluated = data.map(DataReport::eval_cell).unwrap_or_else(|| "—".into());
         if let Some(note) = data.and_then(DataReport::note) {
@@ -233,6 +336,22 @@ pub fn write(grid: &Grid, runs: &Path, results: &Path, paper: &toml::Table, comm
             writeln!(md, "- {task}: {note}")?;
         }
     }
+    // The provenance of entries not copied from a run directory, once per distinct note.
+    let mut provenance: Vec<(&str, Vec<&str>)> = Vec::new();
+    for (name, entry) in &record.cells {
+        if let Some(note) = entry.note.as_deref() {
+            match provenance.iter_mut().find(|(n, _)| *n == note) {
+                Some((_, names)) => names.push(name),
+                None => provenance.push((note, vec![name])),
+            }
+        }
+    }
+    if !provenance.is_empty() {
+        writeln!(md, "\nFrom `{record_name}`, not from a run:\n")?;
+        for (note, names) in &provenance {
+            writeln!(md, "- {}: {note}", names.join(", "))?;
+        }
+    }
     let mut tasks: Vec<String> = order.iter().map(|k| k.0.clone()).collect();
     tasks.dedup();
     writeln!(md)?;
@@ -240,7 +359,7 @@ pub fn write(grid: &Grid, runs: &Path, results: &Path, paper: &toml::Table, comm
         let curves: Vec<(String, Vec<(u64, f64)>)> = order
             .iter()
             .filter(|k| &k.0 == task)
-            .map(|k| (k.1.clone(), mean_curve(&groups[k].iter().map(|c| read_eval_curve(&runs.join(&c.name))).collect::<Vec<_>>())))
+            .map(|k| (k.1.clone(), mean_curve(&groups[k].iter().map(|c| curve_of(&record, c, runs)).collect::<Vec<_>>())))
             .filter(|(_, c)| !c.is_empty())
             .collect();
         if curves.is_empty() {
@@ -254,7 +373,20 @@ pub fn write(grid: &Grid, runs: &Path, results: &Path, paper: &toml::Table, comm
     }
     let path = results.join(format!("{}.md", grid.name));
     std::fs::write(&path, md).with_context(|| format!("writing {}", path.display()))?;
+    if !record.cells.is_empty() {
+        let text = serde_json::to_string_pretty(&record).context("serialising the grid record")?;
+        std::fs::write(&record_file, text + "\n").with_context(|| format!("writing {}", record_file.display()))?;
+    }
     Ok(path)
+}
+
+/// A cell's evaluation curve: its run directory's (an unfinished run's too), else the record's.
+fn curve_of(record: &Record, cell: &Cell, runs: &Path) -> Vec<(u64, f64)> {
+    let curve = read_eval_curve(&runs.join(&cell.name));
+    if !curve.is_empty() {
+        return curve;
+    }
+    record.cells.get(&cell.name).map(|e| e.eval_curve.clone()).unwrap_or_default()
 }
 
 /// Mean over runs at the steps all of them evaluated.
@@ -368,6 +500,90 @@ mod tests {
         assert!(text.contains("test 1132 of 2000 kept, 868 dropped"), "{text}");
         assert!(text.contains("- remote-homology: evaluated on val, padding batch: val 736 of 736 kept, 2 kept over the limit"), "{text}");
         assert!(text.contains("evaluation skipped 1 batches (64 examples)") && text.contains("accuracy reported × 0.9739"), "{text}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A grid's table survives its run directories: the record written with the table rebuilds
+    /// every row and curve without them, keeps an entry only while the grid gives its cell the
+    /// same config, prints where transcribed entries came from, and refuses a damaged record by
+    /// name.
+    #[test]
+    fn the_record_rebuilds_the_table_without_run_directories() {
+        let dir = std::env::temp_dir().join(format!("xtask-results-record-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let grid_text = |steps: u32| {
+            format!(
+                "name = \"t\"\n[defaults.model]\nbackbone = \"gpt2\"\n[defaults.task]\nname = \"bit-xor\"\n[axes.cell]\na = {{ \"train.steps\" = 40 }}\nb = {{ \"train.steps\" = {steps} }}\nc = {{ \"train.steps\" = 60 }}\n[axes.seed]\ns0 = {{ seed = 0 }}\n"
+            )
+        };
+        let grid = crate::grid::parse(&grid_text(200), Path::new("t.toml")).unwrap();
+        let (runs, results) = (dir.join("runs"), dir.join("results"));
+        for (cell, acc, time) in [("a__s0", 0.5, 10.0), ("b__s0", 0.75, 30.0)] {
+            std::fs::create_dir_all(runs.join(cell)).unwrap();
+            let summary = format!(
+                "{{\"status\": \"completed\", \"steps\": 40, \"final_eval_acc\": {acc}, \"steps_to_target\": null, \"total_time_s\": {time}, \"trainable_params\": 7}}"
+            );
+            std::fs::write(runs.join(cell).join("summary.json"), summary).unwrap();
+            let metrics = format!("{{\"step\": 20, \"eval_acc\": 0.25}}\n{{\"step\": 40, \"eval_acc\": {acc}}}\n");
+            std::fs::write(runs.join(cell).join("metrics.jsonl"), metrics).unwrap();
+        }
+        // c is unfinished: in neither the table nor the record.
+        std::fs::create_dir_all(runs.join("c__s0")).unwrap();
+        std::fs::write(runs.join("c__s0/summary.json"), r#"{"status": "failed", "total_time_s": 1.0, "trainable_params": 7}"#).unwrap();
+        let row = |text: &str, group: &str| {
+            text.lines().find(|l| l.starts_with(&format!("| bit-xor | {group} |"))).unwrap_or_default().to_string()
+        };
+        let text = std::fs::read_to_string(write(&grid, &runs, &results, &toml::Table::new(), "test").unwrap()).unwrap();
+        let first = (row(&text, "a"), row(&text, "b"));
+        assert!(first.0.starts_with("| bit-xor | a | 1/1 | 50.0 |") && first.0.ends_with("| 7 | 10 |"), "{text}");
+        assert!(first.1.starts_with("| bit-xor | b | 1/1 | 75.0 |") && first.1.ends_with("| 7 | 30 |"), "{text}");
+        assert!(row(&text, "c").starts_with("| bit-xor | c | 0/1 | — |"), "{text}");
+        assert!(!text.contains("no run directory here"), "{text}");
+        let record_file = record_path(&results, "t");
+        let record = Record::load(&record_file).unwrap();
+        assert_eq!(record.cells.keys().collect::<Vec<_>>(), ["a__s0", "b__s0"]);
+        assert_eq!(record.cells["b__s0"].eval_curve, vec![(20, 0.25), (40, 0.75)]);
+        assert_eq!(record.cells["b__s0"].summary["steps"], 40, "summary.json kept whole");
+        let plot = results.join("t-bit-xor.png");
+        std::fs::remove_file(&plot).unwrap();
+
+        // The run directories gone (a fresh clone): the same rows, the curves, and the record.
+        std::fs::remove_dir_all(&runs).unwrap();
+        let text = std::fs::read_to_string(write(&grid, &runs, &results, &toml::Table::new(), "test").unwrap()).unwrap();
+        assert_eq!((row(&text, "a"), row(&text, "b")), first, "{text}");
+        assert!(text.contains("2 of the 2 finished cells have no run directory here: their results come from `t.cells.json`"), "{text}");
+        assert!(plot.is_file(), "the curves come from the record");
+        assert_eq!(Record::load(&record_file).unwrap().cells, record.cells);
+        let a = grid.cells.iter().find(|c| c.name == "a__s0").unwrap();
+        assert!(record.finished(a).is_some());
+
+        // b's config changed: its entry no longer counts and leaves the record; a's stays.
+        let changed = crate::grid::parse(&grid_text(300), Path::new("t.toml")).unwrap();
+        let b = changed.cells.iter().find(|c| c.name == "b__s0").unwrap();
+        assert!(record.finished(b).is_none());
+        let text = std::fs::read_to_string(write(&changed, &runs, &results, &toml::Table::new(), "test").unwrap()).unwrap();
+        assert!(row(&text, "b").starts_with("| bit-xor | b | 0/1 | — |") && row(&text, "a") == first.0, "{text}");
+        assert_eq!(Record::load(&record_file).unwrap().cells.keys().collect::<Vec<_>>(), ["a__s0"]);
+
+        // A transcribed entry (no time, no curve) counts, and its note is printed.
+        let mut record = Record::load(&record_file).unwrap();
+        let mut c = record.cells["a__s0"].clone();
+        c.config = changed.cells.iter().find(|c| c.name == "c__s0").unwrap().config_toml().unwrap();
+        c.summary = serde_json::json!({"status": "completed", "final_eval_acc": 1.0, "steps_to_target": null, "trainable_params": 7});
+        c.eval_curve.clear();
+        c.note = Some("transcribed from an older table".into());
+        record.cells.insert("c__s0".into(), c);
+        std::fs::write(&record_file, serde_json::to_string(&record).unwrap()).unwrap();
+        let text = std::fs::read_to_string(write(&changed, &runs, &results, &toml::Table::new(), "test").unwrap()).unwrap();
+        assert!(row(&text, "c").starts_with("| bit-xor | c | 1/1 | 100.0 |") && row(&text, "c").ends_with("| 7 | — |"), "{text}");
+        assert!(text.contains("- c__s0: transcribed from an older table"), "{text}");
+
+        // A damaged record is refused, naming the file.
+        for bad in ["{\"cells\": ", "[1, 2]", r#"{"cells": {"a__s0": {"config": "", "summary": {"status": 3}, "eval_curve": []}}}"#] {
+            std::fs::write(&record_file, bad).unwrap();
+            let err = format!("{:#}", write(&changed, &runs, &results, &toml::Table::new(), "test").unwrap_err());
+            assert!(err.contains("t.cells.json"), "{err}");
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

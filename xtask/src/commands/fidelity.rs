@@ -271,7 +271,7 @@ pub fn collect(cells: &[Cell], runs: &Path, seeds: usize) -> Vec<GroupResult> {
         let ours = read_summary(&dir).filter(|s| s.status == "completed").map(|summary| SideRun {
             acc: read_eval_curve(&dir).into_iter().collect(),
             params: summary.trainable_params,
-            seconds: summary.total_time_s,
+            seconds: summary.total_time_s.unwrap_or(f64::NAN),
         });
         let theirs = read_reference(&reference_path(runs, cell)).map(|r| SideRun {
             acc: r.evals.iter().map(|e| (e.step, e.eval_acc)).collect(),

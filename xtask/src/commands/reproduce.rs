@@ -120,6 +120,12 @@ pub fn cell_state(dir: &Path) -> CellState {
     }
 }
 
+/// Whether the record holds the cell finished, with its present config, while its run directory
+/// here does not (absent, partial, or not completed).
+pub fn finished_elsewhere(runs_dir: &Path, record: &results::Record, cell: &Cell) -> bool {
+    cell_state(&runs_dir.join(&cell.name)) != CellState::Done && record.finished(cell).is_some()
+}
+
 /// Who holds the cell's lock right now (an `fpt train` training it), if anyone: the lock file's
 /// text (`fpt train` writes "pid N" into it), or "" when it has none.
 ///
@@ -157,7 +163,7 @@ pub fn write_cell_config(runs_dir: &Path, cell: &Cell) -> Result<PathBuf> {
     let dir = runs_dir.join(&cell.name);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join("cell.toml");
-    let config = toml::to_string(&cell.config).with_context(|| format!("cell {}: its config does not serialise as TOML", cell.name))?;
+    let config = cell.config_toml()?;
     let text = format!("# Cell {} (generated from the grid; `fpt train` resolves it into config.toml)\n{config}", cell.name);
     if std::fs::read_to_string(&path).is_ok_and(|old| old == text) {
         return Ok(path);
@@ -448,6 +454,10 @@ pub fn run(args: &Args) -> Result<()> {
     let runs_dir = args.runs.as_deref().map(absolute).unwrap_or_else(|| root.join("runs")).join(&grid.name);
     let results_dir = args.results.as_deref().map(absolute).unwrap_or_else(|| root.join("results"));
     let fpt = root.join("target/release/fpt");
+    // Cells finished elsewhere (another machine, a clone whose runs/ is gone) are not rerun.
+    let record_file = results::record_path(&results_dir, &grid.name);
+    let record = results::Record::load(&record_file)?;
+    let recorded = |cell: &Cell| finished_elsewhere(&runs_dir, &record, cell);
 
     if args.dry_run {
         println!("grid {} ({}): {} cells → {}", grid.name, grid_path.display(), cells.len(), runs_dir.display());
@@ -458,7 +468,12 @@ pub fn run(args: &Args) -> Result<()> {
             Vec::new()
         };
         for cell in &cells {
-            println!("  {:<40} {}", cell.name, describe_state(&runs_dir.join(&cell.name)));
+            let state = if recorded(cell) {
+                format!("done (recorded in {})", record_file.display())
+            } else {
+                describe_state(&runs_dir.join(&cell.name))
+            };
+            println!("  {:<40} {state}", cell.name);
         }
         if !invalid.is_empty() {
             bail!("{} of {} cells have an invalid run config:\n{}", invalid.len(), cells.len(), invalid.join("\n"));
@@ -475,6 +490,10 @@ pub fn run(args: &Args) -> Result<()> {
             path.display()
         );
         return Ok(());
+    }
+    let (done_elsewhere, cells): (Vec<Cell>, Vec<Cell>) = cells.into_iter().partition(|c| recorded(c));
+    if !done_elsewhere.is_empty() {
+        eprintln!("{} cells finished elsewhere, as {} records; not rerun", done_elsewhere.len(), record_file.display());
     }
     let (devices, extra_env) = workers(args, cells.len(), cores())?;
     setup::run(&setup::Args { no_build: false })?;
@@ -550,6 +569,37 @@ b = { "train.steps" = 200 }
 
     fn values(lines: &[serde_json::Value]) -> Vec<String> {
         lines.iter().map(|l| format!("{} {} {} {} {}", l["step"], l["train_loss"], l["train_acc"], l["eval_loss"], l["eval_acc"])).collect()
+    }
+
+    /// A cell the grid record holds finished (a fresh clone, another machine) is not run again,
+    /// unless the grid now gives it another config; a finished run directory here is not
+    /// "elsewhere", and an unfinished one does not hide the record's result.
+    #[test]
+    fn recorded_cells_are_not_rerun_unless_their_config_changed() {
+        let dir = scratch("recorded");
+        let grid = grid::parse(TINY, Path::new("tiny.toml")).unwrap();
+        let (a, b) = (&grid.cells[0], &grid.cells[1]);
+        let runs = dir.join("runs");
+        let mut record = results::Record::default();
+        let summary = serde_json::json!({"status": "completed", "final_eval_acc": 1.0, "total_time_s": 1.0, "trainable_params": 7});
+        let entry = results::RecordedCell { config: a.config_toml().unwrap(), summary, eval_curve: Vec::new(), note: None };
+        record.cells.insert(a.name.clone(), entry);
+        assert!(finished_elsewhere(&runs, &record, a));
+        assert!(!finished_elsewhere(&runs, &record, b));
+        std::fs::create_dir_all(runs.join("a")).unwrap();
+        std::fs::write(runs.join("a/metrics.jsonl"), "{\"step\": 10}\n").unwrap();
+        assert_eq!(cell_state(&runs.join("a")), CellState::Partial);
+        assert!(finished_elsewhere(&runs, &record, a));
+        std::fs::write(runs.join("a/summary.json"), r#"{"status": "completed", "total_time_s": 1.0, "trainable_params": 7}"#).unwrap();
+        assert!(!finished_elsewhere(&runs, &record, a), "done here");
+        let changed = grid::parse(&TINY.replace("\"train.steps\" = 40", "\"train.steps\" = 50"), Path::new("tiny.toml")).unwrap();
+        assert_eq!(changed.cells[0].name, a.name);
+        assert!(!finished_elsewhere(&dir.join("elsewhere"), &record, &changed.cells[0]));
+        // The keys' order in the grid file does not matter.
+        let reordered =
+            grid::parse(&TINY.replace("batch_size = 8\nlog_every = 10", "log_every = 10\nbatch_size = 8"), Path::new("tiny.toml")).unwrap();
+        assert_ne!(reordered.cells[0].config_toml().unwrap(), a.config_toml().unwrap());
+        assert!(finished_elsewhere(&dir.join("elsewhere"), &record, &reordered.cells[0]));
     }
 
     #[test]
