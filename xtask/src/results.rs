@@ -380,13 +380,13 @@ pub fn write(grid: &Grid, runs: &Path, results: &Path, paper: &toml::Table, comm
     Ok(path)
 }
 
-/// A cell's evaluation curve: its run directory's (an unfinished run's too), else the record's.
+/// A cell's evaluation curve: a finished cell's as recorded (its run directory's, where that
+/// finished here), else what an unfinished run here has evaluated so far.
 fn curve_of(record: &Record, cell: &Cell, runs: &Path) -> Vec<(u64, f64)> {
-    let curve = read_eval_curve(&runs.join(&cell.name));
-    if !curve.is_empty() {
-        return curve;
+    match record.cells.get(&cell.name) {
+        Some(entry) => entry.eval_curve.clone(),
+        None => read_eval_curve(&runs.join(&cell.name)),
     }
-    record.cells.get(&cell.name).map(|e| e.eval_curve.clone()).unwrap_or_default()
 }
 
 /// Mean over runs at the steps all of them evaluated.
@@ -577,6 +577,12 @@ mod tests {
         let text = std::fs::read_to_string(write(&changed, &runs, &results, &toml::Table::new(), "test").unwrap()).unwrap();
         assert!(row(&text, "c").starts_with("| bit-xor | c | 1/1 | 100.0 |") && row(&text, "c").ends_with("| 7 | — |"), "{text}");
         assert!(text.contains("- c__s0: transcribed from an older table"), "{text}");
+        // An unfinished run of a recorded cell here does not replace the record's curve.
+        std::fs::create_dir_all(runs.join("c__s0")).unwrap();
+        std::fs::write(runs.join("c__s0/metrics.jsonl"), "{\"step\": 20, \"eval_acc\": 0.1}\n").unwrap();
+        let c = changed.cells.iter().find(|c| c.name == "c__s0").unwrap();
+        assert!(curve_of(&Record::load(&record_file).unwrap(), c, &runs).is_empty());
+        assert_eq!(curve_of(&Record::default(), c, &runs), vec![(20, 0.1)], "unrecorded: the run's curve so far");
 
         // A damaged record is refused, naming the file.
         for bad in ["{\"cells\": ", "[1, 2]", r#"{"cells": {"a__s0": {"config": "", "summary": {"status": 3}, "eval_curve": []}}}"#] {

@@ -493,7 +493,7 @@ pub fn run(args: &Args) -> Result<()> {
     }
     let (done_elsewhere, cells): (Vec<Cell>, Vec<Cell>) = cells.into_iter().partition(|c| recorded(c));
     if !done_elsewhere.is_empty() {
-        eprintln!("{} cells finished elsewhere, as {} records; not rerun", done_elsewhere.len(), record_file.display());
+        eprintln!("{} cells finished elsewhere, as {} records: not rerun", done_elsewhere.len(), record_file.display());
     }
     let (devices, extra_env) = workers(args, cells.len(), cores())?;
     setup::run(&setup::Args { no_build: false })?;
