@@ -126,7 +126,6 @@ pub fn read_eval_curve(dir: &Path) -> Vec<(u64, f64)> {
     text.lines().filter_map(|l| serde_json::from_str::<MetricsLine>(l).ok()).filter_map(|m| m.eval_acc.map(|a| (m.step, a))).collect()
 }
 
-/// The paper's numbers: `[table.row] task = percent`.
 /// `results/<grid>.cells.json`: each finished cell's summary and evaluation curve, written with
 /// the table and committed with it. Run directories hold checkpoints and stay out of version
 /// control, so a fresh clone or another machine has none; from the record it still rebuilds the
@@ -198,6 +197,7 @@ impl RecordedCell {
     }
 }
 
+/// The paper's numbers: `[table.row] task = percent`.
 pub fn load_paper(path: &Path) -> Result<toml::Table> {
     if !path.is_file() {
         return Ok(toml::Table::new());
@@ -311,7 +311,8 @@ pub fn write(grid: &Grid, runs: &Path, results: &Path, paper: &toml::Table, comm
         let steps =
             if reached.is_empty() { "—".to_string() } else { format!("{:.0} ({}/{})", mean_std(&reached).0, reached.len(), done.len()) };
         let params = done.first().map(|(_, s)| s.trainable_params.to_string()).unwrap_or_else(|| "—".into());
-        // A group with no finished seed has no time (an empty f64 sum is -0.0, printed "-0").
+        // Mean over the seeds that have a time; none (no finished seed, or only transcribed
+        // entries without one): a dash.
         let times: Vec<f64> = done.iter().filter_map(|(_, s)| s.total_time_s).collect();
         let time = if times.is_empty() { "—".to_string() } else { format!("{:.0}", mean_std(&times).0) };
         let data = done.iter().find_map(|(_, s)| s.data.as_ref());
