@@ -7,7 +7,8 @@
 //! `num_hidden_layers` pre-norm blocks (`x + attn(input_layernorm(x))`,
 //! `x + mlp(post_attention_layernorm(x))`), then the final `norm`. The norms are RMS norms
 //! (`LlamaRMSNorm`); positions enter through rotary embeddings (RoPE, the config's `rope_theta`
-//! and, for Llama-3-style configs, `rope_scaling` of type `llama3`) applied to queries and keys;
+//! and, for Llama-3-style configs, `rope_scaling` of type `llama3`; or both in the one
+//! `rope_parameters` dict that transformers 5 writes) applied to queries and keys;
 //! attention is causal and grouped-query (`num_key_value_heads` key/value heads shared by
 //! `num_attention_heads` query heads, `head_dim` each, which need not be `hidden_size / heads`);
 //! the MLP is SwiGLU, `down(act(gate(x)) · up(x))`. Linear layers have biases where the config
@@ -57,12 +58,18 @@ pub struct LlamaConfig {
     pub initializer_range: f64,
     #[serde(default = "d::rms_norm_eps")]
     pub rms_norm_eps: f64,
-    #[serde(default = "d::rope_theta")]
-    pub rope_theta: f64,
+    /// RoPE's base (10,000 when absent); see [`LlamaConfig::theta`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_theta: Option<f64>,
     /// `null`, or a dict with `rope_type` (or the older `type`) `"default"` or `"llama3"`
     /// (`factor`, `low_freq_factor`, `high_freq_factor`, `original_max_position_embeddings`).
     #[serde(default)]
     pub rope_scaling: Option<serde_json::Value>,
+    /// transformers 5's form of the two fields above, which its `save_pretrained` writes instead
+    /// of them: one dict with `rope_theta`, `rope_type` and that type's fields. Where a file has
+    /// both forms they must agree (see [`LlamaConfig::theta`] and [`LlamaConfig::rope`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_parameters: Option<serde_json::Value>,
     /// Llama: biases on `q_proj`, `k_proj`, `v_proj` and `o_proj` (see [`LlamaConfig::biases`]).
     #[serde(default)]
     pub attention_bias: bool,
@@ -157,9 +164,6 @@ mod d {
     pub fn rms_norm_eps() -> f64 {
         1e-6
     }
-    pub fn rope_theta() -> f64 {
-        10000.0
-    }
     pub fn bos_token_id() -> Option<i64> {
         Some(1)
     }
@@ -209,8 +213,9 @@ impl LlamaConfig {
             max_position_embeddings: 128,
             initializer_range: 0.02,
             rms_norm_eps: 1e-5,
-            rope_theta: 10000.0,
+            rope_theta: Some(10000.0),
             rope_scaling: None,
+            rope_parameters: None,
             attention_bias: false,
             mlp_bias: false,
             sliding_window: Setting::Absent,
@@ -270,8 +275,9 @@ impl LlamaConfig {
                 bail!("layer_types has {t:?}; expected \"full_attention\" or \"sliding_attention\"");
             }
         }
-        if !(self.rope_theta.is_finite() && self.rope_theta > 1.0) {
-            bail!("rope_theta is {}; it must be a finite number > 1 (Llama 2 uses 1e4, SmolLM2 1e5)", self.rope_theta);
+        let theta = self.theta()?;
+        if !(theta.is_finite() && theta > 1.0) {
+            bail!("rope_theta is {theta}; it must be a finite number > 1 (Llama 2 uses 1e4, SmolLM2 1e5)");
         }
         crate::layers::init::check_eps_and_range("rms_norm_eps", self.rms_norm_eps, self.initializer_range)?;
         self.rope()?;
@@ -337,18 +343,44 @@ impl LlamaConfig {
         }
     }
 
-    /// `rope_scaling`, parsed; other types (linear, dynamic, yarn, longrope) are errors.
-    pub fn rope(&self) -> Result<RopeScaling> {
-        let Some(v) = &self.rope_scaling else { return Ok(RopeScaling::Default) };
-        if v.is_null() {
-            return Ok(RopeScaling::Default);
+    /// RoPE's base: `rope_parameters.rope_theta` where the file has transformers 5's dict, else
+    /// `rope_theta`, else `LlamaConfig`'s default 10,000. A file with both that disagree is
+    /// refused: which one transformers would use depends on its version.
+    pub fn theta(&self) -> Result<f64> {
+        let Some(params) = self.rope_parameters.as_ref().filter(|p| !p.is_null()) else {
+            return Ok(self.rope_theta.unwrap_or(10000.0));
+        };
+        let theta = params
+            .get("rope_theta")
+            .and_then(|t| t.as_f64())
+            .context("rope_parameters has no number rope_theta (transformers 5 writes RoPE's base there)")?;
+        if let Some(top) = self.rope_theta.filter(|t| *t != theta) {
+            bail!("rope_theta {top} and rope_parameters.rope_theta {theta} disagree");
         }
+        Ok(theta)
+    }
+
+    /// The RoPE scaling, from `rope_parameters` (transformers 5) or `rope_scaling` (earlier
+    /// versions; both must agree where a file has both); other types (linear, dynamic, yarn,
+    /// longrope) are errors.
+    pub fn rope(&self) -> Result<RopeScaling> {
+        let old = Self::parse_rope("rope_scaling", self.rope_scaling.as_ref())?;
+        let Some(params) = self.rope_parameters.as_ref().filter(|p| !p.is_null()) else { return Ok(old) };
+        let new = Self::parse_rope("rope_parameters", Some(params))?;
+        if self.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) && old != new {
+            bail!("rope_scaling ({old:?}) and rope_parameters ({new:?}) disagree");
+        }
+        Ok(new)
+    }
+
+    fn parse_rope(what: &str, v: Option<&serde_json::Value>) -> Result<RopeScaling> {
+        let Some(v) = v.filter(|v| !v.is_null()) else { return Ok(RopeScaling::Default) };
         let kind = v.get("rope_type").or_else(|| v.get("type")).and_then(|t| t.as_str()).unwrap_or("default");
         let field = |name: &str| -> Result<f64> {
             v.get(name)
                 .and_then(|x| x.as_f64())
                 .filter(|x| x.is_finite() && *x > 0.0)
-                .with_context(|| format!("rope_scaling of type llama3 needs a positive number {name}"))
+                .with_context(|| format!("{what} of type llama3 needs a positive number {name}"))
         };
         match kind {
             "default" => Ok(RopeScaling::Default),
@@ -361,13 +393,13 @@ impl LlamaConfig {
                 };
                 if let RopeScaling::Llama3 { low_freq_factor, high_freq_factor, .. } = s {
                     if high_freq_factor <= low_freq_factor {
-                        bail!("rope_scaling: high_freq_factor {high_freq_factor} must exceed low_freq_factor {low_freq_factor}");
+                        bail!("{what}: high_freq_factor {high_freq_factor} must exceed low_freq_factor {low_freq_factor}");
                     }
                 }
                 Ok(s)
             }
             other => bail!(
-                "rope_scaling type {other:?} is not supported (implemented: null / \"default\" and \"llama3\", the types SmolLM2 and Llama 3 use)"
+                "{what} type {other:?} is not supported (implemented: null / \"default\" and \"llama3\", the types SmolLM2 and Llama 3 use)"
             ),
         }
     }
@@ -382,7 +414,8 @@ impl LlamaConfig {
     /// llama3 rules).
     pub fn inv_freq(&self) -> Result<Vec<f64>> {
         let dim = self.head_dim();
-        let base: Vec<f64> = (0..dim / 2).map(|i| 1.0 / self.rope_theta.powf((2 * i) as f64 / dim as f64)).collect();
+        let theta = self.theta()?;
+        let base: Vec<f64> = (0..dim / 2).map(|i| 1.0 / theta.powf((2 * i) as f64 / dim as f64)).collect();
         Ok(match self.rope()? {
             RopeScaling::Default => base,
             RopeScaling::Llama3 { factor, low_freq_factor: low, high_freq_factor: high, original_max_position_embeddings: old } => {
@@ -805,7 +838,7 @@ mod config_tests {
     #[test]
     fn llama3_rope_keeps_short_wavelengths_and_divides_long_ones() {
         let mut cfg = LlamaConfig::custom(1, 64, 4, 2, 8);
-        cfg.rope_theta = 500000.0;
+        cfg.rope_theta = Some(500000.0);
         let plain = cfg.inv_freq().unwrap();
         cfg.rope_scaling = Some(
             serde_json::json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 256}),
@@ -826,6 +859,46 @@ mod config_tests {
             }
         }
         assert_eq!((kept, smoothed, divided), (2, 1, 5));
+    }
+
+    /// transformers 5 writes RoPE as one `rope_parameters` dict (what its `save_pretrained` wrote
+    /// for `LlamaConfig(rope_theta=5e5, rope_scaling={llama3…})`, 2026-11-29): the same
+    /// frequencies as the two older fields; a file with both forms must agree.
+    #[test]
+    fn transformers_5_rope_parameters_mean_what_rope_theta_and_rope_scaling_meant() {
+        let llama3 = r#""factor":8.0,"high_freq_factor":4.0,"low_freq_factor":1.0,"original_max_position_embeddings":256"#;
+        let base = r#""hidden_size":64,"intermediate_size":128,"num_hidden_layers":1,"num_attention_heads":4,"num_key_value_heads":2,"vocab_size":100,"model_type":"llama""#;
+        let parse = |rest: String| -> Result<LlamaConfig> {
+            let cfg: LlamaConfig = serde_json::from_str(&format!("{{{base}{rest}}}"))?;
+            cfg.validate()?;
+            Ok(cfg)
+        };
+        let old = parse(format!(r#","rope_theta":500000.0,"rope_scaling":{{"rope_type":"llama3",{llama3}}}"#)).unwrap();
+        let new = parse(format!(r#","rope_parameters":{{"rope_theta":500000.0,"rope_type":"llama3",{llama3}}}"#)).unwrap();
+        let both = parse(format!(
+            r#","rope_theta":500000.0,"rope_scaling":{{"rope_type":"llama3",{llama3}}},"rope_parameters":{{"rope_theta":500000.0,"rope_type":"llama3",{llama3}}}"#
+        ))
+        .unwrap();
+        assert_eq!(new.theta().unwrap(), 500000.0);
+        assert!(matches!(new.rope().unwrap(), RopeScaling::Llama3 { factor, .. } if factor == 8.0));
+        assert_eq!(new.inv_freq().unwrap(), old.inv_freq().unwrap());
+        assert_eq!(both.inv_freq().unwrap(), old.inv_freq().unwrap());
+        // Not the default base: the dict is read, not skipped.
+        assert_ne!(new.inv_freq().unwrap(), parse(String::new()).unwrap().inv_freq().unwrap());
+        let plain = parse(r#","rope_parameters":{"rope_theta":100000.0,"rope_type":"default"}"#.into()).unwrap();
+        assert_eq!((plain.theta().unwrap(), plain.rope().unwrap()), (100000.0, RopeScaling::Default));
+        // A serialised config reads back the same.
+        let again: LlamaConfig = serde_json::from_str(&serde_json::to_string(&new).unwrap()).unwrap();
+        assert_eq!(again, new);
+        let refused = |rest: &str| parse(rest.into()).unwrap_err().to_string();
+        assert!(refused(r#","rope_theta":10000.0,"rope_parameters":{"rope_theta":500000.0,"rope_type":"default"}"#).contains("disagree"));
+        assert!(refused(&format!(
+            r#","rope_scaling":{{"rope_type":"llama3",{llama3}}},"rope_parameters":{{"rope_theta":500000.0,"rope_type":"default"}}"#
+        ))
+        .contains("disagree"));
+        assert!(refused(r#","rope_parameters":{"rope_type":"default"}"#).contains("no number rope_theta"));
+        assert!(refused(r#","rope_parameters":{"rope_theta":500000.0,"rope_type":"yarn","factor":4.0}"#)
+            .contains("rope_parameters type \"yarn\" is not supported"));
     }
 
     /// Which layers get a window and which biases, per `model_type`, as `Qwen2Config`,

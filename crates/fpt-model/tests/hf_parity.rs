@@ -6,7 +6,7 @@
 //! exact GELU and ReLU, other eps, a `transformer.`-prefixed file and a sharded one). BERT: three
 //! random shapes (odd heads, `bert.`-prefixed masked-LM file with its head, sharded, gelu /
 //! relu / gelu_new) and the real all-MiniLM-L6-v2; and BERT with Hugging Face's `attention_mask`
-//! (rows right-padded to different lengths, one left-padded, one unpadded). Llama: eight random
+//! (rows right-padded to different lengths, one left-padded, one unpadded). Llama: nine random
 //! `LlamaModel` shapes (one with biases), a `Qwen2Model` and a `MistralModel` with sliding
 //! windows, and the real SmolLM2-135M-Instruct.
 
@@ -35,10 +35,11 @@ fn bert_and_minilm_match_transformers() {
     check_cases(&fixtures, &cases);
 }
 
-/// The Llama family (eager attention) on ten random checkpoints. `LlamaModel`: grouped- and
+/// The Llama family (eager attention) on eleven random checkpoints. `LlamaModel`: grouped- and
 /// multi-query attention, odd head counts, head_dim apart from width/heads, other theta and eps,
 /// llama3 RoPE scaling, tied and untied embeddings, `model.`-prefixed, plain and sharded files,
-/// biases on every linear layer (`attention_bias`, `mlp_bias`). `Qwen2Model` (q/k/v biases, a
+/// biases on every linear layer (`attention_bias`, `mlp_bias`), a config.json in transformers 5's
+/// form (`rope_parameters` instead of `rope_theta` and `rope_scaling`). `Qwen2Model` (q/k/v biases, a
 /// sliding window on some layers) and `MistralModel` (a sliding window on every layer), with
 /// sequences longer than their windows.
 #[test]
@@ -54,6 +55,7 @@ fn llama_matches_transformers() {
         "llama2x64_biases",
         "qwen2x3x64_window",
         "mistral2x96_window",
+        "llama2x64_rope_parameters_v5",
     ];
     let fixtures = make_llama_fixtures(Path::new(env!("CARGO_TARGET_TMPDIR")), "parity", &cases);
     check_cases(&fixtures, &cases);

@@ -5,7 +5,8 @@ Usage: python make_llama_fixtures.py OUT_DIR [CASE ...]
 Like make_gpt2_fixtures.py: for each case, OUT_DIR/CASE/model/ is a checkpoint directory saved by
 `save_pretrained` — `LlamaModel` names (`embed_tokens.weight`, `layers.{i}.…`, `norm.weight`),
 `model.`-prefixed `LlamaForCausalLM` names (tied embeddings: no `lm_head.weight` stored; untied:
-`lm_head.weight` stored, which a backbone loader skips), or sharded (`model-0000k-of-0000n.safetensors`
+`lm_head.weight` stored, which a backbone loader skips), with transformers 5's `rope_parameters`
+in config.json instead of `rope_theta` and `rope_scaling` ("v5_config"), or sharded (`model-0000k-of-0000n.safetensors`
 + `model.safetensors.index.json`) — and OUT_DIR/CASE/reference.safetensors holds:
   inputs_embeds       random [batch, seq, hidden_size]
   last_hidden_state   LlamaModel(inputs_embeds=...) in eval mode, fp32, eager attention, no
@@ -84,6 +85,10 @@ CASES = {
     # Mistral: a 4-key sliding window on every layer, head_dim 24 set apart from 96/4, 11 positions
     "mistral2x96_window": (2, 96, 4, 1, 24, 160, 10000.0, 1e-5, None, False, 64, 2, 11, "plain",
                            {"model_type": "mistral", "sliding_window": 4}),
+    # llama3 RoPE scaling written as transformers 5 writes it: config.json holds one
+    # `rope_parameters` dict (rope_theta, rope_type and the type's fields) and no rope_theta or
+    # rope_scaling (older transformers write those; the file is rewritten into the new form then)
+    "llama2x64_rope_parameters_v5": (2, 64, 4, 2, None, 128, 500000.0, 1e-5, LLAMA3, False, 1024, 2, 64, "v5_config"),
 }
 
 CLASSES = {  # model_type: (config, model, causal LM)
@@ -104,12 +109,21 @@ class RMSNorm64(LlamaRMSNorm):
         return self.weight * hidden_states.to(input_dtype)
 
 
+def rope_of(config) -> tuple:
+    """RoPE's base and scaling dict: transformers 5 keeps both in `config.rope_parameters`,
+    earlier versions in `rope_theta` and `rope_scaling` (this script runs under either)."""
+    params = getattr(config, "rope_parameters", None)
+    if params:
+        return params["rope_theta"], {k: v for k, v in params.items() if k != "rope_theta"}
+    return config.rope_theta, config.rope_scaling or {}
+
+
 def inv_freq_f64(config) -> torch.Tensor:
     """The rotary inverse frequencies of `modeling_rope_utils` (default and llama3), in fp64."""
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     dim = int(head_dim * getattr(config, "partial_rotary_factor", 1.0))
-    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
-    scaling = config.rope_scaling or {}
+    theta, scaling = rope_of(config)
+    inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
     kind = scaling.get("rope_type", scaling.get("type", "default"))
     if kind == "default":
         return inv_freq
@@ -180,6 +194,17 @@ def smollm2_dir() -> Path:
     return path.resolve()
 
 
+def write_v5_rope(path: Path) -> None:
+    """Rewrites a config.json into transformers 5's RoPE form (a no-op where it is already)."""
+    config = json.loads(path.read_text())
+    if "rope_parameters" not in config:
+        params = {"rope_theta": config.pop("rope_theta")}
+        params.update(config.pop("rope_scaling", None) or {"rope_type": "default"})
+        config["rope_parameters"] = params
+    assert "rope_theta" not in config and "rope_scaling" not in config, path
+    path.write_text(json.dumps(config, indent=2))
+
+
 def make(out: Path, name: str, seed: int) -> dict:
     torch.manual_seed(seed)
     case_dir = out / name
@@ -218,6 +243,8 @@ def make(out: Path, name: str, seed: int) -> dict:
             assert (model_dir / "model.safetensors.index.json").exists(), "expected a sharded save"
         else:
             model.save_pretrained(model_dir, safe_serialization=True)
+        if layout == "v5_config":
+            write_v5_rope(model_dir / "config.json")
         scale = 1.0
         attentions = True
     model.eval()
@@ -245,8 +272,8 @@ def make(out: Path, name: str, seed: int) -> dict:
         "name": name, "layout": layout, "layers": cfg.num_hidden_layers, "hidden_size": width,
         "heads": cfg.num_attention_heads, "kv_heads": cfg.num_key_value_heads,
         "head_dim": getattr(cfg, "head_dim", None) or width // cfg.num_attention_heads,
-        "intermediate_size": cfg.intermediate_size, "rope_theta": cfg.rope_theta, "rms_norm_eps": cfg.rms_norm_eps,
-        "rope_scaling": cfg.rope_scaling, "tie_word_embeddings": cfg.tie_word_embeddings,
+        "intermediate_size": cfg.intermediate_size, "rope_theta": rope_of(cfg)[0], "rms_norm_eps": cfg.rms_norm_eps,
+        "rope_scaling": rope_of(cfg)[1], "tie_word_embeddings": cfg.tie_word_embeddings,
         "model_type": cfg.model_type, "attention_bias": getattr(cfg, "attention_bias", None),
         "mlp_bias": getattr(cfg, "mlp_bias", None), "sliding_window": getattr(cfg, "sliding_window", None),
         "layer_types": getattr(cfg, "layer_types", None),
