@@ -8,6 +8,24 @@ use tch::{Kind, Tensor};
 
 /// Reads the f32 tensor `name` from a safetensors file.
 pub fn read_f32(path: &Path, name: &str) -> Result<Tensor> {
+    read_kind(path, name, Dtype::F32, Kind::Float)
+}
+
+/// Reads the f64 tensor `name` from a safetensors file (a reference's fp64 truth).
+pub fn read_f64(path: &Path, name: &str) -> Result<Tensor> {
+    read_kind(path, name, Dtype::F64, Kind::Double)
+}
+
+/// The names of the tensors in a safetensors file.
+pub fn tensor_names(path: &Path) -> Result<Vec<String>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let file = SafeTensors::deserialize(&bytes).map_err(|e| anyhow!("{}: not a valid safetensors file ({e})", path.display()))?;
+    let mut names: Vec<String> = file.names().into_iter().map(String::from).collect();
+    names.sort();
+    Ok(names)
+}
+
+fn read_kind(path: &Path, name: &str, dtype: Dtype, kind: Kind) -> Result<Tensor> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let file = SafeTensors::deserialize(&bytes).map_err(|e| anyhow!("{}: not a valid safetensors file ({e})", path.display()))?;
     let view = file.tensor(name).map_err(|_| {
@@ -15,11 +33,11 @@ pub fn read_f32(path: &Path, name: &str) -> Result<Tensor> {
         names.sort();
         anyhow!("{} has no tensor named {name:?} (it holds {names:?})", path.display())
     })?;
-    if view.dtype() != Dtype::F32 {
-        bail!("{}: tensor {name:?} is {:?}; expected F32", path.display(), view.dtype());
+    if view.dtype() != dtype {
+        bail!("{}: tensor {name:?} is {:?}; expected {dtype:?}", path.display(), view.dtype());
     }
     let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-    Tensor::f_from_data_size(view.data(), &shape, Kind::Float).with_context(|| format!("{}: building tensor {name:?}", path.display()))
+    Tensor::f_from_data_size(view.data(), &shape, kind).with_context(|| format!("{}: building tensor {name:?}", path.display()))
 }
 
 /// Writes `tensor` (converted to f32 on the CPU) as the only tensor of a safetensors file.

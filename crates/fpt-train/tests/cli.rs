@@ -119,6 +119,52 @@ fn forward_matches_transformers_and_rejects_bad_input() {
     assert_one_line_error(&out, "unknown device");
 }
 
+/// `fpt forward --check` judges the output and the input gradient by the parity rule against the
+/// reference's fp64 truth (what benches/gpu_check.sh runs on CUDA): within on the true
+/// reference, exit 1 naming the output and the file when the truth is moved by 1e-4 of its
+/// scale (the size of a wrong epsilon), and a clear error for a reference without the truth.
+#[test]
+fn forward_check_judges_output_and_gradient_against_the_reference() {
+    let fixtures = make_gpt2_fixtures(tmp(), "cli-check", &["small4x64"]);
+    let dir = fixtures.join("small4x64");
+    let model = dir.join("model");
+    let reference = dir.join("reference.safetensors");
+    let check = |reference: &Path| {
+        fpt(&["forward", "--model", model.to_str().unwrap(), "--inputs", reference.to_str().unwrap(), "--check", "--device", "cpu"])
+    };
+    let out = check(&reference);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{}{text}", stderr(&out));
+    for name in ["last_hidden_state", "grad_inputs"] {
+        assert!(text.lines().any(|l| l.starts_with(name) && l.ends_with("within")), "{name} not judged: {text}");
+    }
+
+    let names = ["inputs_embeds", "cotangent", "last_hidden_state_f64", "last_hidden_state_noise", "grad_inputs_f64", "grad_inputs_noise"];
+    let tensors: Vec<(&str, Tensor)> = names.iter().map(|&n| (n, common::read_f64(&reference, n))).collect();
+    let kinds = |moved: &str| -> Vec<(&str, Tensor)> {
+        tensors
+            .iter()
+            .map(|(n, t)| {
+                let t = if *n == moved { t * (1.0 + 1e-4) } else { t.shallow_clone() };
+                // inputs and cotangent are f32 in the fixture, truths and noises f64.
+                (*n, if n.ends_with("_f64") || n.ends_with("_noise") { t } else { t.to_kind(Kind::Float) })
+            })
+            .collect()
+    };
+    for moved in ["last_hidden_state_f64", "grad_inputs_f64"] {
+        let path = dir.join(format!("moved-{moved}.safetensors"));
+        Tensor::write_safetensors(&kinds(moved), &path).unwrap();
+        let out = check(&path);
+        let output = moved.trim_end_matches("_f64");
+        assert_one_line_error(&out, &format!("{output} outside the parity bound of {}", path.display()));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("OUTSIDE"), "{}", String::from_utf8_lossy(&out.stdout));
+    }
+    let bare = write(&dir.join("bare.safetensors"), "inputs_embeds", &common::read_tensor(&reference, "inputs_embeds"));
+    assert_one_line_error(&check(&bare), "no tensor named \"last_hidden_state_f64\"");
+    let out = fpt(&["forward", "--model", model.to_str().unwrap(), "--inputs", reference.to_str().unwrap(), "--device", "cpu"]);
+    assert!(!out.status.success() && stderr(&out).contains("--out"), "neither --out nor --check: {}", stderr(&out));
+}
+
 #[test]
 fn params_reports_the_cifar10_budget_of_gpt2_small() {
     let out = fpt(&["params", "--model", "gpt2", "--input-dim", "48", "--tokens", "64", "--classes", "10", "--device", "cpu"]);

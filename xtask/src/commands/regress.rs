@@ -1,6 +1,8 @@
 //! `cargo xtask regress`: trains the cells of `experiments/regression.toml` from scratch (tiny
-//! models, fixed seeds, CPU) and fails when a cell's final accuracy is below its stored
-//! expectation minus its tolerance.
+//! models, fixed seeds, on the CPU unless `--device` says otherwise) and fails when a cell's final
+//! accuracy is below its stored expectation minus its tolerance. The expectations were measured
+//! on CPUs; on CUDA (`benches/gpu_check.sh`) the same cells show how far another device's kernels
+//! move them.
 //!
 //! The grid file carries the expectations:
 //! ```toml
@@ -23,6 +25,19 @@ pub struct Args {
     /// Regression grid (default: experiments/regression.toml).
     #[arg(long)]
     pub grid: Option<PathBuf>,
+    /// Device for every cell: cpu | cuda | cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Do not run `cargo xtask setup` first (use the fpt binary as it is: a host that builds
+    /// nothing, as in benches/gpu_check.sh).
+    #[arg(long)]
+    pub no_setup: bool,
+}
+
+impl Default for Args {
+    fn default() -> Self {
+        Args { grid: None, device: "cpu".into(), no_setup: false }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -62,14 +77,15 @@ fn expectations(grid: &Grid, origin: &Path) -> Result<Vec<(String, f64, f64)>> {
     Ok(out)
 }
 
-/// Trains every cell of `grid_path` afresh in `runs_root` and compares with the expectations.
-pub fn regress(grid_path: &Path, runs_root: &Path, fpt: &Path) -> Result<Vec<Row>> {
+/// Trains every cell of `grid_path` afresh in `runs_root` on `device` and compares with the
+/// expectations.
+pub fn regress(grid_path: &Path, runs_root: &Path, fpt: &Path, device: &str) -> Result<Vec<Row>> {
     let grid = grid::load(grid_path)?;
     let expected = expectations(&grid, grid_path)?;
     let runs_dir = runs_root.join(&grid.name);
     // Always from scratch: stale runs must not hide a regression.
     let _ = std::fs::remove_dir_all(&runs_dir);
-    let run = GridRun { runs_dir: runs_dir.clone(), fpt: fpt.to_path_buf(), devices: vec!["cpu".into()], extra_env: Vec::new() };
+    let run = GridRun { runs_dir: runs_dir.clone(), fpt: fpt.to_path_buf(), devices: vec![device.to_string()], extra_env: Vec::new() };
     // No signal handling here: a stopped regress is simply rerun from scratch.
     let outcome = run_cells(&run, &grid.cells, &Stop::new(0));
     for f in &outcome.failures {
@@ -96,10 +112,13 @@ pub fn print_table(rows: &[Row]) {
 }
 
 pub fn run(args: &Args) -> Result<()> {
-    setup::run(&setup::Args { no_build: false })?;
+    if !args.no_setup {
+        setup::run(&setup::Args { no_build: false })?;
+    }
     let root = workspace_root();
     let grid = args.grid.clone().unwrap_or_else(|| root.join("experiments/regression.toml"));
-    let rows = regress(&grid, &root.join("runs"), &root.join("target/release/fpt"))?;
+    println!("regress: {} on {}", grid.display(), args.device);
+    let rows = regress(&grid, &root.join("runs"), &root.join("target/release/fpt"), &args.device)?;
     print_table(&rows);
     let below: Vec<&Row> = rows.iter().filter(|r| !r.passed()).collect();
     if !below.is_empty() {

@@ -719,14 +719,14 @@ b = { "train.steps" = 200 }
                 format!("{base}\n[expectations.xor]\naccuracy = {expected}\ntolerance = 0.0\nproduced_by = \"test\"\n"),
             )
             .unwrap();
-            let rows = regress::regress(&grid_file, &dir.join("runs"), &fpt()).unwrap();
+            let rows = regress::regress(&grid_file, &dir.join("runs"), &fpt(), "cpu").unwrap();
             assert_eq!(rows.len(), 1);
             assert!(rows[0].got.is_some());
             assert_eq!(rows[0].passed(), should_pass, "{rows:?}");
         }
         let missing = dir.join("noexp.toml");
         std::fs::write(&missing, &base).unwrap();
-        assert!(regress::regress(&missing, &dir.join("runs"), &fpt()).is_err());
+        assert!(regress::regress(&missing, &dir.join("runs"), &fpt(), "cpu").is_err());
     }
 
     /// Sharing a grid between processes (the lock, exit 73) and stopping it by signal, with a

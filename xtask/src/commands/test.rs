@@ -19,5 +19,5 @@ pub fn run(args: &Args) -> Result<()> {
     setup::run(&setup::Args { no_build: false })?;
     run_cmd(cargo().args(["test", "--release", "--workspace"]).args(&args.cargo_args))?;
     // The accuracy regression cells (a few minutes of tiny-model training).
-    crate::commands::regress::run(&crate::commands::regress::Args { grid: None })
+    crate::commands::regress::run(&crate::commands::regress::Args::default())
 }
