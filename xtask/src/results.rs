@@ -360,7 +360,7 @@ pub fn write(grid: &Grid, runs: &Path, results: &Path, paper: &toml::Table, comm
         let curves: Vec<(String, Vec<(u64, f64)>)> = order
             .iter()
             .filter(|k| &k.0 == task)
-            .map(|k| (k.1.clone(), mean_curve(&groups[k].iter().map(|c| curve_of(&record, c, runs)).collect::<Vec<_>>())))
+            .map(|k| (k.1.clone(), group_curve(&record, &groups[k], runs)))
             .filter(|(_, c)| !c.is_empty())
             .collect();
         if curves.is_empty() {
@@ -388,6 +388,15 @@ fn curve_of(record: &Record, cell: &Cell, runs: &Path) -> Vec<(u64, f64)> {
         Some(entry) => entry.eval_curve.clone(),
         None => read_eval_curve(&runs.join(&cell.name)),
     }
+}
+
+/// A cell group's plotted curve: the mean of its finished cells' curves; only while none of
+/// them has finished, of what its unfinished runs here have evaluated so far. (An unfinished
+/// seed in the mean would cut the finished seeds' curves back to the last step it reached.)
+fn group_curve(record: &Record, cells: &[&Cell], runs: &Path) -> Vec<(u64, f64)> {
+    let finished: Vec<&Cell> = cells.iter().copied().filter(|c| record.cells.contains_key(&c.name)).collect();
+    let plotted = if finished.is_empty() { cells } else { &finished[..] };
+    mean_curve(&plotted.iter().map(|c| curve_of(record, c, runs)).collect::<Vec<_>>())
 }
 
 /// Mean over runs at the steps all of them evaluated.
@@ -501,6 +510,34 @@ mod tests {
         assert!(text.contains("test 1132 of 2000 kept, 868 dropped"), "{text}");
         assert!(text.contains("- remote-homology: evaluated on val, padding batch: val 736 of 736 kept, 2 kept over the limit"), "{text}");
         assert!(text.contains("evaluation skipped 1 batches (64 examples)") && text.contains("accuracy reported × 0.9739"), "{text}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A group with a finished seed and an unfinished one plots the finished seed's whole curve,
+    /// not the steps both have reached; with none finished, the unfinished runs' progress.
+    #[test]
+    fn a_groups_curve_is_its_finished_seeds_while_any_has_finished() {
+        let dir = std::env::temp_dir().join(format!("xtask-results-group-curve-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let grid = crate::grid::parse(
+            "name = \"t\"\n[defaults.model]\nbackbone = \"gpt2\"\n[defaults.task]\nname = \"bit-xor\"\n[axes.seed]\ns0 = { seed = 0 }\ns1 = { seed = 1 }\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let cells: Vec<&Cell> = grid.cells.iter().collect();
+        std::fs::create_dir_all(dir.join("s1")).unwrap();
+        std::fs::write(dir.join("s1/metrics.jsonl"), "{\"step\": 20, \"eval_acc\": 0.1}\n").unwrap();
+        assert_eq!(group_curve(&Record::default(), &cells, &dir), vec![(20, 0.1)], "none finished: the progress so far");
+        let mut record = Record::default();
+        let finished = RecordedCell {
+            config: cells[0].config_toml().unwrap(),
+            summary: serde_json::json!({"status": "completed"}),
+            eval_curve: vec![(20, 0.25), (40, 0.5)],
+            note: None,
+        };
+        record.cells.insert(cells[0].name.clone(), finished);
+        assert_eq!(cells[0].name, "s0");
+        assert_eq!(group_curve(&record, &cells, &dir), vec![(20, 0.25), (40, 0.5)]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
