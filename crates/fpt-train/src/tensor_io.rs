@@ -6,38 +6,50 @@ use safetensors::{Dtype, SafeTensors};
 use std::path::Path;
 use tch::{Kind, Tensor};
 
-/// Reads the f32 tensor `name` from a safetensors file.
-pub fn read_f32(path: &Path, name: &str) -> Result<Tensor> {
-    read_kind(path, name, Dtype::F32, Kind::Float)
+/// A safetensors file read once, whose float tensors are taken by name.
+pub struct TensorFile {
+    path: std::path::PathBuf,
+    bytes: Vec<u8>,
+    names: Vec<String>,
 }
 
-/// Reads the f64 tensor `name` from a safetensors file (a reference's fp64 truth).
-pub fn read_f64(path: &Path, name: &str) -> Result<Tensor> {
-    read_kind(path, name, Dtype::F64, Kind::Double)
-}
-
-/// The names of the tensors in a safetensors file.
-pub fn tensor_names(path: &Path) -> Result<Vec<String>> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let file = SafeTensors::deserialize(&bytes).map_err(|e| anyhow!("{}: not a valid safetensors file ({e})", path.display()))?;
-    let mut names: Vec<String> = file.names().into_iter().map(String::from).collect();
-    names.sort();
-    Ok(names)
-}
-
-fn read_kind(path: &Path, name: &str, dtype: Dtype, kind: Kind) -> Result<Tensor> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let file = SafeTensors::deserialize(&bytes).map_err(|e| anyhow!("{}: not a valid safetensors file ({e})", path.display()))?;
-    let view = file.tensor(name).map_err(|_| {
-        let mut names: Vec<String> = file.names().into_iter().map(String::from).collect();
+impl TensorFile {
+    pub fn read(path: &Path) -> Result<TensorFile> {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut names: Vec<String> = Self::parse(path, &bytes)?.names().into_iter().map(String::from).collect();
         names.sort();
-        anyhow!("{} has no tensor named {name:?} (it holds {names:?})", path.display())
-    })?;
-    if view.dtype() != dtype {
-        bail!("{}: tensor {name:?} is {:?}; expected {dtype:?}", path.display(), view.dtype());
+        Ok(TensorFile { path: path.to_path_buf(), bytes, names })
     }
-    let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-    Tensor::f_from_data_size(view.data(), &shape, kind).with_context(|| format!("{}: building tensor {name:?}", path.display()))
+
+    pub fn has(&self, name: &str) -> bool {
+        self.names.iter().any(|n| n == name)
+    }
+
+    /// The f32 tensor `name`.
+    pub fn f32(&self, name: &str) -> Result<Tensor> {
+        self.tensor(name, Dtype::F32, Kind::Float)
+    }
+
+    /// The f64 tensor `name` (a reference's fp64 truth).
+    pub fn f64(&self, name: &str) -> Result<Tensor> {
+        self.tensor(name, Dtype::F64, Kind::Double)
+    }
+
+    fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<SafeTensors<'a>> {
+        SafeTensors::deserialize(bytes).map_err(|e| anyhow!("{}: not a valid safetensors file ({e})", path.display()))
+    }
+
+    fn tensor(&self, name: &str, dtype: Dtype, kind: Kind) -> Result<Tensor> {
+        let path = self.path.display();
+        // Parsing the header again is cheap; keeping the parsed view would tie the struct to its own bytes.
+        let file = Self::parse(&self.path, &self.bytes)?;
+        let view = file.tensor(name).map_err(|_| anyhow!("{path} has no tensor named {name:?} (it holds {:?})", self.names))?;
+        if view.dtype() != dtype {
+            bail!("{path}: tensor {name:?} is {:?}; expected {dtype:?}", view.dtype());
+        }
+        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        Tensor::f_from_data_size(view.data(), &shape, kind).with_context(|| format!("{path}: building tensor {name:?}"))
+    }
 }
 
 /// Writes `tensor` (converted to f32 on the CPU) as the only tensor of a safetensors file.

@@ -4,7 +4,7 @@
 //! fp64 truth by the parity rule of `fpt_model::tolerance` (`--check`), on any device.
 
 use crate::device::parse_device;
-use crate::tensor_io::{read_f32, read_f64, tensor_names, write_f32};
+use crate::tensor_io::{write_f32, TensorFile};
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 use tch::{Device, Kind};
@@ -35,9 +35,10 @@ pub struct Args {
 
 pub fn run(args: &Args) -> Result<()> {
     let device = parse_device(&args.device)?;
-    let inputs = read_f32(&args.inputs, "inputs_embeds")?;
+    let file = TensorFile::read(&args.inputs)?;
+    let inputs = file.f32("inputs_embeds")?;
     let (_vs, model) = fpt_model::load_backbone_dir(&args.model, device)?;
-    let with_gradient = args.check && tensor_names(&args.inputs)?.iter().any(|n| n == "cotangent");
+    let with_gradient = args.check && file.has("cotangent");
     let inputs = inputs.to_device(device).set_requires_grad(with_gradient);
     let hidden = tch::with_grad(|| model.forward_embeds(&inputs, false))
         .with_context(|| format!("{}: inputs_embeds does not fit the model", args.inputs.display()))?;
@@ -59,7 +60,7 @@ pub fn run(args: &Args) -> Result<()> {
     }
     let mut outputs = vec![("last_hidden_state", hidden.detach())];
     if with_gradient {
-        let cotangent = read_f32(&args.inputs, "cotangent")?.to_device(device);
+        let cotangent = file.f32("cotangent")?.to_device(device);
         if cotangent.size() != hidden.size() {
             bail!("{}: cotangent is {:?}; expected the output's shape {:?}", args.inputs.display(), cotangent.size(), hidden.size());
         }
@@ -68,8 +69,8 @@ pub fn run(args: &Args) -> Result<()> {
     }
     let mut outside = Vec::new();
     for (name, ours) in outputs {
-        let truth = read_f64(&args.inputs, &format!("{name}_f64"))?;
-        let noise = read_f64(&args.inputs, &format!("{name}_noise"))?;
+        let truth = file.f64(&format!("{name}_f64"))?;
+        let noise = file.f64(&format!("{name}_noise"))?;
         if truth.size() != ours.size() || noise.numel() != 1 {
             bail!(
                 "{}: {name}_f64 is {:?} and {name}_noise has {} values; expected {:?} and one",
