@@ -49,8 +49,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // As `fn main() -> Result` prints it, but with the status the error asks for.
-            eprintln!("Error: {e:?}");
+            eprintln!("{}", util::error_text(&e));
             ExitCode::from(util::exit_code(&e))
         }
     }

@@ -186,13 +186,14 @@ impl RecordedCell {
     }
 
     /// A run directory's entry, if the run there completed (as [`read_summary`] reads it).
+    /// The file is read once: the entry keeps it whole, as a JSON value, and the status is read
+    /// from that value.
     fn from_run(cell: &Cell, dir: &Path) -> Result<Option<RecordedCell>> {
-        if read_summary(dir).is_none_or(|s| s.status != "completed") {
+        let Ok(text) = std::fs::read_to_string(dir.join("summary.json")) else { return Ok(None) };
+        let Ok(summary) = serde_json::from_str::<serde_json::Value>(&text) else { return Ok(None) };
+        if serde_json::from_value::<Summary>(summary.clone()).map_or(true, |s| s.status != "completed") {
             return Ok(None);
         }
-        let path = dir.join("summary.json");
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        let summary = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         Ok(Some(RecordedCell { config: cell.config_toml()?, summary, eval_curve: read_eval_curve(dir), note: None }))
     }
 }

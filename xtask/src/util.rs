@@ -54,6 +54,17 @@ impl std::fmt::Display for ExitWith {
 
 impl std::error::Error for ExitWith {}
 
+/// How `cargo xtask` reports the error that ends it: as `fn main() -> Result` would (`{:?}`: the
+/// causes, and a stack backtrace under RUST_BACKTRACE=1), except that a stop the user asked for
+/// (an [`ExitWith`], after SIGTERM or SIGINT) is not a bug and prints its message alone.
+pub fn error_text(error: &anyhow::Error) -> String {
+    if error.downcast_ref::<ExitWith>().is_some() {
+        format!("Error: {error:#}")
+    } else {
+        format!("Error: {error:?}")
+    }
+}
+
 /// The exit status for an error: its `ExitWith` code if it carries one, else 1.
 pub fn exit_code(error: &anyhow::Error) -> u8 {
     error.downcast_ref::<ExitWith>().map_or(1, |e| e.code)

@@ -907,7 +907,7 @@ esac
                 let outcome = run_cells(&run, &grid.cells, &stop);
                 let code = conclude(&outcome, "rerun").map_or_else(
                     |e| {
-                        eprintln!("{e:#}");
+                        eprintln!("{}", crate::util::error_text(&e));
                         crate::util::exit_code(&e)
                     },
                     |()| 0,
@@ -920,6 +920,8 @@ esac
             let mut child = Command::new(std::env::current_exe().unwrap())
                 .args([name.as_str(), "--exact", "--nocapture", "--test-threads=1"])
                 .env(CHILD_ENV, &dir)
+                // A user's stop is reported without a stack backtrace even where they are on.
+                .env("RUST_BACKTRACE", "1")
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
                 .spawn()
@@ -938,7 +940,8 @@ esac
             assert_eq!(output.status.code(), Some(143), "{stderr}");
             assert_eq!(std::fs::read_to_string(&a_events).unwrap(), "started\ninterrupted\ncheckpointed\n", "forwarded, and waited for");
             assert!(!dir.join("runs/b").exists(), "no cell started after the signal");
-            assert!(stderr.contains("stopped by SIGTERM; interrupted (checkpointed; `rerun` resumes them): a"), "{stderr}");
+            assert!(stderr.contains("Error: stopped by SIGTERM; interrupted (checkpointed; `rerun` resumes them): a"), "{stderr}");
+            assert!(!stderr.contains("backtrace"), "a stop the user asked for is not a bug: {stderr}");
         }
 
         #[test]
