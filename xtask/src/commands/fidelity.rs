@@ -172,12 +172,20 @@ fn read_reference(path: &Path) -> Option<ReferenceResult> {
     serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
 }
 
-/// One side's results for one seed: accuracy per evaluated step, trainable parameters, seconds.
+/// One side's results for one seed: accuracy per evaluated step, trainable parameters, seconds
+/// (None where the run's summary has no `total_time_s`).
 #[derive(Debug, Clone, Default)]
 pub struct SideRun {
     pub acc: BTreeMap<u64, f64>,
     pub params: i64,
-    pub seconds: f64,
+    pub seconds: Option<f64>,
+}
+
+/// The mean time of the runs that have one, and how many lack it.
+fn mean_seconds(side: &[SideRun]) -> (Option<f64>, usize) {
+    let known: Vec<f64> = side.iter().filter_map(|r| r.seconds).collect();
+    let mean = (!known.is_empty()).then(|| known.iter().sum::<f64>() / known.len() as f64);
+    (mean, side.len() - known.len())
 }
 
 /// Mean and sample standard deviation.
@@ -271,12 +279,12 @@ pub fn collect(cells: &[Cell], runs: &Path, seeds: usize) -> Vec<GroupResult> {
         let ours = read_summary(&dir).filter(|s| s.status == "completed").map(|summary| SideRun {
             acc: read_eval_curve(&dir).into_iter().collect(),
             params: summary.trainable_params,
-            seconds: summary.total_time_s.unwrap_or(f64::NAN),
+            seconds: summary.total_time_s,
         });
         let theirs = read_reference(&reference_path(runs, cell)).map(|r| SideRun {
             acc: r.evals.iter().map(|e| (e.step, e.eval_acc)).collect(),
             params: r.trainable_params,
-            seconds: r.wall_s,
+            seconds: Some(r.wall_s),
         });
         let required = (seed_of(cell) as usize) < seeds;
         if !required && (ours.is_none() || theirs.is_none()) {
@@ -300,12 +308,10 @@ pub fn table(groups: &[GroupResult]) -> String {
     );
     for g in groups {
         let params = |side: &[SideRun]| side.first().map(|r| r.params.to_string()).unwrap_or_else(|| "—".into());
-        let secs = |side: &[SideRun]| {
-            if side.is_empty() {
-                "—".to_string()
-            } else {
-                format!("{:.0}", side.iter().map(|r| r.seconds).sum::<f64>() / side.len() as f64)
-            }
+        let secs = |side: &[SideRun]| match mean_seconds(side) {
+            (None, _) => "—".to_string(),
+            (Some(mean), 0) => format!("{mean:.0}"),
+            (Some(mean), missing) => format!("{mean:.0} ({missing} without a time)"),
         };
         let steps = g.steps();
         if steps.is_empty() {
@@ -363,7 +369,10 @@ fn previous_invocation(path: &Path) -> Option<(String, String)> {
 }
 
 fn write_results(path: &Path, groups: &[GroupResult], command: &str, elapsed: Option<&str>) -> Result<()> {
-    let total: f64 = groups.iter().flat_map(|g| g.ours.iter().chain(&g.theirs)).map(|r| r.seconds).sum();
+    let runs: Vec<&SideRun> = groups.iter().flat_map(|g| g.ours.iter().chain(&g.theirs)).collect();
+    let total: f64 = runs.iter().filter_map(|r| r.seconds).sum();
+    let untimed = runs.iter().filter(|r| r.seconds.is_none()).count();
+    let untimed = if untimed == 0 { String::new() } else { format!(", {untimed} run(s) without a recorded time left out") };
     let passed = groups.iter().filter(|g| g.passed()).count();
     let mut md = String::new();
     let _ = writeln!(md, "# Fidelity: `fpt train` against the authors' PyTorch recipe\n");
@@ -377,7 +386,7 @@ fn write_results(path: &Path, groups: &[GroupResult], command: &str, elapsed: Op
     );
     let _ = writeln!(
         md,
-        "{passed} of {} cells pass. Training and evaluation time, both sides, all seeds: {:.0} min{}.\n",
+        "{passed} of {} cells pass. Training and evaluation time, both sides, all seeds: {:.0} min{untimed}{}.\n",
         groups.len(),
         total / 60.0,
         elapsed.map(|e| format!(" ({e})")).unwrap_or_default()
@@ -668,7 +677,7 @@ mod tests {
 
     #[test]
     fn the_table_marks_missing_seeds_and_parameter_mismatches() {
-        let run = |acc: f64, params: i64| SideRun { acc: [(100, acc)].into_iter().collect(), params, seconds: 10.0 };
+        let run = |acc: f64, params: i64| SideRun { acc: [(100, acc)].into_iter().collect(), params, seconds: Some(10.0) };
         let full = GroupResult {
             group: "x".into(),
             ours: vec![run(0.9, 5), run(0.91, 5)],
@@ -696,6 +705,27 @@ mod tests {
         };
         assert!(!differ.passed());
         assert!(table(&[differ]).contains("**differ**"));
+    }
+
+    #[test]
+    fn a_run_without_a_time_is_left_out_of_the_mean_time_and_said_so() {
+        let run = |seconds: Option<f64>| SideRun { acc: [(100, 0.9)].into_iter().collect(), params: 5, seconds };
+        let group = GroupResult {
+            group: "x".into(),
+            ours: vec![run(Some(10.0)), run(None)],
+            theirs: vec![run(None), run(None)],
+            expected_seeds: 2,
+            precision: "fp32".into(),
+        };
+        let md = table(std::slice::from_ref(&group));
+        assert!(md.contains("| 10 (1 without a time) / — |"), "{md}");
+        assert!(!md.contains("NaN"), "{md}");
+        let path = std::env::temp_dir().join(format!("fpt-fidelity-untimed-{}.md", std::process::id()));
+        write_results(&path, &[group], "cargo xtask fidelity", None).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert!(text.contains("all seeds: 0 min, 3 run(s) without a recorded time left out."), "{text}");
+        assert!(!text.contains("NaN"), "{text}");
     }
 
     #[test]
