@@ -72,8 +72,9 @@ def adam_read_out(h: torch.Tensor, targets: torch.Tensor, standardise: bool, see
     """The part of FPT's training that the massive-activation hypothesis is about, alone: the
     output layer (PyTorch's `Linear(width, 2)` init, shared by the 5 positions, as FPT's) trained
     by Adam (lr 1e-3, batch 32, cross-entropy) on the frozen features of 800 examples; accuracy
-    over all 5 positions of the other 200, at every 100th of 400 steps. Standardised: each coordinate scaled to mean 0, std 1
-    (statistics of the 800), which takes the one large coordinate's weight in a step away."""
+    over all 5 positions of the other 200, at every 100th of 400 steps. Standardised: each
+    coordinate scaled to mean 0, std 1 (statistics of the 800), which takes the one large
+    coordinate's weight in a step away."""
     torch.manual_seed(seed)
     f = h
     if standardise:
