@@ -118,6 +118,11 @@ pub struct MetricsLine {
 }
 
 pub fn read_summary(dir: &Path) -> Option<Summary> {
+    serde_json::from_value(read_summary_json(dir)?).ok()
+}
+
+/// The run's `summary.json` as a JSON value; None when it is absent or not JSON.
+fn read_summary_json(dir: &Path) -> Option<serde_json::Value> {
     serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).ok()?).ok()
 }
 
@@ -189,9 +194,8 @@ impl RecordedCell {
     /// The file is read once: the entry keeps it whole, as a JSON value, and the status is read
     /// from that value.
     fn from_run(cell: &Cell, dir: &Path) -> Result<Option<RecordedCell>> {
-        let Ok(text) = std::fs::read_to_string(dir.join("summary.json")) else { return Ok(None) };
-        let Ok(summary) = serde_json::from_str::<serde_json::Value>(&text) else { return Ok(None) };
-        if serde_json::from_value::<Summary>(summary.clone()).map_or(true, |s| s.status != "completed") {
+        let Some(summary) = read_summary_json(dir) else { return Ok(None) };
+        if !serde_json::from_value::<Summary>(summary.clone()).is_ok_and(|s| s.status == "completed") {
             return Ok(None);
         }
         Ok(Some(RecordedCell { config: cell.config_toml()?, summary, eval_curve: read_eval_curve(dir), note: None }))
